@@ -1,0 +1,75 @@
+//! Finding plugin libraries in directories and loading each one, keeping going past bad files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::loader::LIBRARY_SUFFIX;
+use crate::{load, Error, Plugin};
+
+/// What became of one library file (or one unreadable directory) found during a scan.
+#[derive(Debug)]
+pub struct Found {
+    /// The file (or directory) concerned.
+    pub path: PathBuf,
+    /// The loaded plugin, or why it was refused.
+    pub outcome: Result<Plugin, Error>,
+}
+
+/// The library files in `dir`: entries whose name ends in this platform's library suffix,
+/// sorted by name. Directories and other non-files named like libraries are included, so that
+/// loading them reports what they are.
+///
+/// # Errors
+///
+/// [`Error::NotFound`] or [`Error::Io`] if the directory cannot be listed.
+pub fn library_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let entries = fs::read_dir(dir).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound { path: dir.to_owned() }
+        } else {
+            Error::Io { path: dir.to_owned(), source }
+        }
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+        let name = entry.file_name();
+        let is_library = name.to_str().is_some_and(|name| {
+            name.len() > LIBRARY_SUFFIX.len() && name.ends_with(LIBRARY_SUFFIX)
+        });
+        if is_library {
+            files.push(entry.path());
+        } else {
+            tracing::debug!(path = %entry.path().display(), "skipped: not named like a library");
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads every library in each of `dirs`, in order.
+///
+/// A directory that cannot be listed or a library that is refused becomes a `Found` with an
+/// error; it never stops the scan.
+pub fn discover(dirs: &[PathBuf]) -> Vec<Found> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        let _span = tracing::info_span!("discover", dir = %dir.display()).entered();
+        match library_files(dir) {
+            Ok(files) => {
+                for path in files {
+                    let outcome = load(&path);
+                    if let Err(err) = &outcome {
+                        tracing::warn!(error = %err, "refused");
+                    }
+                    found.push(Found { path, outcome });
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot scan");
+                found.push(Found { path: dir.clone(), outcome: Err(err) });
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,245 @@
+//! The host's error type: every way loading or calling a plugin can fail.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use interface::ErrorCode;
+use semver::Version;
+
+/// Everything that can go wrong between a host and a plugin.
+///
+/// Load errors name the library file and say what was expected and what was found; call errors
+/// name the plugin and the operation and carry the plugin's [`ErrorCode`].
+/// Each renders as one line; `{:#}` with `anyhow` or [`std::error::Error::source`] gives the
+/// underlying OS error where there is one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Nothing exists at the path.
+    #[error("{}: no such file", path.display())]
+    NotFound {
+        /// The path looked at.
+        path: PathBuf,
+    },
+
+    /// The path exists but is not a regular file.
+    #[error("{}: not a regular file (it is a {found})", path.display())]
+    NotAFile {
+        /// The path looked at.
+        path: PathBuf,
+        /// What it is instead: `directory`, `socket`, …
+        found: &'static str,
+    },
+
+    /// The file or directory could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        /// The path read.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The file name does not end in this platform's library suffix.
+    #[error("{}: not a plugin library: expected a file name ending in `{expected}`", path.display())]
+    WrongExtension {
+        /// The file.
+        path: PathBuf,
+        /// This platform's suffix: `.so`, `.dylib` or `.dll`.
+        expected: &'static str,
+    },
+
+    /// The file's contents are not a dynamic library this process can load: not an object file
+    /// at all, one for another platform or architecture, or a truncated copy.
+    #[error("{}: not a dynamic library for this platform: {reason}", path.display())]
+    NotALibrary {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, in one line.
+        reason: String,
+    },
+
+    /// The system's dynamic loader refused the library.
+    #[error("{}: the dynamic loader refused it: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The loader's error (`dlerror`).
+        #[source]
+        source: libloading::Error,
+    },
+
+    /// The library does not export an abi_stable root module: it is not a calcplug plugin.
+    #[error("{}: not a calcplug plugin: it does not export the abi_stable root module (symbol `{symbol}`)", path.display())]
+    MissingRootModule {
+        /// The file.
+        path: PathBuf,
+        /// The symbol looked for.
+        symbol: &'static str,
+    },
+
+    /// The library was built with an abi_stable whose ABI differs from this host's.
+    #[error("{}: built with an incompatible abi_stable: {detail}", path.display())]
+    AbiStableMismatch {
+        /// The file.
+        path: PathBuf,
+        /// What differs.
+        detail: String,
+    },
+
+    /// The plugin was built against an interface version this host cannot talk to.
+    #[error("{}: plugin built against interface {found}, this host speaks interface {host}: major versions must match", path.display())]
+    IncompatibleVersion {
+        /// The file.
+        path: PathBuf,
+        /// The host's interface version.
+        host: Version,
+        /// The plugin's interface version.
+        found: Version,
+    },
+
+    /// abi_stable's layout check found the root module's layout differs from this host's.
+    #[error("{}: root module layout differs from this host's interface {host} (a change that needed a major version): {summary}", path.display())]
+    AbiMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The host's interface version.
+        host: Version,
+        /// The first line of abi_stable's explanation.
+        summary: String,
+        /// abi_stable's whole explanation (it can be long).
+        detail: String,
+    },
+
+    /// The library's root module constructor failed or panicked.
+    #[error("{}: the root module constructor failed: {detail}", path.display())]
+    RootModule {
+        /// The file.
+        path: PathBuf,
+        /// abi_stable's error.
+        detail: String,
+    },
+
+    /// The magic cookie is not the one calcplug plugins carry.
+    #[error("{}: wrong magic cookie: expected {expected_key}={expected_value:?}, found {found_key}={found_value:?}", path.display())]
+    BadCookie {
+        /// The file.
+        path: PathBuf,
+        /// The key this host expects.
+        expected_key: &'static str,
+        /// The value this host expects.
+        expected_value: &'static str,
+        /// The key the plugin carries.
+        found_key: String,
+        /// The value the plugin carries.
+        found_value: String,
+    },
+
+    /// Host and plugin speak different protocol versions.
+    #[error("{}: protocol version mismatch: this host speaks protocol {host}, the plugin speaks {plugin}", path.display())]
+    ProtocolMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The host's protocol version.
+        host: u32,
+        /// The plugin's protocol version.
+        plugin: u32,
+    },
+
+    /// The plugin's handshake or metadata is malformed (e.g. a version that is not semver).
+    #[error("{}: invalid plugin metadata: {reason}", path.display())]
+    BadMetadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The plugin failed while being set up (creating its instance, reporting its metadata).
+    #[error("{}: {op} failed: {code}: {message}", path.display())]
+    Setup {
+        /// The file.
+        path: PathBuf,
+        /// The entry point that failed.
+        op: &'static str,
+        /// The plugin's error code.
+        code: ErrorCode,
+        /// The plugin's message.
+        message: String,
+    },
+
+    /// A call into a loaded plugin returned an error.
+    #[error("{plugin}: {op}: {code}{}{message}", if message.is_empty() { "" } else { ": " })]
+    Call {
+        /// The plugin's name.
+        plugin: String,
+        /// The operation called.
+        op: &'static str,
+        /// The plugin's error code.
+        code: ErrorCode,
+        /// The plugin's message.
+        message: String,
+    },
+
+    /// No loaded plugin has the requested name.
+    #[error("no plugin named `{name}`{}", available_list(available))]
+    UnknownPlugin {
+        /// The name asked for.
+        name: String,
+        /// The names that were loaded.
+        available: Vec<String>,
+    },
+}
+
+fn available_list(available: &[String]) -> String {
+    if available.is_empty() {
+        " (no plugin was loaded)".to_owned()
+    } else {
+        format!(" (loaded: {})", available.join(", "))
+    }
+}
+
+impl Error {
+    /// The library file the error is about, for load errors.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Error::NotFound { path }
+            | Error::NotAFile { path, .. }
+            | Error::Io { path, .. }
+            | Error::WrongExtension { path, .. }
+            | Error::NotALibrary { path, .. }
+            | Error::Open { path, .. }
+            | Error::MissingRootModule { path, .. }
+            | Error::AbiStableMismatch { path, .. }
+            | Error::IncompatibleVersion { path, .. }
+            | Error::AbiMismatch { path, .. }
+            | Error::RootModule { path, .. }
+            | Error::BadCookie { path, .. }
+            | Error::ProtocolMismatch { path, .. }
+            | Error::BadMetadata { path, .. }
+            | Error::Setup { path, .. } => Some(path),
+            Error::Call { .. } | Error::UnknownPlugin { .. } => None,
+        }
+    }
+
+    /// The plugin's error code, for errors a plugin returned.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Call { code, .. } | Error::Setup { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The reason without the path prefix: what `calcplug list` shows next to each file.
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        match self.path() {
+            Some(path) => {
+                let prefix = format!("{}: ", path.display());
+                full.strip_prefix(&prefix).map(str::to_owned).unwrap_or(full)
+            }
+            None => full,
+        }
+    }
+}

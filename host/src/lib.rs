@@ -1,0 +1,35 @@
+//! The calcplug host: loads Calculator plugin libraries, checks them and calls them.
+//!
+//! ```no_run
+//! use interface::Config;
+//!
+//! let plugin = host::load("target/plugins/release/libbasic.so")?;
+//! plugin.initialize(&Config::new().with("precision", "4"))?;
+//! assert_eq!(plugin.divide(2.0, 3.0)?, 0.6667);
+//! plugin.shutdown()?;
+//! # Ok::<(), host::Error>(())
+//! ```
+//!
+//! [`load`] runs every check (file, format, abi_stable layout and version, magic cookie,
+//! protocol version, interface semver) before the first call and fails with a typed [`Error`]
+//! naming the file; [`discover`] loads a whole directory and keeps going past bad files.
+//!
+//! **Architecture Invariant:** all of this crate's `unsafe` lives in `loader::ffi`.
+
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod discovery;
+mod error;
+mod loader;
+mod plugin;
+
+pub use discovery::{discover, library_files, Found};
+pub use error::Error;
+pub use loader::{host_interface_version, interface_compatible, load, LIBRARY_SUFFIX};
+pub use plugin::Plugin;
+
+/// The plugin-facing types hosts also use.
+pub use interface::{
+    BatchOp, BatchResult, CalcError, Config, ErrorCode, Metadata, Op, PluginState, Status,
+};

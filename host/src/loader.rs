@@ -1,0 +1,267 @@
+//! From a path to a callable [`Plugin`]: every check a library must pass, in order.
+//!
+//! 1. The path exists and is a regular file with this platform's library suffix.
+//! 2. Its contents are a complete dynamic library for this platform and architecture (read from
+//!    the file's headers, before the system loader maps anything: a truncated copy would
+//!    otherwise kill the process with `SIGBUS` inside `dlopen`).
+//! 3. It maps, and exports an abi_stable root module with a compatible abi_stable header.
+//! 4. abi_stable's checks: the interface major version, then the root module's type layout.
+//! 5. The handshake: magic cookie, protocol version, interface semver.
+//! 6. A plugin instance is created and its metadata read and validated.
+//!
+//! Each step fails with its own [`Error`] variant naming the file.
+
+mod ffi;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use interface::ffi::{CalculatorModRef, Handshake};
+use interface::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, PROTOCOL_VERSION};
+use object::read::ReadCache;
+use object::{Object, ObjectSegment};
+use semver::Version;
+
+use crate::{Error, Plugin};
+
+pub(crate) use ffi::Instance;
+
+/// This platform's dynamic library suffix, with its dot: `.so`, `.dylib` or `.dll`.
+pub const LIBRARY_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
+
+/// Loads the plugin library at `path`, checks it and creates an instance of the plugin.
+///
+/// The instance is not initialized yet: call [`Plugin::initialize`] before calculating.
+///
+/// # Errors
+///
+/// One [`Error`] variant per failed check (see the module documentation); each names the file.
+///
+/// # Platform-specific behaviour
+///
+/// A library, once mapped, stays mapped until the process exits (see ARCHITECTURE.md); loading
+/// the same path again creates a new instance of the already mapped library.
+pub fn load(path: impl AsRef<Path>) -> Result<Plugin, Error> {
+    load_path(path.as_ref())
+}
+
+fn load_path(path: &Path) -> Result<Plugin, Error> {
+    let _span = tracing::info_span!("load", path = %path.display()).entered();
+    let path = inspect_file(path)?;
+    check_format(&path)?;
+
+    let header = ffi::open(&path)?;
+    let host_version = host_interface_version();
+    let found = ffi::interface_version(&path, header)?;
+    // abi_stable compares major versions too, but reports them without the file: check first.
+    if !interface_compatible(&host_version, &found) {
+        return Err(Error::IncompatibleVersion { path, host: host_version, found });
+    }
+    let module = ffi::root_module(&path, header, &host_version)?;
+    let verified = handshake(&path, module, &host_version)?;
+    tracing::debug!(interface = %found, "handshake passed");
+    Plugin::new(path, verified, found)
+}
+
+/// A root module that passed every load check; only [`handshake`] creates one.
+pub(crate) struct VerifiedModule {
+    module: CalculatorModRef,
+}
+
+/// The interface version this host was built against.
+pub fn host_interface_version() -> Version {
+    // The interface crate's own version is always valid semver; cargo refuses anything else.
+    Version::parse(interface::INTERFACE_VERSION).unwrap_or_else(|_| Version::new(0, 0, 0))
+}
+
+/// Whether a host built against interface `host` can use a plugin built against `plugin`.
+///
+/// Within a major version ≥ 1 any minor version works both ways: a newer plugin's extra root
+/// module fields are ignored, an older plugin's missing ones read as absent. Before 1.0 every
+/// minor version is a breaking one.
+pub fn interface_compatible(host: &Version, plugin: &Version) -> bool {
+    if host.major == 0 {
+        plugin.major == 0 && plugin.minor == host.minor
+    } else {
+        plugin.major == host.major
+    }
+}
+
+fn inspect_file(path: &Path) -> Result<PathBuf, Error> {
+    let metadata = match fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound { path: path.to_owned() });
+        }
+        Err(source) => return Err(Error::Io { path: path.to_owned(), source }),
+    };
+    if !metadata.is_file() {
+        return Err(Error::NotAFile { path: path.to_owned(), found: file_kind(&metadata) });
+    }
+    let has_suffix = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.len() > LIBRARY_SUFFIX.len() && name.ends_with(LIBRARY_SUFFIX));
+    if !has_suffix {
+        return Err(Error::WrongExtension { path: path.to_owned(), expected: LIBRARY_SUFFIX });
+    }
+    // An absolute path, so that the system loader never searches its library path for it.
+    std::path::absolute(path).map_err(|source| Error::Io { path: path.to_owned(), source })
+}
+
+fn file_kind(metadata: &fs::Metadata) -> &'static str {
+    if metadata.is_dir() {
+        return "directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = metadata.file_type();
+        if kind.is_socket() {
+            return "socket";
+        }
+        if kind.is_fifo() {
+            return "fifo";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "device";
+        }
+    }
+    "special file"
+}
+
+/// Checks, from the file's headers alone, that it is a complete dynamic library that this
+/// process could map.
+fn check_format(path: &Path) -> Result<(), Error> {
+    let not_a_library = |reason: String| Error::NotALibrary { path: path.to_owned(), reason };
+    let file = File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let len = file.metadata().map_err(|source| Error::Io { path: path.to_owned(), source })?.len();
+    if len == 0 {
+        return Err(not_a_library("the file is empty".to_owned()));
+    }
+    let data = ReadCache::new(file);
+    let object = match object::File::parse(&data) {
+        Ok(object) => object,
+        Err(err) => {
+            let reason = match object::FileKind::parse(&data) {
+                Err(_) => "unrecognized file format (not an object file)".to_owned(),
+                Ok(kind) => format!("truncated or corrupt {kind:?} file ({err})"),
+            };
+            return Err(not_a_library(reason));
+        }
+    };
+    let native = object::BinaryFormat::native_object();
+    if object.format() != native {
+        return Err(not_a_library(format!(
+            "it is a {:?} file, this platform loads {native:?}",
+            object.format()
+        )));
+    }
+    if let Some(native_arch) = native_architecture() {
+        if object.architecture() != native_arch
+            || object.is_64() != cfg!(target_pointer_width = "64")
+        {
+            return Err(not_a_library(format!(
+                "it is built for {:?}{}, this process is {native_arch:?}",
+                object.architecture(),
+                if object.is_64() { " (64-bit)" } else { " (32-bit)" },
+            )));
+        }
+    }
+    if object.kind() != object::ObjectKind::Dynamic {
+        return Err(not_a_library(format!(
+            "it is a {:?} object, not a dynamic library",
+            object.kind()
+        )));
+    }
+    for segment in object.segments() {
+        let (offset, size) = segment.file_range();
+        let end = offset.saturating_add(size);
+        if end > len {
+            return Err(not_a_library(format!(
+                "truncated: its segments need {end} bytes but the file has {len}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn native_architecture() -> Option<object::Architecture> {
+    use object::Architecture as A;
+    Some(match std::env::consts::ARCH {
+        "x86_64" => A::X86_64,
+        "x86" => A::I386,
+        "aarch64" => A::Aarch64,
+        "arm" => A::Arm,
+        "riscv64" => A::Riscv64,
+        "powerpc64" => A::PowerPc64,
+        "s390x" => A::S390x,
+        "loongarch64" => A::LoongArch64,
+        _ => return None,
+    })
+}
+
+/// The go-plugin handshake, read from the root module: cookie, protocol, interface version.
+fn handshake(
+    path: &Path,
+    module: CalculatorModRef,
+    host_version: &Version,
+) -> Result<VerifiedModule, Error> {
+    let Handshake { magic_cookie_key, magic_cookie_value, protocol_version, interface_version } =
+        module.handshake();
+    if magic_cookie_key.as_str() != MAGIC_COOKIE_KEY
+        || magic_cookie_value.as_str() != MAGIC_COOKIE_VALUE
+    {
+        return Err(Error::BadCookie {
+            path: path.to_owned(),
+            expected_key: MAGIC_COOKIE_KEY,
+            expected_value: MAGIC_COOKIE_VALUE,
+            found_key: magic_cookie_key.to_string(),
+            found_value: magic_cookie_value.to_string(),
+        });
+    }
+    if protocol_version != PROTOCOL_VERSION {
+        return Err(Error::ProtocolMismatch {
+            path: path.to_owned(),
+            host: PROTOCOL_VERSION,
+            plugin: protocol_version,
+        });
+    }
+    let declared =
+        Version::parse(interface_version.as_str()).map_err(|err| Error::BadMetadata {
+            path: path.to_owned(),
+            reason: format!(
+                "handshake interface version {interface_version:?} is not semver: {err}"
+            ),
+        })?;
+    if !interface_compatible(host_version, &declared) {
+        return Err(Error::IncompatibleVersion {
+            path: path.to_owned(),
+            host: host_version.clone(),
+            found: declared,
+        });
+    }
+    Ok(VerifiedModule { module })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compatibility_is_same_major_from_one_on() {
+        let v = |s: &str| Version::parse(s).unwrap();
+        assert!(interface_compatible(&v("1.1.0"), &v("1.0.0")));
+        assert!(interface_compatible(&v("1.0.0"), &v("1.1.3")));
+        assert!(!interface_compatible(&v("1.0.0"), &v("2.0.0")));
+        assert!(!interface_compatible(&v("2.0.0"), &v("1.9.0")));
+        assert!(interface_compatible(&v("0.3.1"), &v("0.3.0")));
+        assert!(!interface_compatible(&v("0.3.0"), &v("0.4.0")));
+        assert!(!interface_compatible(&v("0.3.0"), &v("1.3.0")));
+    }
+
+    #[test]
+    fn host_version_is_the_interface_crate_version() {
+        assert_eq!(host_interface_version().to_string(), interface::INTERFACE_VERSION);
+    }
+}

@@ -1,0 +1,264 @@
+//! The only module of the host that talks to the dynamic loader and calls foreign code.
+//!
+//! Every `unsafe` block of the host is here, each with the reason it holds. Callers get safe
+//! types: [`open`] returns a library whose abi_stable header was validated, [`root_module`]
+//! one whose layout abi_stable checked, and [`Instance`] calls through a module that also passed
+//! the handshake (it takes a [`VerifiedModule`], which only the handshake creates).
+//!
+//! # Platform-specific behaviour
+//!
+//! Libraries are opened with `RTLD_NOW | RTLD_LOCAL` on Unix, so a library with an unresolved
+//! symbol is refused at load rather than failing at its first call, and its symbols do not
+//! leak into other plugins. Libraries are never closed (`dlclose`): abi_stable hands out
+//! `'static` references into them, and thread-local destructors registered by a library must
+//! stay mapped until their threads exit.
+
+use std::path::Path;
+
+use abi_stable::library::{
+    AbiHeader, AbiHeaderRef, LibHeader, LibraryError, ROOT_MODULE_LOADER_NAME,
+    ROOT_MODULE_LOADER_NAME_WITH_NUL,
+};
+use abi_stable::std_types::{RResult, RSlice, RSliceMut};
+use interface::ffi::{
+    CalculatorModRef, FfiConfigEntry, FfiError, FfiMetadata, FfiStatus, InstancePtr,
+};
+use interface::{BatchOp, BatchResult};
+use semver::Version;
+
+use super::VerifiedModule;
+use crate::Error;
+
+/// Maps the library at `path` and validates its abi_stable header.
+///
+/// `path` must be absolute (a bare file name would make `dlopen` search the library path).
+pub(crate) fn open(path: &Path) -> Result<&'static LibHeader, Error> {
+    let library = open_library(path)?;
+
+    // SAFETY: abi_stable's `#[export_root_module]` (and `export_plugin!`, which mirrors it) export
+    // a `static LibHeader` under this name. libloading's `Symbol<T>` holds the symbol's address as
+    // a `T`, so reading it as `AbiHeaderRef`, a `#[repr(transparent)]` reference to the
+    // `AbiHeader` that starts every `LibHeader`, yields a reference to that static, as abi_stable's
+    // own `abi_header_from_raw_library` does. If some other library exports a symbol with this
+    // exact name, `is_valid` below reads 40 bytes from it: the symbol is in a mapped segment of a
+    // library whose segments we checked are all in the file.
+    let header: Result<AbiHeaderRef, _> =
+        unsafe { library.get::<AbiHeaderRef>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }
+            .map(|symbol| *symbol);
+    let Ok(header) = header else {
+        return Err(Error::MissingRootModule {
+            path: path.to_owned(),
+            symbol: ROOT_MODULE_LOADER_NAME,
+        });
+    };
+    if !header.is_valid() {
+        return Err(Error::AbiStableMismatch {
+            path: path.to_owned(),
+            detail: describe_abi_header(&header),
+        });
+    }
+    let header = header.upgrade().map_err(|err| {
+        tracing::debug!(error = %err, "abi_stable header upgrade failed");
+        Error::AbiStableMismatch { path: path.to_owned(), detail: first_line(&err.to_string()) }
+    })?;
+    // The library stays mapped for the life of the process: `header` and everything reached
+    // through it are `'static` references into it.
+    std::mem::forget(library);
+    Ok(header)
+}
+
+#[cfg(unix)]
+#[allow(clippy::disallowed_methods)] // This is the one place allowed to map a library.
+fn open_library(path: &Path) -> Result<libloading::Library, Error> {
+    use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+    // SAFETY: mapping a library runs its initializers, which is foreign code. The loader has
+    // checked that the file is a complete dynamic library for this platform and architecture,
+    // so the system loader will not fault on a truncated mapping; what the initializers do is
+    // the library's responsibility (calcplug plugins have none beyond the Rust runtime's).
+    let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) };
+    library
+        .map(libloading::Library::from)
+        .map_err(|source| Error::Open { path: path.to_owned(), source })
+}
+
+#[cfg(not(unix))]
+#[allow(clippy::disallowed_methods)] // This is the one place allowed to map a library.
+fn open_library(path: &Path) -> Result<libloading::Library, Error> {
+    // SAFETY: as for the Unix variant: the file was checked to be a complete dynamic library for
+    // this platform; its initializers are the library's responsibility.
+    let library = unsafe { libloading::Library::new(path) };
+    library.map_err(|source| Error::Open { path: path.to_owned(), source })
+}
+
+fn describe_abi_header(header: &AbiHeader) -> String {
+    let ours = AbiHeader::VALUE;
+    if header.magic_string != ours.magic_string {
+        "its abi_stable header is unrecognized (not an abi_stable library, or a corrupted one)"
+            .to_owned()
+    } else {
+        format!(
+            "it uses abi_stable ABI {}.{}, this host uses {}.{}",
+            header.abi_major, header.abi_minor, ours.abi_major, ours.abi_minor
+        )
+    }
+}
+
+/// The interface version the library was built against, read from its header without running
+/// any of its code.
+pub(crate) fn interface_version(path: &Path, header: &LibHeader) -> Result<Version, Error> {
+    let text = header.version_strings().version.as_str();
+    Version::parse(text).map_err(|err| Error::BadMetadata {
+        path: path.to_owned(),
+        reason: format!("interface version {text:?} is not semver: {err}"),
+    })
+}
+
+/// Runs abi_stable's version and layout checks, then the root module's constructor.
+pub(crate) fn root_module(
+    path: &Path,
+    header: &'static LibHeader,
+    host: &Version,
+) -> Result<CalculatorModRef, Error> {
+    header.init_root_module::<CalculatorModRef>().map_err(|err| match err {
+        LibraryError::AbiInstability(explanation) => {
+            let detail = explanation.to_string();
+            tracing::debug!(%detail, "abi_stable layout check failed");
+            Error::AbiMismatch {
+                path: path.to_owned(),
+                host: host.clone(),
+                summary: summarize_layout_error(&detail),
+                detail,
+            }
+        }
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => {
+            Error::IncompatibleVersion {
+                path: path.to_owned(),
+                host: host.clone(),
+                found: Version::new(
+                    u64::from(actual_version.major),
+                    u64::from(actual_version.minor),
+                    u64::from(actual_version.patch),
+                ),
+            }
+        }
+        other => {
+            let detail = other.to_string();
+            tracing::debug!(%detail, "root module initialization failed");
+            Error::RootModule { path: path.to_owned(), detail: first_line(&detail) }
+        }
+    })
+}
+
+/// The line of abi_stable's (long, nested) layout report that says what differs.
+fn summarize_layout_error(detail: &str) -> String {
+    let interesting = detail.lines().map(str::trim).find(|line| {
+        let lower = line.to_ascii_lowercase();
+        !line.is_empty()
+            && (lower.contains("mismatch")
+                || lower.contains("different")
+                || lower.contains("expected")
+                || lower.contains("too")
+                || lower.contains("incompatible"))
+    });
+    first_line(interesting.unwrap_or(detail))
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("");
+    const MAX: usize = 200;
+    match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
+/// One plugin instance, called straight through its library's function table.
+pub(crate) struct Instance {
+    module: CalculatorModRef,
+    ptr: InstancePtr,
+}
+
+// SAFETY: an instance is a value of the plugin's `T: interface::plugin::Calculator`, a trait that
+// requires `Send + Sync`; every entry point takes it by shared reference. The module is a
+// `'static` table of functions and constants.
+unsafe impl Send for Instance {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for Instance {}
+
+impl Instance {
+    /// Creates a new instance of the plugin behind `module`.
+    pub(crate) fn new(module: &VerifiedModule) -> Result<Instance, FfiError> {
+        let module = module.module;
+        (module.new_instance())().into_result().map(|ptr| Instance { module, ptr })
+    }
+
+    pub(crate) fn metadata(&self) -> RResult<FfiMetadata, FfiError> {
+        // SAFETY: (this and every call below) `self.ptr` was returned by this module's
+        // `new_instance` and is only passed to `drop_instance` in `Drop`, so it is live; the
+        // module passed the layout check, so the function pointers have the declared types.
+        unsafe { (self.module.metadata())(self.ptr) }
+    }
+
+    pub(crate) fn initialize(&self, config: &[FfiConfigEntry<'_>]) -> RResult<(), FfiError> {
+        // SAFETY: see `metadata`.
+        unsafe { (self.module.initialize())(self.ptr, RSlice::from_slice(config)) }
+    }
+
+    pub(crate) fn shutdown(&self) -> RResult<(), FfiError> {
+        // SAFETY: see `metadata`.
+        unsafe { (self.module.shutdown())(self.ptr) }
+    }
+
+    pub(crate) fn status(&self) -> RResult<FfiStatus, FfiError> {
+        // SAFETY: see `metadata`.
+        unsafe { (self.module.status())(self.ptr) }
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, a: f64, b: f64) -> RResult<f64, FfiError> {
+        // SAFETY: see `metadata`.
+        unsafe { (self.module.add())(self.ptr, a, b) }
+    }
+
+    #[inline]
+    pub(crate) fn subtract(&self, a: f64, b: f64) -> RResult<f64, FfiError> {
+        // SAFETY: see `metadata`.
+        unsafe { (self.module.subtract())(self.ptr, a, b) }
+    }
+
+    #[inline]
+    pub(crate) fn multiply(&self, a: f64, b: f64) -> RResult<f64, FfiError> {
+        // SAFETY: see `metadata`.
+        unsafe { (self.module.multiply())(self.ptr, a, b) }
+    }
+
+    #[inline]
+    pub(crate) fn divide(&self, a: f64, b: f64) -> RResult<f64, FfiError> {
+        // SAFETY: see `metadata`.
+        unsafe { (self.module.divide())(self.ptr, a, b) }
+    }
+
+    #[inline]
+    pub(crate) fn process_batch(
+        &self,
+        ops: &[BatchOp],
+        results: &mut [BatchResult],
+    ) -> RResult<(), FfiError> {
+        // SAFETY: see `metadata`. The slices are borrowed for the duration of the call only.
+        unsafe {
+            (self.module.process_batch())(
+                self.ptr,
+                RSlice::from_slice(ops),
+                RSliceMut::from_mut_slice(results),
+            )
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // SAFETY: `self.ptr` came from this module's `new_instance` and this is the only place
+        // it is handed back, once, after which `self` is gone.
+        unsafe { (self.module.drop_instance())(self.ptr) }
+    }
+}

@@ -1,0 +1,386 @@
+//! `calcplug`: the command-line host for Calculator plugins.
+//!
+//! `list` shows every library found and why any was refused, `info` a plugin's metadata and
+//! status, `call` runs one operation, `demo` tours every bundled plugin.
+//! Results go to stdout; errors go to stderr with exit code 1 (2 for usage errors).
+
+// This binary talks to a terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::env;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{ArgAction, Parser, Subcommand};
+use host::{BatchOp, Config, Found, Op, Plugin};
+use serde_json::json;
+
+/// Loads Calculator plugins (stable-ABI cdylibs) and calls them.
+#[derive(Debug, Parser)]
+#[command(name = "calcplug", version)]
+struct Cli {
+    /// A directory to load plugins from (repeatable). Default: the directories in
+    /// $CALCPLUG_PLUGIN_PATH, else the `cargo xtask build-plugins` output (release, then debug)
+    /// of the target directory this binary was built in.
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    plugin_dirs: Vec<PathBuf>,
+
+    /// More log output on stderr (-v warnings, -vv info, -vvv debug, -vvvv trace);
+    /// $CALCPLUG_LOG takes a tracing filter instead.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every plugin library found: loaded (name, version) or refused (why).
+    List {
+        /// Print one JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a plugin's metadata and status.
+    Info {
+        /// The plugin's name, e.g. `basic`.
+        plugin: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one operation and print its result.
+    #[command(allow_negative_numbers = true)]
+    Call {
+        /// The plugin's name, e.g. `basic`.
+        plugin: String,
+        /// The operation: add, subtract, multiply or divide.
+        op: String,
+        /// The first operand.
+        a: f64,
+        /// The second operand (for two-operand operations).
+        b: Option<f64>,
+        /// A config value for the plugin's `initialize` (repeatable), e.g. `--set precision=4`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Tour every bundled plugin: metadata, each operation, errors, a batch, status.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed stdout (`calcplug list | head`) is not an error worth reporting.
+            if err
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match env::var("CALCPLUG_LOG") {
+        Ok(filter) => EnvFilter::new(filter),
+        Err(_) => EnvFilter::new(match verbose {
+            0 => "error",
+            1 => "warn",
+            2 => "info",
+            3 => "debug",
+            _ => "trace",
+        }),
+    };
+    tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(filter).init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dirs = if cli.plugin_dirs.is_empty() { default_plugin_dirs()? } else { cli.plugin_dirs };
+    match cli.command {
+        Command::List { json } => list(&dirs, json),
+        Command::Info { plugin, json } => info(&dirs, &plugin, json),
+        Command::Call { plugin, op, a, b, set } => call(&dirs, &plugin, &op, a, b, &set),
+        Command::Demo => demo(&dirs),
+    }
+}
+
+fn default_plugin_dirs() -> anyhow::Result<Vec<PathBuf>> {
+    if let Some(path) = env::var_os("CALCPLUG_PLUGIN_PATH") {
+        let dirs: Vec<PathBuf> =
+            env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()).collect();
+        if !dirs.is_empty() {
+            return Ok(dirs);
+        }
+    }
+    // This binary lives in `<target>/<profile>/calcplug`; xtask installs into
+    // `<target>/plugins/<profile>/`.
+    let exe = env::current_exe().context("cannot locate the calcplug binary")?;
+    let target = exe.parent().and_then(|profile_dir| profile_dir.parent());
+    if let Some(target) = target {
+        for profile in ["release", "debug"] {
+            let dir = target.join("plugins").join(profile);
+            if dir.is_dir() {
+                return Ok(vec![dir]);
+            }
+        }
+    }
+    bail!(
+        "no plugin directory: pass --plugin-dir DIR, set CALCPLUG_PLUGIN_PATH, \
+         or run `cargo xtask build-plugins` first"
+    )
+}
+
+fn list(dirs: &[PathBuf], as_json: bool) -> anyhow::Result<ExitCode> {
+    let found = host::discover(dirs);
+    let mut out = io::stdout().lock();
+    if as_json {
+        let entries: Vec<_> = found.iter().map(found_json).collect();
+        serde_json::to_writer_pretty(&mut out, &entries)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if found.is_empty() {
+        let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+        writeln!(out, "no plugin libraries in {}", shown.join(", "))?;
+    }
+    for Found { path, outcome } in &found {
+        match outcome {
+            Ok(plugin) => writeln!(
+                out,
+                "loaded   {:<14} {:<8} {}",
+                plugin.name(),
+                plugin.version().to_string(),
+                path.display()
+            )?,
+            Err(err) => writeln!(out, "refused  {}: {}", path.display(), err.reason())?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn found_json(found: &Found) -> serde_json::Value {
+    let path = found.path.display().to_string();
+    match &found.outcome {
+        Ok(plugin) => json!({
+            "path": path,
+            "status": "loaded",
+            "name": plugin.name(),
+            "version": plugin.version().to_string(),
+            "interface_version": plugin.interface_version().to_string(),
+        }),
+        Err(err) => json!({
+            "path": path,
+            "status": "refused",
+            "error": err.reason(),
+        }),
+    }
+}
+
+/// Loads every plugin in `dirs` and keeps the highest version of the one named `name`.
+fn find_plugin(dirs: &[PathBuf], name: &str) -> anyhow::Result<Plugin> {
+    let mut available = Vec::new();
+    let mut best: Option<Plugin> = None;
+    for found in host::discover(dirs) {
+        let Ok(plugin) = found.outcome else { continue };
+        if plugin.name() != name {
+            available.push(plugin.name().to_owned());
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| plugin.version() > b.version()) {
+            best = Some(plugin);
+        }
+    }
+    match best {
+        Some(plugin) => Ok(plugin),
+        None => {
+            available.sort();
+            available.dedup();
+            Err(host::Error::UnknownPlugin { name: name.to_owned(), available }.into())
+        }
+    }
+}
+
+fn info(dirs: &[PathBuf], name: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let plugin = find_plugin(dirs, name)?;
+    let meta = plugin.metadata();
+    let status = plugin.status()?;
+    let mut out = io::stdout().lock();
+    if as_json {
+        let value = json!({
+            "name": plugin.name(),
+            "version": plugin.version().to_string(),
+            "interface_version": plugin.interface_version().to_string(),
+            "path": plugin.path().display().to_string(),
+            "description": meta.description,
+            "operations": meta.operations,
+            "config": meta.config.iter().map(|k| json!({
+                "key": k.key, "default": k.default, "description": k.description,
+            })).collect::<Vec<_>>(),
+            "status": {
+                "state": status.state.name(),
+                "message": status.message,
+                "request_count": status.request_count,
+            },
+        });
+        serde_json::to_writer_pretty(&mut out, &value)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "name:        {}", plugin.name())?;
+    writeln!(out, "version:     {}", plugin.version())?;
+    writeln!(out, "description: {}", meta.description)?;
+    writeln!(out, "interface:   {}", plugin.interface_version())?;
+    writeln!(out, "path:        {}", plugin.path().display())?;
+    writeln!(out, "operations:  {}", meta.operations.join(", "))?;
+    if meta.config.is_empty() {
+        writeln!(out, "config:      (none)")?;
+    } else {
+        writeln!(out, "config:")?;
+        for key in &meta.config {
+            writeln!(out, "  {:<12} default {:<8} {}", key.key, key.default, key.description)?;
+        }
+    }
+    writeln!(out, "state:       {} ({})", status.state, status.message)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_config(settings: &[String]) -> anyhow::Result<Config> {
+    let mut config = Config::new();
+    for setting in settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("--set {setting:?}: expected KEY=VALUE");
+        };
+        config = config.with(key.trim(), value.trim());
+    }
+    Ok(config)
+}
+
+fn call(
+    dirs: &[PathBuf],
+    name: &str,
+    op_name: &str,
+    a: f64,
+    b: Option<f64>,
+    settings: &[String],
+) -> anyhow::Result<ExitCode> {
+    let Some(op) = Op::from_name(op_name) else {
+        let known: Vec<_> = Op::ALL.iter().map(|op| op.name()).collect();
+        bail!("unknown operation `{op_name}` (known: {})", known.join(", "));
+    };
+    let b = match (op.arity(), b) {
+        (2, None) => bail!("`{op}` takes two operands: calcplug call {name} {op} A B"),
+        (1, Some(_)) => bail!("`{op}` takes one operand: calcplug call {name} {op} A"),
+        (_, b) => b.unwrap_or(0.0),
+    };
+    let config = parse_config(settings)?;
+    let plugin = find_plugin(dirs, name)?;
+    plugin.initialize(&config)?;
+    let result = plugin.call(op, a, b);
+    let shutdown = plugin.shutdown();
+    let value = result?;
+    shutdown?;
+    writeln!(io::stdout().lock(), "{value}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(dirs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    let found = host::discover(dirs);
+    let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+    writeln!(out, "calcplug demo: plugins from {}", shown.join(", "))?;
+    let mut plugins = Vec::new();
+    for Found { path, outcome } in found {
+        match outcome {
+            Ok(plugin) => plugins.push(plugin),
+            Err(err) => writeln!(out, "  refused {}: {}", path.display(), err.reason())?,
+        }
+    }
+    if plugins.is_empty() {
+        bail!("no plugin could be loaded: run `cargo xtask build-plugins` first");
+    }
+    for plugin in &plugins {
+        tour(&mut out, plugin)?;
+    }
+    writeln!(out, "\ndemo finished: {} plugin(s) toured", plugins.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tour(out: &mut impl Write, plugin: &Plugin) -> anyhow::Result<()> {
+    let meta = plugin.metadata();
+    writeln!(out, "\n== {} {} — {}", plugin.name(), plugin.version(), meta.description)?;
+    writeln!(out, "   interface {}, {}", plugin.interface_version(), plugin.path().display())?;
+    writeln!(out, "   state before initialize: {}", plugin.status()?.state)?;
+    match plugin.add(1.0, 2.0) {
+        Ok(v) => writeln!(out, "   add(1, 2) before initialize = {v} (unexpected)")?,
+        Err(err) => writeln!(out, "   add(1, 2) before initialize -> {err}")?,
+    }
+    plugin.initialize(&Config::new())?;
+    writeln!(out, "   initialized with defaults: {}", plugin.status()?.state)?;
+
+    writeln!(out, "-- operations")?;
+    for op in Op::ALL.into_iter().filter(|op| meta.supports(*op)) {
+        let (a, b) = (7.5, 2.5);
+        match plugin.call(op, a, b) {
+            Ok(v) => writeln!(out, "   {op}({a}, {b}) = {v}")?,
+            Err(err) => writeln!(out, "   {op}({a}, {b}) -> {err}")?,
+        }
+    }
+    writeln!(out, "-- validation")?;
+    let cases = [
+        (Op::Add, 0.1, 0.2),
+        (Op::Divide, 1.0, 0.0),
+        (Op::Add, f64::NAN, 1.0),
+        (Op::Add, 2e100, 1.0),
+        (Op::Multiply, 1e99, 1e99),
+    ];
+    for (op, a, b) in cases {
+        match plugin.call(op, a, b) {
+            Ok(v) => writeln!(out, "   {op}({a}, {b}) = {v}")?,
+            Err(err) => {
+                writeln!(out, "   {op}({a}, {b}) -> {}", err.code().map_or("?", |c| c.name()))?
+            }
+        }
+    }
+    writeln!(out, "-- batch (one call, one bad item does not fail the others)")?;
+    let ops = [
+        BatchOp::new(Op::Add, 1.0, 2.0),
+        BatchOp::new(Op::Divide, 10.0, 4.0),
+        BatchOp::new(Op::Divide, 1.0, 0.0),
+        BatchOp::new(Op::Multiply, 6.0, 7.0),
+    ];
+    for (item, result) in ops.iter().zip(plugin.batch(&ops)?) {
+        let op = item.op.op().map_or("?", |op| op.name());
+        match result.result() {
+            Ok(v) => writeln!(out, "   {op}({}, {}) = {v}", item.a, item.b)?,
+            Err(code) => writeln!(out, "   {op}({}, {}) -> {}", item.a, item.b, code.name())?,
+        }
+    }
+    let status = plugin.status()?;
+    writeln!(out, "-- status")?;
+    writeln!(
+        out,
+        "   state {} ({}), {} requests, uptime {:?}",
+        status.state, status.message, status.request_count, status.uptime
+    )?;
+    if let Some(latency) = status.average_latency {
+        writeln!(out, "   average latency (sampled) {latency:?}")?;
+    }
+    plugin.shutdown()?;
+    writeln!(out, "-- shut down: {}", plugin.status()?.state)?;
+    match plugin.add(1.0, 2.0) {
+        Ok(v) => writeln!(out, "   add(1, 2) after shutdown = {v} (unexpected)")?,
+        Err(err) => writeln!(out, "   add(1, 2) after shutdown -> {err}")?,
+    }
+    Ok(())
+}

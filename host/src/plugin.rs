@@ -1,0 +1,330 @@
+//! [`Plugin`]: a loaded, checked plugin instance with a safe Rust API.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use abi_stable::std_types::{RResult, RStr};
+use interface::ffi::{FfiConfigEntry, FfiError, FfiMetadata, FfiStatus};
+use interface::{
+    BatchOp, BatchResult, Config, ConfigKey, ErrorCode, Metadata, Op, PluginState, Status,
+};
+use semver::Version;
+
+use crate::loader::{Instance, VerifiedModule};
+use crate::Error;
+
+/// A loaded plugin instance.
+///
+/// Calls go straight through the library's function table: no lock, no allocation unless the
+/// plugin returns an error. A `Plugin` is `Send + Sync`; share it between threads with an `Arc`.
+/// Dropping it frees the instance (the library itself stays mapped).
+pub struct Plugin {
+    instance: Instance,
+    name: String,
+    version: Version,
+    interface_version: Version,
+    metadata: Metadata,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("interface_version", &self.interface_version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        path: PathBuf,
+        module: VerifiedModule,
+        interface_version: Version,
+    ) -> Result<Plugin, Error> {
+        let setup_error = |op: &'static str, err: FfiError| {
+            let (code, message) = decode_error(err);
+            Error::Setup { path: path.clone(), op, code, message }
+        };
+        let instance = Instance::new(&module).map_err(|err| setup_error("new_instance", err))?;
+        let metadata =
+            instance.metadata().into_result().map_err(|err| setup_error("metadata", err))?;
+        let metadata = convert_metadata(metadata);
+        let bad = |reason: String| Error::BadMetadata { path: path.clone(), reason };
+        if !valid_name(&metadata.name) {
+            return Err(bad(format!(
+                "plugin name {:?} must be 1-64 characters of a-z, 0-9, `-` and `_`",
+                metadata.name
+            )));
+        }
+        let version = Version::parse(&metadata.version).map_err(|err| {
+            bad(format!("plugin version {:?} is not semver: {err}", metadata.version))
+        })?;
+        tracing::info!(plugin = %metadata.name, %version, interface = %interface_version, "loaded");
+        Ok(Plugin {
+            instance,
+            name: metadata.name.clone(),
+            version,
+            interface_version,
+            metadata,
+            path,
+        })
+    }
+
+    /// The name the plugin is addressed by (from its metadata).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's own version (from its metadata).
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    /// The interface version the plugin was built against.
+    pub fn interface_version(&self) -> &Version {
+        &self.interface_version
+    }
+
+    /// The plugin's metadata, as read once at load.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The library file the plugin was loaded from (absolute).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Initializes the plugin with `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code, e.g. `InvalidInput` for a bad config value.
+    pub fn initialize(&self, config: &Config) -> Result<(), Error> {
+        let _span = tracing::info_span!("initialize", plugin = %self.name).entered();
+        let entries: Vec<FfiConfigEntry<'_>> = config
+            .iter()
+            .map(|(key, value)| FfiConfigEntry { key: RStr::from(key), value: RStr::from(value) })
+            .collect();
+        let result = self.check("initialize", self.instance.initialize(&entries));
+        match &result {
+            Ok(()) => tracing::info!(keys = entries.len(), "initialized"),
+            Err(err) => tracing::warn!(error = %err, "initialize failed"),
+        }
+        result
+    }
+
+    /// Shuts the plugin down; later calls fail with `NotInitialized`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] if the plugin reports a failure while shutting down.
+    pub fn shutdown(&self) -> Result<(), Error> {
+        let _span = tracing::info_span!("shutdown", plugin = %self.name).entered();
+        let result = self.check("shutdown", self.instance.shutdown());
+        if let Err(err) = &result {
+            tracing::warn!(error = %err, "shutdown failed");
+        }
+        result
+    }
+
+    /// The plugin's status.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] if the plugin fails to report it (e.g. it panicked).
+    pub fn status(&self) -> Result<Status, Error> {
+        self.check("status", self.instance.status()).map(convert_status)
+    }
+
+    /// `a + b`
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code.
+    #[inline]
+    pub fn add(&self, a: f64, b: f64) -> Result<f64, Error> {
+        self.check("add", self.instance.add(a, b))
+    }
+
+    /// `a - b`
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code.
+    #[inline]
+    pub fn subtract(&self, a: f64, b: f64) -> Result<f64, Error> {
+        self.check("subtract", self.instance.subtract(a, b))
+    }
+
+    /// `a * b`
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code.
+    #[inline]
+    pub fn multiply(&self, a: f64, b: f64) -> Result<f64, Error> {
+        self.check("multiply", self.instance.multiply(a, b))
+    }
+
+    /// `a / b`
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code, e.g. `DivisionByZero`.
+    #[inline]
+    pub fn divide(&self, a: f64, b: f64) -> Result<f64, Error> {
+        self.check("divide", self.instance.divide(a, b))
+    }
+
+    /// `op(a, b)`; `b` is ignored by one-operand operations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` for an operation this plugin's
+    /// interface version does not have.
+    pub fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+        match op {
+            Op::Add => self.add(a, b),
+            Op::Subtract => self.subtract(a, b),
+            Op::Multiply => self.multiply(a, b),
+            Op::Divide => self.divide(a, b),
+            _ => Err(self.call_error(
+                "call",
+                ErrorCode::Unsupported,
+                format!("this host cannot call `{op}` on {}", self.name),
+            )),
+        }
+    }
+
+    /// Computes every item of `ops` into the slot of `results` with the same index; one failing
+    /// item does not stop the others.
+    ///
+    /// The operations are passed to the plugin as they are, without a copy.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the slices differ in length; the plugin's error if the batch as a whole
+    /// failed (e.g. it panicked), in which case `results` is unspecified.
+    #[inline]
+    pub fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
+        if ops.len() != results.len() {
+            return Err(self.call_error(
+                "process_batch",
+                ErrorCode::InvalidInput,
+                format!("{} operations but {} result slots", ops.len(), results.len()),
+            ));
+        }
+        self.check("process_batch", self.instance.process_batch(ops, results))
+    }
+
+    /// [`Plugin::process_batch`] into a new vector.
+    ///
+    /// # Errors
+    ///
+    /// As [`Plugin::process_batch`].
+    pub fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchResult>, Error> {
+        let mut results = vec![BatchResult::PENDING; ops.len()];
+        self.process_batch(ops, &mut results)?;
+        Ok(results)
+    }
+
+    #[inline(always)]
+    fn check<T>(&self, op: &'static str, result: RResult<T, FfiError>) -> Result<T, Error> {
+        match result {
+            RResult::ROk(value) => Ok(value),
+            RResult::RErr(err) => Err(self.ffi_error(op, err)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn ffi_error(&self, op: &'static str, err: FfiError) -> Error {
+        let (code, message) = decode_error(err);
+        if code == ErrorCode::PluginPanicked {
+            tracing::error!(plugin = %self.name, op, %message, "plugin panicked");
+        }
+        self.call_error(op, code, message)
+    }
+
+    #[cold]
+    fn call_error(&self, op: &'static str, code: ErrorCode, message: String) -> Error {
+        Error::Call { plugin: self.name.clone(), op, code, message }
+    }
+}
+
+fn decode_error(err: FfiError) -> (ErrorCode, String) {
+    match ErrorCode::from_u8(err.code) {
+        Some(code) => (code, err.message.into_string()),
+        None => (
+            ErrorCode::Internal,
+            format!("unknown error code {} from a newer plugin: {}", err.code, err.message),
+        ),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn convert_metadata(raw: FfiMetadata) -> Metadata {
+    Metadata {
+        name: raw.name.into_string(),
+        version: raw.version.into_string(),
+        description: raw.description.into_string(),
+        operations: raw.operations.into_iter().map(|op| op.into_string()).collect(),
+        config: raw
+            .config
+            .into_iter()
+            .map(|key| ConfigKey {
+                key: key.key.into_string(),
+                default: key.default.into_string(),
+                description: key.description.into_string(),
+            })
+            .collect(),
+    }
+}
+
+fn convert_status(raw: FfiStatus) -> Status {
+    Status {
+        state: PluginState::from_u8(raw.state).unwrap_or(PluginState::Error),
+        message: raw.message.into_string(),
+        started_at: raw
+            .started_at_unix_nanos
+            .into_option()
+            .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos)),
+        uptime: Duration::from_nanos(raw.uptime_nanos),
+        request_count: raw.request_count,
+        average_latency: raw.average_latency_nanos.into_option().map(Duration::from_nanos),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_names_are_restricted() {
+        assert!(valid_name("basic"));
+        assert!(valid_name("sci-calc_2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("Basic"));
+        assert!(!valid_name("../evil"));
+        assert!(!valid_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn unknown_error_codes_become_internal_with_the_number() {
+        let (code, message) =
+            decode_error(FfiError { code: 77, message: abi_stable::std_types::RString::from("x") });
+        assert_eq!(code, ErrorCode::Internal);
+        assert!(message.contains("77"), "{message}");
+    }
+}

@@ -1,0 +1,22 @@
+//! calcplug's integration tests: one binary, real plugin libraries built from this workspace.
+//!
+//! The first test to need a library builds every plugin, fixture and the CLI once
+//! (see the `tests` support crate); nothing here mocks the loader.
+
+/// Loading and handshake: what loads, and every way a library is refused.
+mod load;
+
+/// Calls into a loaded plugin: every operation, every error code, the lifecycle, threads, batches.
+mod calls;
+
+/// Plugins that panic or fail: the host turns it into errors and keeps serving.
+mod panics;
+
+/// The `calcplug` binary, run as a user would.
+mod cli;
+
+/// House rules over the sources (module docs, `unsafe`, printing, test attributes, docs).
+mod tidy;
+
+/// Helpers shared by the modules above.
+mod util;

@@ -1,0 +1,34 @@
+//! Small helpers shared by the test modules.
+
+use std::path::{Path, PathBuf};
+
+use host::{Config, Plugin};
+
+pub(crate) use tests::artifacts;
+
+/// The library of `package`, loaded and initialized with `config`.
+#[track_caller]
+pub(crate) fn ready(package: &str, config: &Config) -> Plugin {
+    let plugin = load(package);
+    plugin.initialize(config).unwrap_or_else(|err| panic!("initialize {package}: {err}"));
+    plugin
+}
+
+/// The library of `package`, loaded, not initialized.
+#[track_caller]
+pub(crate) fn load(package: &str) -> Plugin {
+    let path = artifacts().library(package);
+    host::load(&path).unwrap_or_else(|err| panic!("load {}: {err}", path.display()))
+}
+
+/// A fresh scratch directory, removed when dropped.
+pub(crate) fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("calcplug-test-").tempdir().expect("create a scratch directory")
+}
+
+/// Copies `from` into `dir` under `name` and returns the new path.
+pub(crate) fn copy_as(from: &Path, dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(from, &to).unwrap_or_else(|err| panic!("copy {}: {err}", from.display()));
+    to
+}

@@ -1,0 +1,99 @@
+//! Support for calcplug's integration tests: builds the real plugin, fixture and CLI binaries
+//! once per test run and says where they are.
+//!
+//! The build goes into its own target directory, `target/test-artifacts`: cargo holds the lock
+//! on the outer target directory while the tests run, so a nested build there would wait forever.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use xtask::{ArtifactKind, BuildRequest, PackageSet};
+
+/// Where the built artifacts are.
+#[derive(Debug)]
+pub struct Artifacts {
+    /// The real plugins (`plugins/*`), as `cargo xtask build-plugins` installs them.
+    pub plugin_dir: PathBuf,
+    /// The fixture plugins (`tests/fixtures/*`), in a directory of their own.
+    pub fixture_dir: PathBuf,
+    /// The `calcplug` binary.
+    pub calcplug: PathBuf,
+}
+
+impl Artifacts {
+    /// The library file of the real plugin or fixture crate `package` (e.g. `basic`,
+    /// `bad-cookie`).
+    ///
+    /// # Panics
+    ///
+    /// If no such library was built: a test asked for a crate that does not exist.
+    pub fn library(&self, package: &str) -> PathBuf {
+        let file = library_file_name(package);
+        [&self.plugin_dir, &self.fixture_dir]
+            .into_iter()
+            .map(|dir| dir.join(&file))
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| panic!("no library {file} was built for package {package}"))
+    }
+}
+
+/// `lib{name}.so` (or `.dylib`, or `{name}.dll`) for a package whose lib target has the default
+/// name.
+pub fn library_file_name(package: &str) -> String {
+    format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// Builds (once per test binary) every plugin, every fixture and the `calcplug` binary.
+///
+/// # Panics
+///
+/// If the build fails: the tests cannot run without the libraries, and cargo has already
+/// printed the compiler's errors.
+pub fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| match build_all() {
+        Ok(artifacts) => artifacts,
+        Err(err) => panic!("building the test plugins failed: {err:#}"),
+    })
+}
+
+fn build_all() -> anyhow::Result<Artifacts> {
+    let root = xtask::workspace_root();
+    let out = root.join("target").join("test-artifacts");
+    let plugins = names(&root, PackageSet::Plugins)?;
+    let fixtures = names(&root, PackageSet::Fixtures)?;
+    let mut packages: Vec<String> = plugins.iter().chain(&fixtures).cloned().collect();
+    packages.push("host".to_owned());
+    let built = xtask::build(
+        &root,
+        &BuildRequest { packages: &packages, release: false, target_dir: Some(&out), quiet: true },
+    )?;
+    let of = |set: &[String]| -> Vec<xtask::Artifact> {
+        built
+            .iter()
+            .filter(|a| a.kind == ArtifactKind::Cdylib && set.contains(&a.package))
+            .cloned()
+            .collect()
+    };
+    let plugin_dir = out.join("plugins");
+    let fixture_dir = out.join("fixtures");
+    xtask::install(&of(&plugins), &plugin_dir)?;
+    xtask::install(&of(&fixtures), &fixture_dir)?;
+    let calcplug = built
+        .iter()
+        .find(|a| {
+            a.kind == ArtifactKind::Bin && a.path.file_stem().is_some_and(|s| s == "calcplug")
+        })
+        .map(|a| a.path.clone())
+        .ok_or_else(|| anyhow::anyhow!("cargo built no calcplug binary"))?;
+    Ok(Artifacts { plugin_dir, fixture_dir, calcplug })
+}
+
+fn names(root: &Path, set: PackageSet) -> anyhow::Result<Vec<String>> {
+    Ok(xtask::plugin_packages(root, set)?.into_iter().map(|p| p.name).collect())
+}

@@ -1,0 +1,102 @@
+//! Workspace automation shared by the `cargo xtask` binary and the integration tests.
+//!
+//! This library finds the plugin and fixture crates of the workspace, builds them through
+//! `$CARGO`, and installs the resulting `cdylib`s into a plugin directory. It never prints:
+//! every function returns data and leaves reporting to the caller, so the `tests` crate can use it
+//! to build the fixture plugins before it loads them.
+//!
+//! ```no_run
+//! use xtask::{BuildRequest, PackageSet};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let root = xtask::workspace_root();
+//! let names: Vec<String> = xtask::plugin_packages(&root, PackageSet::Fixtures)?
+//!     .into_iter()
+//!     .map(|package| package.name)
+//!     .collect();
+//! let request = BuildRequest {
+//!     packages: &names,
+//!     release: false,
+//!     target_dir: Some(&root.join("target/fixtures")),
+//!     quiet: true,
+//! };
+//! let artifacts = xtask::build(&root, &request)?;
+//! xtask::install(&artifacts, &root.join("target/fixtures/plugins"))?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod build;
+mod install;
+mod metadata;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+pub use crate::{
+    build::{build, parse_artifacts, Artifact, ArtifactKind, BuildRequest},
+    install::install,
+    metadata::{plugin_packages, Package, PackageSet},
+};
+
+/// Returns the root of the calcplug workspace.
+///
+/// The root is the parent of this crate's manifest directory, fixed at compile time, so the result
+/// does not depend on the directory `cargo xtask` was started from.
+///
+/// # Panics
+///
+/// Never: `CARGO_MANIFEST_DIR` is an absolute path to `<root>/xtask`, which always has a parent.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the xtask manifest directory has a parent")
+        .to_path_buf()
+}
+
+/// Returns the cargo executable to run: `$CARGO` if it is set, otherwise `cargo`.
+///
+/// Cargo sets `CARGO` for the processes it runs (`cargo run`, `cargo test`), so nested builds use
+/// the same toolchain as the command that started them.
+pub fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"))
+}
+
+/// Returns a [`Command`] that runs [`cargo()`] with `root` as its working directory.
+///
+/// Every cargo invocation in xtask goes through this helper so that none of them depends on the
+/// caller's current directory.
+pub fn cargo_command(root: &Path) -> Command {
+    let mut command = Command::new(cargo());
+    command.current_dir(root);
+    command
+}
+
+/// Returns the directory that `cargo xtask build-plugins` installs plugins into:
+/// `<root>/target/plugins/release` or `<root>/target/plugins/debug`.
+pub fn plugin_dir(root: &Path, release: bool) -> PathBuf {
+    let profile = if release { "release" } else { "debug" };
+    root.join("target").join("plugins").join(profile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_root_contains_this_crate() {
+        let root = workspace_root();
+        assert!(root.is_absolute(), "{}", root.display());
+        assert!(root.join("xtask").join("Cargo.toml").is_file(), "{}", root.display());
+    }
+
+    #[test]
+    fn plugin_dir_is_per_profile() {
+        let root = Path::new("/ws");
+        assert_eq!(plugin_dir(root, true), Path::new("/ws/target/plugins/release"));
+        assert_eq!(plugin_dir(root, false), Path::new("/ws/target/plugins/debug"));
+    }
+}

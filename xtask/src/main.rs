@@ -1,0 +1,70 @@
+//! The calcplug task runner, following the cargo-xtask convention: a plain workspace binary that
+//! `.cargo/config.toml` makes available as `cargo xtask <task>`, so automation needs nothing but
+//! cargo and runs the same on every platform.
+//!
+//! Tasks:
+//!
+//! - `cargo xtask build-plugins [--release] [--fixtures]` builds every crate under `plugins/` and
+//!   installs its library into `target/plugins/<profile>/`. With `--fixtures` it also builds the
+//!   deliberately broken plugins under `tests/fixtures/` into `target/plugins/<profile>/fixtures/`.
+//! - `cargo xtask demo` runs `build-plugins --release`, then `calcplug demo` against the installed
+//!   plugins, and exits with the demo's status.
+//! - `cargo xtask ci` runs what CI runs, in order: `cargo test --workspace`,
+//!   `cargo fmt --all --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
+//!
+//! The shared logic lives in the `xtask` library, which returns data; this binary prints it.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod build_plugins;
+mod ci;
+mod demo;
+mod flags;
+
+use std::{fmt, path::Path, process::ExitCode, process::ExitStatus};
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let flags = flags::Xtask::parse();
+    let result = match &flags.subcommand {
+        flags::XtaskCmd::BuildPlugins(cmd) => cmd.run(),
+        flags::XtaskCmd::Demo(cmd) => cmd.run(),
+        flags::XtaskCmd::Ci(cmd) => cmd.run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            // A failed child process passes its exit code on, so scripts see the demo's status.
+            let code = error
+                .downcast_ref::<ChildFailed>()
+                .and_then(|failed| failed.status.code())
+                .and_then(|code| u8::try_from(code).ok())
+                .filter(|&code| code != 0)
+                .unwrap_or(1);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The error of a child process that exited unsuccessfully.
+#[derive(Debug)]
+struct ChildFailed {
+    /// The command, as shown to the user.
+    what: String,
+    status: ExitStatus,
+}
+
+impl fmt::Display for ChildFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` failed ({})", self.what, self.status)
+    }
+}
+
+impl std::error::Error for ChildFailed {}
+
+/// Returns `path` relative to `root` when it is inside `root`, for shorter output.
+fn display_relative<'a>(root: &Path, path: &'a Path) -> std::path::Display<'a> {
+    path.strip_prefix(root).unwrap_or(path).display()
+}
