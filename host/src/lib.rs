@@ -13,6 +13,8 @@
 //! [`load`] runs every check (file, format, abi_stable layout and version, magic cookie,
 //! protocol version, interface semver) before the first call and fails with a typed [`Error`]
 //! naming the file; [`discover`] loads a whole directory and keeps going past bad files.
+//! [`PluginManager`] runs many plugins by name from a [`ManagerConfig`] (`calcplug.toml`): a
+//! lifecycle state machine, metrics, hot reload and a graceful shutdown.
 //!
 //! **Architecture Invariant:** all of this crate's `unsafe` lives in `loader::ffi`.
 
@@ -27,9 +29,10 @@ mod plugin;
 pub use discovery::{discover, library_files, Found};
 pub use error::Error;
 pub use loader::{host_interface_version, interface_compatible, load, LIBRARY_SUFFIX};
-pub use plugin::Plugin;
+pub use plugin::{Extension, Plugin};
 
 /// The plugin-facing types hosts also use.
 pub use interface::{
-    BatchOp, BatchResult, CalcError, Config, ErrorCode, Metadata, Op, PluginState, Status,
+    AngleUnit, BatchOp, BatchResult, CalcError, Config, ErrorCode, Metadata, Op, PluginState,
+    Status,
 };

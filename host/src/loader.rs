@@ -57,7 +57,7 @@ fn load_path(path: &Path) -> Result<Plugin, Error> {
     if !interface_compatible(&host_version, &found) {
         return Err(Error::IncompatibleVersion { path, host: host_version, found });
     }
-    let module = ffi::root_module(&path, header, &host_version)?;
+    let module = ffi::root_module(&path, header, &host_version, &found)?;
     let verified = handshake(&path, module, &host_version)?;
     tracing::debug!(interface = %found, "handshake passed");
     Plugin::new(path, verified, found)

@@ -224,6 +224,8 @@ fn info(dirs: &[PathBuf], name: &str, as_json: bool) -> anyhow::Result<ExitCode>
             "path": plugin.path().display().to_string(),
             "description": meta.description,
             "operations": meta.operations,
+            "extensions": plugin.extensions().iter().map(|e| e.name()).collect::<Vec<_>>(),
+            "scientific": plugin.has_scientific(),
             "config": meta.config.iter().map(|k| json!({
                 "key": k.key, "default": k.default, "description": k.description,
             })).collect::<Vec<_>>(),
@@ -243,6 +245,7 @@ fn info(dirs: &[PathBuf], name: &str, as_json: bool) -> anyhow::Result<ExitCode>
     writeln!(out, "interface:   {}", plugin.interface_version())?;
     writeln!(out, "path:        {}", plugin.path().display())?;
     writeln!(out, "operations:  {}", meta.operations.join(", "))?;
+    writeln!(out, "extensions:  {}", extensions_line(&plugin))?;
     if meta.config.is_empty() {
         writeln!(out, "config:      (none)")?;
     } else {
@@ -253,6 +256,33 @@ fn info(dirs: &[PathBuf], name: &str, as_json: bool) -> anyhow::Result<ExitCode>
     }
     writeln!(out, "state:       {} ({})", status.state, status.message)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Which extension fields the plugin's root module has, for `info`.
+fn extensions_line(plugin: &Plugin) -> String {
+    let implemented = if plugin.has_scientific() { "" } else { ", not implemented" };
+    let present: Vec<String> = plugin
+        .extensions()
+        .iter()
+        .map(|e| format!("{e} (interface {}){implemented}", e.since()))
+        .collect();
+    if present.is_empty() {
+        format!(
+            "none: built against interface {}, the scientific extension is absent",
+            plugin.interface_version()
+        )
+    } else {
+        present.join(", ")
+    }
+}
+
+/// `x` in plain notation, or in scientific notation when plain would be very long.
+fn number(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-6..1e15).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
 }
 
 fn parse_config(settings: &[String]) -> anyhow::Result<Config> {
@@ -345,12 +375,39 @@ fn tour(out: &mut impl Write, plugin: &Plugin) -> anyhow::Result<()> {
         (Op::Multiply, 1e99, 1e99),
     ];
     for (op, a, b) in cases {
-        match plugin.call(op, a, b) {
+        let (a, b, v) = (number(a), number(b), plugin.call(op, a, b));
+        match v {
             Ok(v) => writeln!(out, "   {op}({a}, {b}) = {v}")?,
             Err(err) => {
                 writeln!(out, "   {op}({a}, {b}) -> {}", err.code().map_or("?", |c| c.name()))?
             }
         }
+    }
+    if plugin.has_scientific() {
+        plugin.set_angle_unit(host::AngleUnit::Degrees)?;
+        writeln!(out, "-- scientific extension (angle unit {})", plugin.angle_unit()?)?;
+        let cases = [
+            (Op::Sin, 30.0, 0.0),
+            (Op::Cos, 60.0, 0.0),
+            (Op::Tan, 45.0, 0.0),
+            (Op::Tan, 90.0, 0.0),
+            (Op::Log, 2.0, 1024.0),
+            (Op::Pow, 2.0, 0.5),
+            (Op::Sqrt, 2.0, 0.0),
+            (Op::Sqrt, -1.0, 0.0),
+        ];
+        for (op, a, b) in cases {
+            let shown =
+                if op.arity() == 1 { format!("{op}({a})") } else { format!("{op}({a}, {b})") };
+            match plugin.call(op, a, b) {
+                Ok(v) => writeln!(out, "   {shown} = {v}")?,
+                Err(err) => {
+                    writeln!(out, "   {shown} -> {}", err.code().map_or("?", |c| c.name()))?
+                }
+            }
+        }
+    } else {
+        writeln!(out, "-- scientific extension: {}", extensions_line(plugin))?;
     }
     writeln!(out, "-- batch (one call, one bad item does not fail the others)")?;
     let ops = [

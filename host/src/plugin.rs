@@ -7,7 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use abi_stable::std_types::{RResult, RStr};
 use interface::ffi::{FfiConfigEntry, FfiError, FfiMetadata, FfiStatus};
 use interface::{
-    BatchOp, BatchResult, Config, ConfigKey, ErrorCode, Metadata, Op, PluginState, Status,
+    AngleUnit, BatchOp, BatchResult, Config, ConfigKey, ErrorCode, Metadata, Op, PluginState,
+    Status,
 };
 use semver::Version;
 
@@ -21,6 +22,7 @@ use crate::Error;
 /// Dropping it frees the instance (the library itself stays mapped).
 pub struct Plugin {
     instance: Instance,
+    extensions: Vec<Extension>,
     name: String,
     version: Version,
     interface_version: Version,
@@ -63,9 +65,12 @@ impl Plugin {
         let version = Version::parse(&metadata.version).map_err(|err| {
             bad(format!("plugin version {:?} is not semver: {err}", metadata.version))
         })?;
-        tracing::info!(plugin = %metadata.name, %version, interface = %interface_version, "loaded");
+        let extensions =
+            if instance.has_scientific() { vec![Extension::Scientific] } else { Vec::new() };
+        tracing::info!(plugin = %metadata.name, %version, interface = %interface_version, ?extensions, "loaded");
         Ok(Plugin {
             instance,
+            extensions,
             name: metadata.name.clone(),
             version,
             interface_version,
@@ -97,6 +102,25 @@ impl Plugin {
     /// The library file the plugin was loaded from (absolute).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The extensions (groups of root module functions added by interface minor versions) the
+    /// plugin's library has. Empty for a plugin built against interface 1.0.
+    pub fn extensions(&self) -> &[Extension] {
+        &self.extensions
+    }
+
+    /// Whether the plugin can perform `op`: its library has the function, and its metadata
+    /// lists the operation.
+    pub fn supports(&self, op: Op) -> bool {
+        let present = !op.is_scientific() || self.extensions.contains(&Extension::Scientific);
+        present && self.metadata.supports(op)
+    }
+
+    /// Whether the plugin implements the whole scientific extension (interface 1.1).
+    /// `false`, never an error, for a plugin built against 1.0.
+    pub fn has_scientific(&self) -> bool {
+        Op::SCIENTIFIC.iter().all(|op| self.supports(*op))
     }
 
     /// Initializes the plugin with `config`.
@@ -181,6 +205,91 @@ impl Plugin {
         self.check("divide", self.instance.divide(a, b))
     }
 
+    /// `sin(x)`, `x` in the plugin's angle unit (interface 1.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
+    #[inline]
+    pub fn sin(&self, x: f64) -> Result<f64, Error> {
+        self.extension("sin", self.instance.sin(x))
+    }
+
+    /// `cos(x)`, `x` in the plugin's angle unit (interface 1.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
+    #[inline]
+    pub fn cos(&self, x: f64) -> Result<f64, Error> {
+        self.extension("cos", self.instance.cos(x))
+    }
+
+    /// `tan(x)`, `x` in the plugin's angle unit (interface 1.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
+    #[inline]
+    pub fn tan(&self, x: f64) -> Result<f64, Error> {
+        self.extension("tan", self.instance.tan(x))
+    }
+
+    /// The logarithm of `value` in base `base` (interface 1.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
+    #[inline]
+    pub fn log(&self, base: f64, value: f64) -> Result<f64, Error> {
+        self.extension("log", self.instance.log(base, value))
+    }
+
+    /// `base` raised to `exp` (interface 1.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
+    #[inline]
+    pub fn pow(&self, base: f64, exp: f64) -> Result<f64, Error> {
+        self.extension("pow", self.instance.pow(base, exp))
+    }
+
+    /// The square root of `x` (interface 1.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
+    #[inline]
+    pub fn sqrt(&self, x: f64) -> Result<f64, Error> {
+        self.extension("sqrt", self.instance.sqrt(x))
+    }
+
+    /// Sets the unit `sin`, `cos` and `tan` read their operand in (interface 1.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
+    pub fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), Error> {
+        self.extension("set_angle_unit", self.instance.set_angle_unit(unit as u8))
+    }
+
+    /// The unit `sin`, `cos` and `tan` read their operand in (interface 1.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
+    pub fn angle_unit(&self) -> Result<AngleUnit, Error> {
+        let raw = self.extension("angle_unit", self.instance.angle_unit())?;
+        AngleUnit::from_u8(raw).ok_or_else(|| {
+            self.call_error(
+                "angle_unit",
+                ErrorCode::Internal,
+                format!("unknown angle unit code {raw}"),
+            )
+        })
+    }
+
     /// `op(a, b)`; `b` is ignored by one-operand operations.
     ///
     /// # Errors
@@ -193,6 +302,12 @@ impl Plugin {
             Op::Subtract => self.subtract(a, b),
             Op::Multiply => self.multiply(a, b),
             Op::Divide => self.divide(a, b),
+            Op::Sin => self.sin(a),
+            Op::Cos => self.cos(a),
+            Op::Tan => self.tan(a),
+            Op::Log => self.log(a, b),
+            Op::Pow => self.pow(a, b),
+            Op::Sqrt => self.sqrt(a),
             _ => Err(self.call_error(
                 "call",
                 ErrorCode::Unsupported,
@@ -241,6 +356,25 @@ impl Plugin {
         }
     }
 
+    #[inline(always)]
+    fn extension<T>(
+        &self,
+        op: &'static str,
+        result: Option<RResult<T, FfiError>>,
+    ) -> Result<T, Error> {
+        match result {
+            Some(result) => self.check(op, result),
+            None => Err(self.call_error(
+                op,
+                ErrorCode::Unsupported,
+                format!(
+                    "the plugin was built against interface {}, which has no `{op}` (added in 1.1)",
+                    self.interface_version
+                ),
+            )),
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn ffi_error(&self, op: &'static str, err: FfiError) -> Error {
@@ -254,6 +388,36 @@ impl Plugin {
     #[cold]
     fn call_error(&self, op: &'static str, code: ErrorCode, message: String) -> Error {
         Error::Call { plugin: self.name.clone(), op, code, message }
+    }
+}
+
+/// A group of root module functions added by an interface minor version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Extension {
+    /// `sin`, `cos`, `tan`, `log`, `pow`, `sqrt`, `set_angle_unit`, `angle_unit` (interface 1.1).
+    Scientific,
+}
+
+impl Extension {
+    /// The extension's name, e.g. `scientific`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Extension::Scientific => "scientific",
+        }
+    }
+
+    /// The interface version that added it.
+    pub const fn since(self) -> &'static str {
+        match self {
+            Extension::Scientific => "1.1",
+        }
+    }
+}
+
+impl fmt::Display for Extension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

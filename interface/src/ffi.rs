@@ -145,61 +145,115 @@ impl InstancePtr {
     }
 }
 
-/// The root module of a Calculator plugin library: its handshake and its function table.
+/// Declares a root module struct: the fields of 1.0, then the given extension fields.
 ///
-/// Every function that takes an [`InstancePtr`] is `unsafe`: the pointer must come from this
-/// same module's `new_instance` and must not have been passed to `drop_instance` yet. Every
-/// function catches panics inside the plugin and reports them as `PluginPanicked`.
-#[repr(C)]
-#[derive(StableAbi)]
-#[sabi(kind(Prefix(prefix_ref = CalculatorModRef)))]
-pub struct CalculatorMod {
-    /// Since 1.0: the handshake the host checks before the first call.
-    pub handshake: Handshake,
-    /// Since 1.0: creates a new, uninitialized plugin instance.
-    pub new_instance: extern "C" fn() -> RResult<InstancePtr, FfiError>,
-    /// Since 1.0: frees an instance.
-    pub drop_instance: unsafe extern "C" fn(InstancePtr),
-    /// Since 1.0: the plugin's metadata.
-    pub metadata: unsafe extern "C" fn(InstancePtr) -> RResult<FfiMetadata, FfiError>,
-    /// Since 1.0: initializes the instance with a string key/value config.
-    pub initialize:
-        unsafe extern "C" fn(InstancePtr, RSlice<'_, FfiConfigEntry<'_>>) -> RResult<(), FfiError>,
-    /// Since 1.0: shuts the instance down; later calls fail with `NotInitialized`.
-    pub shutdown: unsafe extern "C" fn(InstancePtr) -> RResult<(), FfiError>,
-    /// Since 1.0: the instance's status.
-    pub status: unsafe extern "C" fn(InstancePtr) -> RResult<FfiStatus, FfiError>,
-    /// Since 1.0: `a + b`.
-    pub add: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-    /// Since 1.0: `a - b`.
-    pub subtract: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-    /// Since 1.0: `a * b`.
-    pub multiply: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-    /// Since 1.0: `a / b`.
-    pub divide: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-    /// Since 1.0: computes every item of `ops` into the slot of `results` with the same index.
-    ///
-    /// The slices have the same length. One failing item does not stop the others; an `Err`
-    /// means the batch as a whole failed (e.g. a panic) and `results` must not be read.
-    ///
-    /// This is the last field of 1.0: fields added by later minor versions go below it, and the
-    /// marker never moves within major version 1.
-    #[sabi(last_prefix_field)]
-    pub process_batch: unsafe extern "C" fn(
-        InstancePtr,
-        RSlice<'_, BatchOp>,
-        RSliceMut<'_, BatchResult>,
-    ) -> RResult<(), FfiError>,
+/// Used twice, so that [`CalculatorMod`] and [`baseline::CalculatorMod`] cannot drift apart.
+macro_rules! declare_calculator_mod {
+    ($(#[$attr:meta])* extensions { $($extensions:tt)* }) => {
+        $(#[$attr])*
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = CalculatorModRef)))]
+        pub struct CalculatorMod {
+            /// Since 1.0: the handshake the host checks before the first call.
+            pub handshake: Handshake,
+            /// Since 1.0: creates a new, uninitialized plugin instance.
+            pub new_instance: extern "C" fn() -> RResult<InstancePtr, FfiError>,
+            /// Since 1.0: frees an instance.
+            pub drop_instance: unsafe extern "C" fn(InstancePtr),
+            /// Since 1.0: the plugin's metadata.
+            pub metadata: unsafe extern "C" fn(InstancePtr) -> RResult<FfiMetadata, FfiError>,
+            /// Since 1.0: initializes the instance with a string key/value config.
+            pub initialize: unsafe extern "C" fn(
+                InstancePtr,
+                RSlice<'_, FfiConfigEntry<'_>>,
+            ) -> RResult<(), FfiError>,
+            /// Since 1.0: shuts the instance down; later calls fail with `NotInitialized`.
+            pub shutdown: unsafe extern "C" fn(InstancePtr) -> RResult<(), FfiError>,
+            /// Since 1.0: the instance's status.
+            pub status: unsafe extern "C" fn(InstancePtr) -> RResult<FfiStatus, FfiError>,
+            /// Since 1.0: `a + b`.
+            pub add: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
+            /// Since 1.0: `a - b`.
+            pub subtract: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
+            /// Since 1.0: `a * b`.
+            pub multiply: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
+            /// Since 1.0: `a / b`.
+            pub divide: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
+            /// Since 1.0: computes every item of `ops` into the slot of `results` with the same
+            /// index.
+            ///
+            /// The slices have the same length. One failing item does not stop the others; an
+            /// `Err` means the batch as a whole failed (e.g. a panic) and `results` must not be
+            /// read.
+            ///
+            /// This is the last field of 1.0: fields added by later minor versions go below it,
+            /// and the marker never moves within major version 1.
+            #[sabi(last_prefix_field)]
+            pub process_batch: unsafe extern "C" fn(
+                InstancePtr,
+                RSlice<'_, BatchOp>,
+                RSliceMut<'_, BatchResult>,
+            ) -> RResult<(), FfiError>,
+            $($extensions)*
+        }
+
+        impl RootModule for CalculatorModRef {
+            declare_root_module_statics! {CalculatorModRef}
+
+            const BASE_NAME: &'static str = "calcplug_calculator";
+            const NAME: &'static str = "calcplug Calculator plugin";
+            const VERSION_STRINGS: VersionStrings = package_version_strings!();
+        }
+    };
 }
 
-impl RootModule for CalculatorModRef {
-    declare_root_module_statics! {CalculatorModRef}
-
-    const BASE_NAME: &'static str = "calcplug_calculator";
-    const NAME: &'static str = "calcplug Calculator plugin";
-    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+declare_calculator_mod! {
+    /// The root module of a Calculator plugin library: its handshake and its function table.
+    ///
+    /// Every function that takes an [`InstancePtr`] is `unsafe`: the pointer must come from this
+    /// same module's `new_instance` and must not have been passed to `drop_instance` yet. Every
+    /// function catches panics inside the plugin and reports them as `PluginPanicked`.
+    extensions {
+        // Interface 1.1, the scientific extension. The accessors of these fields return `None`
+        // for a library built against 1.0; a library built against 1.1 or later always has them
+        // (they answer `Unsupported` if the plugin does not implement the operation).
+        /// Since 1.1: `sin(x)`, `x` in the instance's angle unit.
+        pub sin: unsafe extern "C" fn(InstancePtr, f64) -> RResult<f64, FfiError>,
+        /// Since 1.1: `cos(x)`, `x` in the instance's angle unit.
+        pub cos: unsafe extern "C" fn(InstancePtr, f64) -> RResult<f64, FfiError>,
+        /// Since 1.1: `tan(x)`, `x` in the instance's angle unit.
+        pub tan: unsafe extern "C" fn(InstancePtr, f64) -> RResult<f64, FfiError>,
+        /// Since 1.1: the logarithm of `value` in base `base`: `log(base, value)`.
+        pub log: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
+        /// Since 1.1: `base` raised to `exp`: `pow(base, exp)`.
+        pub pow: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
+        /// Since 1.1: the square root of `x`.
+        pub sqrt: unsafe extern "C" fn(InstancePtr, f64) -> RResult<f64, FfiError>,
+        /// Since 1.1: sets the angle unit, an [`AngleUnit`](crate::AngleUnit) number.
+        pub set_angle_unit: unsafe extern "C" fn(InstancePtr, u8) -> RResult<(), FfiError>,
+        /// Since 1.1: the angle unit, an [`AngleUnit`](crate::AngleUnit) number.
+        pub angle_unit: unsafe extern "C" fn(InstancePtr) -> RResult<u8, FfiError>,
+    }
 }
 
+/// The root module as major version 1 first declared it (1.0.0): the fields every 1.x library
+/// has.
+///
+/// abi_stable's layout check only lets a library satisfy a loader whose view of a prefix type
+/// has *as many fields or fewer* than the library's: it supports old hosts with new libraries,
+/// not new hosts with old libraries. A host that also wants to load libraries built against an
+/// older minor version checks them against this baseline, then reads the later fields through
+/// [`CalculatorModRef`]'s accessors, which return `None` for fields the library's own metadata
+/// says it does not have.
+pub mod baseline {
+    use super::*;
+
+    declare_calculator_mod! {
+        /// [`super::CalculatorMod`] without any extension field.
+        extensions {}
+    }
+}
 /// The symbol under which abi_stable looks for a library's root module header.
 ///
 /// [`export_plugin!`](crate::export_plugin) needs it as a literal; a test checks that it matches
@@ -214,6 +268,24 @@ mod tests {
     #[test]
     fn root_module_symbol_matches_abi_stable() {
         assert_eq!(ROOT_MODULE_SYMBOL, abi_stable::library::ROOT_MODULE_LOADER_NAME);
+    }
+
+    #[test]
+    fn the_current_root_module_is_a_compatible_extension_of_the_baseline() {
+        use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+        use abi_stable::StableAbi;
+        // A loader with the baseline view accepts a library with the current layout...
+        let result = check_layout_compatibility(
+            <baseline::CalculatorModRef as StableAbi>::LAYOUT,
+            <CalculatorModRef as StableAbi>::LAYOUT,
+        );
+        assert!(result.is_ok(), "{:?}", result.err().map(|e| e.to_string()));
+        // ...and abi_stable alone refuses the reverse, which is why the baseline exists.
+        let result = check_layout_compatibility(
+            <CalculatorModRef as StableAbi>::LAYOUT,
+            <baseline::CalculatorModRef as StableAbi>::LAYOUT,
+        );
+        assert!(result.is_err());
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub mod plugin;
 mod types;
 
 pub use types::{
-    BatchOp, BatchResult, CalcError, Config, ConfigKey, ErrorCode, Metadata, Op, OpCode,
+    AngleUnit, BatchOp, BatchResult, CalcError, Config, ConfigKey, ErrorCode, Metadata, Op, OpCode,
     PluginState, Status,
 };
 

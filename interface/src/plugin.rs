@@ -30,8 +30,13 @@ use crate::ffi::{
     FfiStatus, Handshake, InstancePtr,
 };
 use crate::{
-    BatchOp, BatchResult, CalcError, Config, ErrorCode, Metadata, Op, PluginState, Status,
+    AngleUnit, BatchOp, BatchResult, CalcError, Config, ErrorCode, Metadata, Op, PluginState,
+    Status,
 };
+
+mod limits;
+
+pub use limits::Limits;
 
 /// A Calculator plugin, written in plain Rust.
 ///
@@ -73,15 +78,93 @@ pub trait Calculator: Send + Sync + 'static {
     fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) {
         for (item, slot) in ops.iter().zip(results.iter_mut()) {
             let result = match item.op.op() {
-                Some(Op::Add) => self.add(item.a, item.b),
-                Some(Op::Subtract) => self.subtract(item.a, item.b),
-                Some(Op::Multiply) => self.multiply(item.a, item.b),
-                Some(Op::Divide) => self.divide(item.a, item.b),
+                Some(op) => dispatch(self, op, item.a, item.b),
                 None => Err(CalcError::new(ErrorCode::Unsupported, "")),
             };
             *slot = BatchResult::from_result(result.map_err(|err| err.code()));
         }
     }
+
+    // The scientific extension (interface 1.1). The defaults answer `Unsupported`, so a plugin
+    // written against 1.0 compiles unchanged; list the operations you implement in your metadata
+    // (`Metadata::with_operations(&Op::SCIENTIFIC)`).
+
+    /// `sin(x)`, `x` in the plugin's angle unit (interface 1.1).
+    fn sin(&self, x: f64) -> Result<f64, CalcError> {
+        let _ = x;
+        Err(unsupported("sin"))
+    }
+
+    /// `cos(x)`, `x` in the plugin's angle unit (interface 1.1).
+    fn cos(&self, x: f64) -> Result<f64, CalcError> {
+        let _ = x;
+        Err(unsupported("cos"))
+    }
+
+    /// `tan(x)`, `x` in the plugin's angle unit (interface 1.1).
+    fn tan(&self, x: f64) -> Result<f64, CalcError> {
+        let _ = x;
+        Err(unsupported("tan"))
+    }
+
+    /// The logarithm of `value` in base `base` (interface 1.1).
+    fn log(&self, base: f64, value: f64) -> Result<f64, CalcError> {
+        let _ = (base, value);
+        Err(unsupported("log"))
+    }
+
+    /// `base` raised to `exp` (interface 1.1).
+    fn pow(&self, base: f64, exp: f64) -> Result<f64, CalcError> {
+        let _ = (base, exp);
+        Err(unsupported("pow"))
+    }
+
+    /// The square root of `x` (interface 1.1).
+    fn sqrt(&self, x: f64) -> Result<f64, CalcError> {
+        let _ = x;
+        Err(unsupported("sqrt"))
+    }
+
+    /// Sets the unit `sin`, `cos` and `tan` read their operand in (interface 1.1).
+    fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), CalcError> {
+        let _ = unit;
+        Err(unsupported("set_angle_unit"))
+    }
+
+    /// The unit `sin`, `cos` and `tan` read their operand in (interface 1.1).
+    fn angle_unit(&self) -> Result<AngleUnit, CalcError> {
+        Err(unsupported("angle_unit"))
+    }
+}
+
+/// Calls the method of `calc` for `op`; `b` is ignored by one-operand operations.
+///
+/// # Errors
+///
+/// Whatever the method returns.
+pub fn dispatch<C: Calculator + ?Sized>(
+    calc: &C,
+    op: Op,
+    a: f64,
+    b: f64,
+) -> Result<f64, CalcError> {
+    match op {
+        Op::Add => calc.add(a, b),
+        Op::Subtract => calc.subtract(a, b),
+        Op::Multiply => calc.multiply(a, b),
+        Op::Divide => calc.divide(a, b),
+        Op::Sin => calc.sin(a),
+        Op::Cos => calc.cos(a),
+        Op::Tan => calc.tan(a),
+        Op::Log => calc.log(a, b),
+        Op::Pow => calc.pow(a, b),
+        Op::Sqrt => calc.sqrt(a),
+    }
+}
+
+#[cold]
+fn unsupported(op: &str) -> CalcError {
+    CalcError::new(ErrorCode::Unsupported, format!("this plugin does not implement `{op}`"))
 }
 
 /// Exports a [`Calculator`](plugin::Calculator) implementation as this library's root module.
@@ -420,6 +503,14 @@ impl<T: Calculator + Default, H: HandshakeSource> Export<T, H> {
             multiply: Self::multiply,
             divide: Self::divide,
             process_batch: Self::process_batch,
+            sin: Self::sin,
+            cos: Self::cos,
+            tan: Self::tan,
+            log: Self::log,
+            pow: Self::pow,
+            sqrt: Self::sqrt,
+            set_angle_unit: Self::set_angle_unit,
+            angle_unit: Self::angle_unit,
         })
     }
 
@@ -522,6 +613,60 @@ impl<T: Calculator + Default, H: HandshakeSource> Export<T, H> {
         // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
         let this = unsafe { Self::this(this) };
         guard("divide", || this.divide(a, b))
+    }
+
+    unsafe extern "C" fn sin(this: InstancePtr, x: f64) -> RResult<f64, FfiError> {
+        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+        let this = unsafe { Self::this(this) };
+        guard("sin", || this.sin(x))
+    }
+
+    unsafe extern "C" fn cos(this: InstancePtr, x: f64) -> RResult<f64, FfiError> {
+        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+        let this = unsafe { Self::this(this) };
+        guard("cos", || this.cos(x))
+    }
+
+    unsafe extern "C" fn tan(this: InstancePtr, x: f64) -> RResult<f64, FfiError> {
+        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+        let this = unsafe { Self::this(this) };
+        guard("tan", || this.tan(x))
+    }
+
+    unsafe extern "C" fn log(this: InstancePtr, base: f64, value: f64) -> RResult<f64, FfiError> {
+        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+        let this = unsafe { Self::this(this) };
+        guard("log", || this.log(base, value))
+    }
+
+    unsafe extern "C" fn pow(this: InstancePtr, base: f64, exp: f64) -> RResult<f64, FfiError> {
+        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+        let this = unsafe { Self::this(this) };
+        guard("pow", || this.pow(base, exp))
+    }
+
+    unsafe extern "C" fn sqrt(this: InstancePtr, x: f64) -> RResult<f64, FfiError> {
+        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+        let this = unsafe { Self::this(this) };
+        guard("sqrt", || this.sqrt(x))
+    }
+
+    unsafe extern "C" fn set_angle_unit(this: InstancePtr, unit: u8) -> RResult<(), FfiError> {
+        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+        let this = unsafe { Self::this(this) };
+        guard("set_angle_unit", || match AngleUnit::from_u8(unit) {
+            Some(unit) => this.set_angle_unit(unit),
+            None => Err(CalcError::new(
+                ErrorCode::InvalidInput,
+                format!("unknown angle unit code {unit}"),
+            )),
+        })
+    }
+
+    unsafe extern "C" fn angle_unit(this: InstancePtr) -> RResult<u8, FfiError> {
+        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+        let this = unsafe { Self::this(this) };
+        guard("angle_unit", || this.angle_unit().map(|unit| unit as u8))
     }
 
     unsafe extern "C" fn process_batch(

@@ -155,14 +155,40 @@ pub enum Op {
     Multiply,
     /// `a / b`
     Divide,
+    /// `sin(a)`, `a` in the plugin's [`AngleUnit`] (interface 1.1).
+    Sin,
+    /// `cos(a)`, `a` in the plugin's [`AngleUnit`] (interface 1.1).
+    Cos,
+    /// `tan(a)`, `a` in the plugin's [`AngleUnit`] (interface 1.1).
+    Tan,
+    /// The logarithm of `b` in base `a`: `log(base, value)` (interface 1.1).
+    Log,
+    /// `a` raised to the power `b`: `pow(base, exp)` (interface 1.1).
+    Pow,
+    /// The square root of `a` (interface 1.1).
+    Sqrt,
 }
 
 impl Op {
     /// The operations of interface 1.0, which every plugin has.
     pub const BASIC: [Op; 4] = [Op::Add, Op::Subtract, Op::Multiply, Op::Divide];
 
+    /// The scientific extension of interface 1.1.
+    pub const SCIENTIFIC: [Op; 6] = [Op::Sin, Op::Cos, Op::Tan, Op::Log, Op::Pow, Op::Sqrt];
+
     /// Every operation this version of the interface knows.
-    pub const ALL: [Op; 4] = Op::BASIC;
+    pub const ALL: [Op; 10] = [
+        Op::Add,
+        Op::Subtract,
+        Op::Multiply,
+        Op::Divide,
+        Op::Sin,
+        Op::Cos,
+        Op::Tan,
+        Op::Log,
+        Op::Pow,
+        Op::Sqrt,
+    ];
 
     /// The operation's name, as used on the command line and in metadata: `add`, `divide`, …
     pub const fn name(self) -> &'static str {
@@ -171,23 +197,41 @@ impl Op {
             Op::Subtract => "subtract",
             Op::Multiply => "multiply",
             Op::Divide => "divide",
+            Op::Sin => "sin",
+            Op::Cos => "cos",
+            Op::Tan => "tan",
+            Op::Log => "log",
+            Op::Pow => "pow",
+            Op::Sqrt => "sqrt",
         }
     }
 
     /// How many operands the operation takes.
     pub const fn arity(self) -> usize {
         match self {
-            Op::Add | Op::Subtract | Op::Multiply | Op::Divide => 2,
+            Op::Sin | Op::Cos | Op::Tan | Op::Sqrt => 1,
+            Op::Add | Op::Subtract | Op::Multiply | Op::Divide | Op::Log | Op::Pow => 2,
         }
     }
 
-    /// The code this operation has in a [`BatchOp`].
+    /// Whether the operation belongs to the scientific extension (interface 1.1).
+    pub const fn is_scientific(self) -> bool {
+        matches!(self, Op::Sin | Op::Cos | Op::Tan | Op::Log | Op::Pow | Op::Sqrt)
+    }
+
+    /// The code this operation has in a [`BatchOp`]. Codes never change.
     pub const fn code(self) -> OpCode {
         OpCode(match self {
             Op::Add => 1,
             Op::Subtract => 2,
             Op::Multiply => 3,
             Op::Divide => 4,
+            Op::Sin => 5,
+            Op::Cos => 6,
+            Op::Tan => 7,
+            Op::Log => 8,
+            Op::Pow => 9,
+            Op::Sqrt => 10,
         })
     }
 
@@ -200,6 +244,54 @@ impl Op {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// The unit trigonometric operations read their operand in (interface 1.1).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AngleUnit {
+    /// Radians (the default).
+    #[default]
+    Radians = 0,
+    /// Degrees.
+    Degrees = 1,
+}
+
+impl AngleUnit {
+    /// The unit's name in config and on the command line: `radians` or `degrees`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AngleUnit::Radians => "radians",
+            AngleUnit::Degrees => "degrees",
+        }
+    }
+
+    /// The unit for a number received across the boundary.
+    pub const fn from_u8(raw: u8) -> Option<AngleUnit> {
+        match raw {
+            0 => Some(AngleUnit::Radians),
+            1 => Some(AngleUnit::Degrees),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AngleUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for AngleUnit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AngleUnit, String> {
+        match s {
+            "radians" | "rad" => Ok(AngleUnit::Radians),
+            "degrees" | "deg" => Ok(AngleUnit::Degrees),
+            other => Err(format!("unknown angle unit {other:?} (expected radians or degrees)")),
+        }
     }
 }
 
@@ -231,7 +323,7 @@ impl OpCode {
 
 /// One item of a batch: an operation and its operands.
 ///
-/// For one-operand operations, `b` is ignored.
+/// For one-operand operations (`sin`, `cos`, `tan`, `sqrt`), `b` is ignored.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
 pub struct BatchOp {
@@ -413,6 +505,16 @@ impl Metadata {
         self
     }
 
+    /// The same metadata, also listing `ops` among the supported operations.
+    pub fn with_operations(mut self, ops: &[Op]) -> Metadata {
+        for op in ops {
+            if !self.supports(*op) {
+                self.operations.push(op.name().to_owned());
+            }
+        }
+        self
+    }
+
     /// Whether the plugin lists `op` among its operations.
     pub fn supports(&self, op: Op) -> bool {
         self.operations.iter().any(|name| name == op.name())
@@ -504,6 +606,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn angle_units_parse_and_round_trip() {
+        assert_eq!("degrees".parse::<AngleUnit>(), Ok(AngleUnit::Degrees));
+        assert_eq!("rad".parse::<AngleUnit>(), Ok(AngleUnit::Radians));
+        assert!("gradians".parse::<AngleUnit>().is_err());
+        for unit in [AngleUnit::Radians, AngleUnit::Degrees] {
+            assert_eq!(AngleUnit::from_u8(unit as u8), Some(unit));
+        }
+        assert_eq!(AngleUnit::from_u8(7), None);
+    }
+
+    #[test]
     fn error_codes_round_trip_and_unknown_codes_are_none() {
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_u8(code.as_u8()), Some(code));
@@ -521,6 +634,10 @@ mod tests {
         assert_eq!(OpCode::from_u8(0).op(), None);
         assert_eq!(OpCode::from_u8(99).op(), None);
         assert_eq!(Op::from_name("modulo"), None);
+        let codes: Vec<u8> = Op::ALL.iter().map(|op| op.code().as_u8()).collect();
+        assert_eq!(codes, (1..=10).collect::<Vec<u8>>(), "codes are stable and dense");
+        assert!(Op::SCIENTIFIC.iter().all(|op| op.is_scientific()));
+        assert!(!Op::BASIC.iter().any(|op| op.is_scientific()));
     }
 
     #[test]

@@ -6,6 +6,10 @@
 /// Loading and handshake: what loads, and every way a library is refused.
 mod load;
 
+/// Hosts and plugins built against different interface versions (the frozen 1.0 in
+/// `tests/compat` and the live one).
+mod compat_matrix;
+
 /// Calls into a loaded plugin: every operation, every error code, the lifecycle, threads, batches.
 mod calls;
 

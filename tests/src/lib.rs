@@ -18,6 +18,11 @@ pub struct Artifacts {
     pub fixture_dir: PathBuf,
     /// The `calcplug` binary.
     pub calcplug: PathBuf,
+    /// Libraries built by the frozen interface 1.0 workspace (`tests/compat`): `basic-v1_0`
+    /// (the basic plugin as it was at 1.0) and `layout-broken`.
+    pub compat_dir: PathBuf,
+    /// The minimal host built against the frozen interface 1.0.
+    pub old_host: PathBuf,
 }
 
 impl Artifacts {
@@ -29,7 +34,7 @@ impl Artifacts {
     /// If no such library was built: a test asked for a crate that does not exist.
     pub fn library(&self, package: &str) -> PathBuf {
         let file = library_file_name(package);
-        [&self.plugin_dir, &self.fixture_dir]
+        [&self.plugin_dir, &self.fixture_dir, &self.compat_dir]
             .into_iter()
             .map(|dir| dir.join(&file))
             .find(|path| path.is_file())
@@ -91,7 +96,41 @@ fn build_all() -> anyhow::Result<Artifacts> {
         })
         .map(|a| a.path.clone())
         .ok_or_else(|| anyhow::anyhow!("cargo built no calcplug binary"))?;
-    Ok(Artifacts { plugin_dir, fixture_dir, calcplug })
+    let (compat_dir, old_host) = build_compat(&root, &out)?;
+    Ok(Artifacts { plugin_dir, fixture_dir, calcplug, compat_dir, old_host })
+}
+
+/// Builds the frozen interface 1.0 workspace: a plugin and a host built against 1.0, and a
+/// plugin whose 1.0 layout was broken.
+///
+/// Two cargo runs, because `layout-broken` turns on a feature of the frozen `interface` that
+/// must not be unified into the other two.
+fn build_compat(root: &Path, out: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let compat_root = root.join("tests").join("compat");
+    let target_dir = out.join("compat");
+    let mut built = Vec::new();
+    for packages in [&["basic-v1_0", "host-v1_0"][..], &["layout-broken"][..]] {
+        let packages: Vec<String> = packages.iter().map(|p| (*p).to_owned()).collect();
+        built.extend(xtask::build(
+            &compat_root,
+            &BuildRequest {
+                packages: &packages,
+                release: false,
+                target_dir: Some(&target_dir),
+                quiet: true,
+            },
+        )?);
+    }
+    let libraries: Vec<_> =
+        built.iter().filter(|a| a.kind == ArtifactKind::Cdylib).cloned().collect();
+    let compat_dir = out.join("compat-plugins");
+    xtask::install(&libraries, &compat_dir)?;
+    let old_host = built
+        .iter()
+        .find(|a| a.kind == ArtifactKind::Bin && a.package == "host-v1_0")
+        .map(|a| a.path.clone())
+        .ok_or_else(|| anyhow::anyhow!("cargo built no host-v1_0 binary"))?;
+    Ok((compat_dir, old_host))
 }
 
 fn names(root: &Path, set: PackageSet) -> anyhow::Result<Vec<String>> {

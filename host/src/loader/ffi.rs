@@ -21,7 +21,7 @@ use abi_stable::library::{
 };
 use abi_stable::std_types::{RResult, RSlice, RSliceMut};
 use interface::ffi::{
-    CalculatorModRef, FfiConfigEntry, FfiError, FfiMetadata, FfiStatus, InstancePtr,
+    baseline, CalculatorModRef, FfiConfigEntry, FfiError, FfiMetadata, FfiStatus, InstancePtr,
 };
 use interface::{BatchOp, BatchResult};
 use semver::Version;
@@ -114,12 +114,39 @@ pub(crate) fn interface_version(path: &Path, header: &LibHeader) -> Result<Versi
 }
 
 /// Runs abi_stable's version and layout checks, then the root module's constructor.
+///
+/// A library built against an older minor version than the host (`found` < `host`) lacks the
+/// fields added since, which abi_stable's check alone refuses; such a library is checked
+/// against the 1.0 [`baseline`] instead, and its later fields read as absent.
 pub(crate) fn root_module(
     path: &Path,
     header: &'static LibHeader,
     host: &Version,
+    found: &Version,
 ) -> Result<CalculatorModRef, Error> {
-    header.init_root_module::<CalculatorModRef>().map_err(|err| match err {
+    let error = |err: LibraryError| library_error(path, host, err);
+    match header.init_root_module::<CalculatorModRef>() {
+        Ok(module) => Ok(module),
+        Err(LibraryError::AbiInstability(full)) if found.major == host.major && found < host => {
+            tracing::debug!(
+                detail = %full,
+                "layout differs from this host's; checking against the 1.0 baseline"
+            );
+            let module = header.init_root_module::<baseline::CalculatorModRef>().map_err(error)?;
+            // SAFETY: abi_stable checked the library's root module against the baseline, whose
+            // fields are the first fields of `CalculatorMod` (both come from one declaration,
+            // and `interface`'s tests check that the current layout extends the baseline). Both
+            // `Ref` types are a `PrefixRef` to the same `WithMetadata` data; the accessors of
+            // fields past the baseline consult the library's own field metadata, so the fields
+            // it lacks read as `None` and are never dereferenced.
+            Ok(CalculatorModRef(unsafe { module.0.cast() }))
+        }
+        Err(err) => Err(error(err)),
+    }
+}
+
+fn library_error(path: &Path, host: &Version, err: LibraryError) -> Error {
+    match err {
         LibraryError::AbiInstability(explanation) => {
             let detail = explanation.to_string();
             tracing::debug!(%detail, "abi_stable layout check failed");
@@ -146,21 +173,56 @@ pub(crate) fn root_module(
             tracing::debug!(%detail, "root module initialization failed");
             Error::RootModule { path: path.to_owned(), detail: first_line(&detail) }
         }
-    })
+    }
 }
 
-/// The line of abi_stable's (long, nested) layout report that says what differs.
+/// The gist of abi_stable's (long, nested) layout report: its first errors with what was
+/// expected and found, e.g. "unexpected field (expected `new_instance`, found `extra`)".
 fn summarize_layout_error(detail: &str) -> String {
-    let interesting = detail.lines().map(str::trim).find(|line| {
-        let lower = line.to_ascii_lowercase();
-        !line.is_empty()
-            && (lower.contains("mismatch")
-                || lower.contains("different")
-                || lower.contains("expected")
-                || lower.contains("too")
-                || lower.contains("incompatible"))
-    });
-    first_line(interesting.unwrap_or(detail))
+    let lines: Vec<&str> = detail.lines().map(str::trim).collect();
+    let mut items = Vec::new();
+    let mut total = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let Some(what) = line.strip_prefix("Error:") else { continue };
+        total += 1;
+        if items.len() < 2 {
+            let item = match (
+                block_value(&lines[i + 1..], "Expected:"),
+                block_value(&lines[i + 1..], "Found:"),
+            ) {
+                (Some(expected), Some(found)) => {
+                    format!("{} (expected {expected}, found {found})", what.trim())
+                }
+                _ => what.trim().to_owned(),
+            };
+            items.push(item);
+        }
+    }
+    if items.is_empty() {
+        return first_line(detail);
+    }
+    let mut summary = items.join("; ");
+    if total > items.len() {
+        summary.push_str(&format!("; and {} more", total - items.len()));
+    }
+    summary
+}
+
+/// The value of the `header` block ("Expected:" or "Found:") of one abi_stable error: the field
+/// name if the block describes a field, else its first line.
+fn block_value(lines: &[&str], header: &str) -> Option<String> {
+    let start = lines.iter().take_while(|l| !l.starts_with("Error:")).position(|l| *l == header)?;
+    let block = lines[start + 1..]
+        .iter()
+        .take_while(|l| !l.is_empty() && !l.ends_with(':') && !l.starts_with("Error:"));
+    let mut first = None;
+    for line in block {
+        if let Some(name) = line.strip_prefix("field_name:") {
+            return Some(format!("`{name}`"));
+        }
+        first.get_or_insert(*line);
+    }
+    first.map(str::to_owned)
 }
 
 fn first_line(text: &str) -> String {
@@ -255,10 +317,70 @@ impl Instance {
     }
 }
 
+/// Generates the wrappers of the scientific extension (interface 1.1): `None` when the library's
+/// root module does not have the field (it was built against 1.0).
+macro_rules! extension_calls {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        impl Instance {
+            $(
+                #[inline]
+                pub(crate) fn $name(&self, $($arg: $ty),*) -> Option<RResult<$ret, FfiError>> {
+                    let function = self.module.$name()?;
+                    // SAFETY: see `metadata`; the field exists, so the library was built against
+                    // an interface that declares it with this type (the layout check compared
+                    // every field the library has).
+                    Some(unsafe { function(self.ptr, $($arg),*) })
+                }
+            )*
+        }
+    };
+}
+
+extension_calls! {
+    sin(x: f64) -> f64;
+    cos(x: f64) -> f64;
+    tan(x: f64) -> f64;
+    log(base: f64, value: f64) -> f64;
+    pow(base: f64, exp: f64) -> f64;
+    sqrt(x: f64) -> f64;
+    set_angle_unit(unit: u8) -> ();
+    angle_unit() -> u8;
+}
+
+impl Instance {
+    /// Whether the root module has the scientific extension's fields (interface ≥ 1.1).
+    ///
+    /// Fields are only ever appended, so the last one of the extension being present means
+    /// all of them are.
+    pub(crate) fn has_scientific(&self) -> bool {
+        self.module.angle_unit().is_some()
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         // SAFETY: `self.ptr` came from this module's `new_instance` and this is the only place
         // it is handed back, once, after which `self` is gone.
         unsafe { (self.module.drop_instance())(self.ptr) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_report_is_summarized_to_its_first_errors() {
+        let report = "Compared <this>:\n    --- Type Layout ---\n\n0 error(s).\n\n\
+            Error:prefix-types have a different prefix\nExpected:\n    12\nFound:\n    13\n\n\
+            Error:unexpected field\nExpected:\n    field_name:new_instance\n    type:AFunctionPointer\n\
+            Found:\n    field_name:extra\n    type:u64\n\n\
+            Error:unexpected field\nExpected:\n    field_name:drop_instance\nFound:\n    field_name:x\n";
+        assert_eq!(
+            summarize_layout_error(report),
+            "prefix-types have a different prefix (expected 12, found 13); \
+             unexpected field (expected `new_instance`, found `extra`); and 1 more"
+        );
+        assert_eq!(summarize_layout_error("something odd\nmore"), "something odd");
     }
 }

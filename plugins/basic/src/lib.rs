@@ -3,159 +3,63 @@
 //! Adds, subtracts, multiplies and divides, refusing NaN and infinite operands
 //! (`InvalidInput`), operands above `max_value` (`OutOfRange`), results that are not finite or
 //! above `max_value` (`Overflow`) and a zero divisor (`DivisionByZero`), and rounds results to
-//! `precision` decimal places.
+//! `precision` decimal places (the shared [`Limits`] policy).
 //!
 //! Config keys: `precision` (decimal places, 0–17, default 15) and `max_value` (a positive
 //! finite bound on operands and results, default 1e100).
 //! Both may be changed by initializing again; the new values apply to later calls.
+//! It has no scientific operations: those answer `Unsupported`.
 
 #![deny(unsafe_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use interface::plugin::{Calculator, Lifecycle};
+use interface::plugin::{Calculator, Lifecycle, Limits};
 use interface::{BatchOp, BatchResult, CalcError, Config, ErrorCode, Metadata, Op, Status};
 
-/// Decimal places results are rounded to, unless configured.
-pub const DEFAULT_PRECISION: u32 = 15;
-/// The largest accepted operand or result magnitude, unless configured.
-pub const DEFAULT_MAX_VALUE: f64 = 1e100;
-/// The largest accepted `precision`: an `f64` carries at most 17 significant decimal digits.
-pub const MAX_PRECISION: u32 = 17;
-
-/// Above this magnitude a scaled `f64` has no fractional part left to round.
-const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
-
 /// The basic Calculator plugin.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BasicCalculator {
     life: Lifecycle,
-    /// `10^precision`, as `f64` bits.
-    scale: AtomicU64,
-    /// `max_value`, as `f64` bits.
-    max_value: AtomicU64,
-}
-
-impl Default for BasicCalculator {
-    fn default() -> BasicCalculator {
-        BasicCalculator {
-            life: Lifecycle::default(),
-            scale: AtomicU64::new(scale_for(DEFAULT_PRECISION).to_bits()),
-            max_value: AtomicU64::new(DEFAULT_MAX_VALUE.to_bits()),
-        }
-    }
+    limits: Limits,
 }
 
 impl BasicCalculator {
     /// Computes `op(a, b)` with every check, without counting or admitting the call.
+    #[inline]
     fn compute(&self, op: Op, a: f64, b: f64) -> Result<f64, ErrorCode> {
-        if !a.is_finite() || !b.is_finite() {
-            return Err(ErrorCode::InvalidInput);
-        }
-        let max = self.max_value();
-        if a.abs() > max || b.abs() > max {
-            return Err(ErrorCode::OutOfRange);
-        }
+        let a = self.limits.operand(a)?;
+        let b = self.limits.operand(b)?;
         let raw = match op {
             Op::Add => a + b,
             Op::Subtract => a - b,
             Op::Multiply => a * b,
-            Op::Divide => {
-                if b == 0.0 {
-                    return Err(ErrorCode::DivisionByZero);
-                }
-                a / b
-            }
+            Op::Divide if b == 0.0 => return Err(ErrorCode::DivisionByZero),
+            Op::Divide => a / b,
             _ => return Err(ErrorCode::Unsupported),
         };
-        if !raw.is_finite() || raw.abs() > max {
-            return Err(ErrorCode::Overflow);
-        }
-        Ok(self.round(raw))
-    }
-
-    fn round(&self, value: f64) -> f64 {
-        let scale = f64::from_bits(self.scale.load(Ordering::Relaxed));
-        let scaled = value * scale;
-        if scaled.abs() >= EXACT_INTEGER_LIMIT {
-            value
-        } else {
-            scaled.round() / scale
-        }
-    }
-
-    fn max_value(&self) -> f64 {
-        f64::from_bits(self.max_value.load(Ordering::Relaxed))
+        self.limits.result(raw)
     }
 
     /// One admitted, counted call with a message on error.
     fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, CalcError> {
         let _call = self.life.enter()?;
-        self.compute(op, a, b).map_err(|code| self.explain(code, op, a, b))
+        self.compute(op, a, b).map_err(|code| self.limits.explain(code, op, a, b))
     }
-
-    #[cold]
-    fn explain(&self, code: ErrorCode, op: Op, a: f64, b: f64) -> CalcError {
-        let max = self.max_value();
-        let message = match code {
-            ErrorCode::InvalidInput => {
-                let bad = if a.is_finite() { b } else { a };
-                format!("{op}({a}, {b}): operand {bad} is not a finite number")
-            }
-            ErrorCode::OutOfRange => {
-                let bad = if a.abs() > max { a } else { b };
-                format!("{op}({a}, {b}): operand {bad:e} exceeds max_value {max:e}")
-            }
-            ErrorCode::DivisionByZero => format!("cannot divide {a} by zero"),
-            ErrorCode::Overflow => format!("{op}({a:e}, {b:e}) exceeds max_value {max:e}"),
-            _ => format!("{op}({a}, {b})"),
-        };
-        CalcError::new(code, message)
-    }
-
-    fn apply(&self, config: &Config) -> Result<(), CalcError> {
-        config.expect_only(&["precision", "max_value"])?;
-        let precision = config.parse::<u32>("precision")?.unwrap_or(DEFAULT_PRECISION);
-        if precision > MAX_PRECISION {
-            return Err(CalcError::new(
-                ErrorCode::InvalidInput,
-                format!("config `precision` = {precision}: must be between 0 and {MAX_PRECISION}"),
-            ));
-        }
-        let max_value = config.parse::<f64>("max_value")?.unwrap_or(DEFAULT_MAX_VALUE);
-        if !(max_value.is_finite() && max_value > 0.0) {
-            return Err(CalcError::new(
-                ErrorCode::InvalidInput,
-                format!("config `max_value` = {max_value}: must be a positive finite number"),
-            ));
-        }
-        self.scale.store(scale_for(precision).to_bits(), Ordering::Relaxed);
-        self.max_value.store(max_value.to_bits(), Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-fn scale_for(precision: u32) -> f64 {
-    10f64.powi(precision as i32)
 }
 
 impl Calculator for BasicCalculator {
     fn metadata(&self) -> Metadata {
-        Metadata::new(
+        Limits::declare(Metadata::new(
             "basic",
             env!("CARGO_PKG_VERSION"),
             "add, subtract, multiply and divide, with input validation, limits and rounding",
-        )
-        .with_config_key("precision", "15", "decimal places results are rounded to (0-17)")
-        .with_config_key(
-            "max_value",
-            "1e100",
-            "largest accepted operand and result magnitude (positive, finite)",
-        )
+        ))
     }
 
     fn initialize(&self, config: &Config) -> Result<(), CalcError> {
-        self.life.initialize(|| self.apply(config))
+        self.life.initialize(|| {
+            config.expect_only(&Limits::CONFIG_KEYS)?;
+            self.limits.configure(config)
+        })
     }
 
     fn shutdown(&self) -> Result<(), CalcError> {
@@ -261,22 +165,36 @@ mod tests {
     }
 
     #[test]
+    fn scientific_operations_are_unsupported() {
+        let calc = ready(Config::new());
+        assert_eq!(calc.sin(1.0).unwrap_err().code(), ErrorCode::Unsupported);
+        assert!(!calc.metadata().supports(Op::Sin));
+    }
+
+    #[test]
     fn batch_fills_every_slot_independently() {
         let calc = ready(Config::new());
         let ops = [
             BatchOp::new(Op::Add, 1.0, 2.0),
             BatchOp::new(Op::Divide, 1.0, 0.0),
             BatchOp { op: interface::OpCode::from_u8(200), a: 1.0, b: 1.0 },
+            BatchOp::new(Op::Sqrt, 4.0, 0.0),
             BatchOp::new(Op::Multiply, 3.0, 4.0),
         ];
-        let mut results = [BatchResult::PENDING; 4];
+        let mut results = [BatchResult::PENDING; 5];
         calc.process_batch(&ops, &mut results);
         let got: Vec<_> = results.iter().map(BatchResult::result).collect();
         assert_eq!(
             got,
-            [Ok(3.0), Err(ErrorCode::DivisionByZero), Err(ErrorCode::Unsupported), Ok(12.0)]
+            [
+                Ok(3.0),
+                Err(ErrorCode::DivisionByZero),
+                Err(ErrorCode::Unsupported),
+                Err(ErrorCode::Unsupported),
+                Ok(12.0)
+            ]
         );
-        assert_eq!(calc.status().request_count, 4);
+        assert_eq!(calc.status().request_count, 5);
     }
 
     #[test]
