@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use interface::ErrorCode;
 use semver::Version;
@@ -190,6 +191,83 @@ pub enum Error {
         /// The names that were loaded.
         available: Vec<String>,
     },
+
+    /// The runner binary of the out-of-process mode could not be started.
+    #[error("cannot start the plugin runner {}: {source}", runner.display())]
+    Spawn {
+        /// The runner binary.
+        runner: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// No runner binary was found for the out-of-process mode.
+    #[error("no `calcplug-runner` binary found (looked at {}); set CALCPLUG_RUNNER or build it with `cargo build --bin calcplug-runner`", display_paths(looked))]
+    RunnerNotFound {
+        /// Where it was looked for.
+        looked: Vec<PathBuf>,
+    },
+
+    /// The runner could not serve the library: it refused it (with the same reasons as an
+    /// in-process load), or its handshake failed.
+    #[error("{}: out-of-process runner failed: {reason}", path.display())]
+    RunnerFailed {
+        /// The library.
+        path: PathBuf,
+        /// What the runner said, or what went wrong with it.
+        reason: String,
+    },
+
+    /// The runner serving the plugin died during the call (a crash in the plugin, `kill -9`, …).
+    #[error("{plugin}: the plugin's runner process crashed: {status}")]
+    PluginCrashed {
+        /// The plugin.
+        plugin: String,
+        /// How it ended: "killed by signal 11 (SIGSEGV)", "exited with code 134", …
+        status: String,
+    },
+
+    /// An out-of-process call got no answer in time; the runner was killed and will be
+    /// restarted.
+    #[error("{plugin}: {op}: no answer within {after:?}: the runner was killed")]
+    CallTimeout {
+        /// The plugin.
+        plugin: String,
+        /// The operation called.
+        op: &'static str,
+        /// The call timeout.
+        after: Duration,
+    },
+
+    /// The runner's answer was not valid on the wire.
+    #[error("{plugin}: invalid answer from the runner: {reason}")]
+    Wire {
+        /// The plugin.
+        plugin: String,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// The runner failed too often recently: calls are refused until the window has passed.
+    #[error("{plugin}: circuit open: the runner failed {failures} times within {window:?}")]
+    CircuitOpen {
+        /// The plugin.
+        plugin: String,
+        /// Failures within the window.
+        failures: usize,
+        /// The window.
+        window: Duration,
+    },
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    if shown.is_empty() {
+        "nowhere".to_owned()
+    } else {
+        shown.join(", ")
+    }
 }
 
 fn available_list(available: &[String]) -> String {
@@ -218,8 +296,16 @@ impl Error {
             | Error::BadCookie { path, .. }
             | Error::ProtocolMismatch { path, .. }
             | Error::BadMetadata { path, .. }
-            | Error::Setup { path, .. } => Some(path),
-            Error::Call { .. } | Error::UnknownPlugin { .. } => None,
+            | Error::Setup { path, .. }
+            | Error::RunnerFailed { path, .. } => Some(path),
+            Error::Call { .. }
+            | Error::UnknownPlugin { .. }
+            | Error::Spawn { .. }
+            | Error::RunnerNotFound { .. }
+            | Error::PluginCrashed { .. }
+            | Error::CallTimeout { .. }
+            | Error::Wire { .. }
+            | Error::CircuitOpen { .. } => None,
         }
     }
 

@@ -23,11 +23,15 @@
 
 mod discovery;
 mod error;
+mod handle;
 mod loader;
 mod plugin;
+#[cfg(unix)]
+pub mod remote;
 
 pub use discovery::{discover, library_files, Found};
 pub use error::Error;
+pub use handle::PluginHandle;
 pub use loader::{host_interface_version, interface_compatible, load, LIBRARY_SUFFIX};
 pub use plugin::{Extension, Plugin};
 

@@ -14,7 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser, Subcommand};
-use host::{BatchOp, Config, Found, Op, Plugin};
+use host::remote::{RemoteOptions, RemotePlugin};
+use host::{BatchOp, Config, Found, Op, Plugin, PluginHandle};
 use serde_json::json;
 
 /// Loads Calculator plugins (stable-ABI cdylibs) and calls them.
@@ -26,6 +27,11 @@ struct Cli {
     /// of the target directory this binary was built in.
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     plugin_dirs: Vec<PathBuf>,
+
+    /// Run plugins out of process, each in a `calcplug-runner` child over a local socket, so a
+    /// plugin that crashes cannot take this process down (`call` and `info`).
+    #[arg(long, global = true)]
+    isolate: bool,
 
     /// More log output on stderr (-v warnings, -vv info, -vvv debug, -vvvv trace);
     /// $CALCPLUG_LOG takes a tracing filter instead.
@@ -109,8 +115,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dirs = if cli.plugin_dirs.is_empty() { default_plugin_dirs()? } else { cli.plugin_dirs };
     match cli.command {
         Command::List { json } => list(&dirs, json),
-        Command::Info { plugin, json } => info(&dirs, &plugin, json),
-        Command::Call { plugin, op, a, b, set } => call(&dirs, &plugin, &op, a, b, &set),
+        Command::Info { plugin, json } => info(&dirs, &plugin, json, cli.isolate),
+        Command::Call { plugin, op, a, b, set } => {
+            call(&dirs, &plugin, &op, (a, b), &set, cli.isolate)
+        }
         Command::Demo => demo(&dirs),
     }
 }
@@ -211,8 +219,47 @@ fn find_plugin(dirs: &[PathBuf], name: &str) -> anyhow::Result<Plugin> {
     }
 }
 
-fn info(dirs: &[PathBuf], name: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let plugin = find_plugin(dirs, name)?;
+/// The plugin named `name`, in process or (with `isolate`) served by a runner process.
+///
+/// Out of process, every library is opened by a runner of its own, never by this process.
+fn find_handle(
+    dirs: &[PathBuf],
+    name: &str,
+    isolate: bool,
+) -> anyhow::Result<Box<dyn PluginHandle>> {
+    if !isolate {
+        return Ok(Box::new(find_plugin(dirs, name)?));
+    }
+    let mut available = Vec::new();
+    let mut best: Option<RemotePlugin> = None;
+    for dir in dirs {
+        let Ok(files) = host::library_files(dir) else { continue };
+        for path in files {
+            match RemotePlugin::spawn(&path, RemoteOptions::default()) {
+                Ok(plugin) if plugin.name() == name => {
+                    if best.as_ref().is_none_or(|b| plugin.version() > b.version()) {
+                        best = Some(plugin);
+                    }
+                }
+                Ok(plugin) => available.push(plugin.name().to_owned()),
+                Err(err @ host::Error::RunnerNotFound { .. }) => return Err(err.into()),
+                Err(err) => tracing::warn!(error = %err, "refused"),
+            }
+        }
+    }
+    match best {
+        Some(plugin) => Ok(Box::new(plugin)),
+        None => {
+            available.sort();
+            available.dedup();
+            Err(host::Error::UnknownPlugin { name: name.to_owned(), available }.into())
+        }
+    }
+}
+
+fn info(dirs: &[PathBuf], name: &str, as_json: bool, isolate: bool) -> anyhow::Result<ExitCode> {
+    let plugin = find_handle(dirs, name, isolate)?;
+    let plugin = plugin.as_ref();
     let meta = plugin.metadata();
     let status = plugin.status()?;
     let mut out = io::stdout().lock();
@@ -245,7 +292,9 @@ fn info(dirs: &[PathBuf], name: &str, as_json: bool) -> anyhow::Result<ExitCode>
     writeln!(out, "interface:   {}", plugin.interface_version())?;
     writeln!(out, "path:        {}", plugin.path().display())?;
     writeln!(out, "operations:  {}", meta.operations.join(", "))?;
-    writeln!(out, "extensions:  {}", extensions_line(&plugin))?;
+    writeln!(out, "extensions:  {}", extensions_line(plugin))?;
+    let mode = if plugin.is_isolated() { "out-of-process (calcplug-runner)" } else { "in-process" };
+    writeln!(out, "mode:        {mode}")?;
     if meta.config.is_empty() {
         writeln!(out, "config:      (none)")?;
     } else {
@@ -259,7 +308,7 @@ fn info(dirs: &[PathBuf], name: &str, as_json: bool) -> anyhow::Result<ExitCode>
 }
 
 /// Which extension fields the plugin's root module has, for `info`.
-fn extensions_line(plugin: &Plugin) -> String {
+fn extensions_line(plugin: &dyn PluginHandle) -> String {
     let implemented = if plugin.has_scientific() { "" } else { ", not implemented" };
     let present: Vec<String> = plugin
         .extensions()
@@ -300,9 +349,9 @@ fn call(
     dirs: &[PathBuf],
     name: &str,
     op_name: &str,
-    a: f64,
-    b: Option<f64>,
+    (a, b): (f64, Option<f64>),
     settings: &[String],
+    isolate: bool,
 ) -> anyhow::Result<ExitCode> {
     let Some(op) = Op::from_name(op_name) else {
         let known: Vec<_> = Op::ALL.iter().map(|op| op.name()).collect();
@@ -314,7 +363,7 @@ fn call(
         (_, b) => b.unwrap_or(0.0),
     };
     let config = parse_config(settings)?;
-    let plugin = find_plugin(dirs, name)?;
+    let plugin = find_handle(dirs, name, isolate)?;
     plugin.initialize(&config)?;
     let result = plugin.call(op, a, b);
     let shutdown = plugin.shutdown();

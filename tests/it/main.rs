@@ -16,6 +16,9 @@ mod calls;
 /// Plugins that panic or fail: the host turns it into errors and keeps serving.
 mod panics;
 
+/// The out-of-process mode: conformance in both modes, crashes, hangs, kills, hostile bytes.
+mod ipc;
+
 /// The `calcplug` binary, run as a user would.
 mod cli;
 

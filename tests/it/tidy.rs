@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 const UNSAFE_ALLOWED: &[&str] = &[
     "host/src/loader/ffi.rs",
     "interface/src/plugin.rs",
+    // A fixture that raises SIGSEGV on purpose.
+    "tests/fixtures/crashy/src/lib.rs",
     // The frozen interface 1.0 and the minimal host built against it.
     "tests/compat/interface-v1_0/src/plugin.rs",
     "tests/compat/host-v1_0/src/main.rs",

@@ -18,6 +18,8 @@ pub struct Artifacts {
     pub fixture_dir: PathBuf,
     /// The `calcplug` binary.
     pub calcplug: PathBuf,
+    /// The `calcplug-runner` binary of the out-of-process mode.
+    pub runner: PathBuf,
     /// Libraries built by the frozen interface 1.0 workspace (`tests/compat`): `basic-v1_0`
     /// (the basic plugin as it was at 1.0) and `layout-broken`.
     pub compat_dir: PathBuf,
@@ -96,8 +98,16 @@ fn build_all() -> anyhow::Result<Artifacts> {
         })
         .map(|a| a.path.clone())
         .ok_or_else(|| anyhow::anyhow!("cargo built no calcplug binary"))?;
+    let runner = built
+        .iter()
+        .find(|a| {
+            a.kind == ArtifactKind::Bin
+                && a.path.file_stem().is_some_and(|s| s == "calcplug-runner")
+        })
+        .map(|a| a.path.clone())
+        .ok_or_else(|| anyhow::anyhow!("cargo built no calcplug-runner binary"))?;
     let (compat_dir, old_host) = build_compat(&root, &out)?;
-    Ok(Artifacts { plugin_dir, fixture_dir, calcplug, compat_dir, old_host })
+    Ok(Artifacts { plugin_dir, fixture_dir, calcplug, runner, compat_dir, old_host })
 }
 
 /// Builds the frozen interface 1.0 workspace: a plugin and a host built against 1.0, and a

@@ -1,0 +1,155 @@
+//! [`PluginHandle`]: what in-process ([`Plugin`]) and out-of-process
+//! ([`RemotePlugin`](crate::remote::RemotePlugin)) plugins have in common, so that code (the
+//! plugin manager, the CLI, the conformance tests) can treat both alike.
+
+use std::fmt;
+use std::path::Path;
+
+use interface::{AngleUnit, BatchOp, BatchResult, Config, Metadata, Op, Status};
+use semver::Version;
+
+use crate::{Error, Extension, Plugin};
+
+/// A loaded plugin, in this process or in a runner process.
+///
+/// Every method behaves as the [`Plugin`] method of the same name; an out-of-process handle
+/// can also fail with the process errors ([`Error::PluginCrashed`], [`Error::CallTimeout`],
+/// [`Error::CircuitOpen`], [`Error::Wire`]).
+pub trait PluginHandle: Send + Sync + fmt::Debug {
+    /// The name the plugin is addressed by.
+    fn name(&self) -> &str;
+    /// The plugin's own version.
+    fn version(&self) -> &Version;
+    /// The interface version the plugin was built against.
+    fn interface_version(&self) -> &Version;
+    /// The plugin's metadata.
+    fn metadata(&self) -> &Metadata;
+    /// The library file.
+    fn path(&self) -> &Path;
+    /// The extension groups the plugin's library has.
+    fn extensions(&self) -> &[Extension];
+    /// Whether the plugin can perform `op`.
+    fn supports(&self, op: Op) -> bool;
+    /// Whether the plugin runs in a runner process.
+    fn is_isolated(&self) -> bool;
+
+    /// Initializes the plugin.
+    ///
+    /// # Errors
+    ///
+    /// See [`Plugin::initialize`].
+    fn initialize(&self, config: &Config) -> Result<(), Error>;
+    /// Shuts the plugin down.
+    ///
+    /// # Errors
+    ///
+    /// See [`Plugin::shutdown`].
+    fn shutdown(&self) -> Result<(), Error>;
+    /// The plugin's status.
+    ///
+    /// # Errors
+    ///
+    /// See [`Plugin::status`].
+    fn status(&self) -> Result<Status, Error>;
+    /// `op(a, b)`.
+    ///
+    /// # Errors
+    ///
+    /// See [`Plugin::call`].
+    fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error>;
+    /// A batch.
+    ///
+    /// # Errors
+    ///
+    /// See [`Plugin::process_batch`].
+    fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error>;
+    /// Sets the angle unit.
+    ///
+    /// # Errors
+    ///
+    /// See [`Plugin::set_angle_unit`].
+    fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), Error>;
+    /// The angle unit.
+    ///
+    /// # Errors
+    ///
+    /// See [`Plugin::angle_unit`].
+    fn angle_unit(&self) -> Result<AngleUnit, Error>;
+
+    /// Whether the plugin implements the whole scientific extension.
+    fn has_scientific(&self) -> bool {
+        Op::SCIENTIFIC.iter().all(|op| self.supports(*op))
+    }
+
+    /// [`PluginHandle::process_batch`] into a new vector.
+    ///
+    /// # Errors
+    ///
+    /// As [`PluginHandle::process_batch`].
+    fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchResult>, Error> {
+        let mut results = vec![BatchResult::PENDING; ops.len()];
+        self.process_batch(ops, &mut results)?;
+        Ok(results)
+    }
+}
+
+/// Implements [`PluginHandle`] by calling the type's inherent methods of the same names.
+macro_rules! delegate_handle {
+    ($ty:ty, isolated = $isolated:expr) => {
+        impl PluginHandle for $ty {
+            fn name(&self) -> &str {
+                <$ty>::name(self)
+            }
+            fn version(&self) -> &Version {
+                <$ty>::version(self)
+            }
+            fn interface_version(&self) -> &Version {
+                <$ty>::interface_version(self)
+            }
+            fn metadata(&self) -> &Metadata {
+                <$ty>::metadata(self)
+            }
+            fn path(&self) -> &Path {
+                <$ty>::path(self)
+            }
+            fn extensions(&self) -> &[Extension] {
+                <$ty>::extensions(self)
+            }
+            fn supports(&self, op: Op) -> bool {
+                <$ty>::supports(self, op)
+            }
+            fn is_isolated(&self) -> bool {
+                $isolated
+            }
+            fn initialize(&self, config: &Config) -> Result<(), Error> {
+                <$ty>::initialize(self, config)
+            }
+            fn shutdown(&self) -> Result<(), Error> {
+                <$ty>::shutdown(self)
+            }
+            fn status(&self) -> Result<Status, Error> {
+                <$ty>::status(self)
+            }
+            fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+                <$ty>::call(self, op, a, b)
+            }
+            fn process_batch(
+                &self,
+                ops: &[BatchOp],
+                results: &mut [BatchResult],
+            ) -> Result<(), Error> {
+                <$ty>::process_batch(self, ops, results)
+            }
+            fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), Error> {
+                <$ty>::set_angle_unit(self, unit)
+            }
+            fn angle_unit(&self) -> Result<AngleUnit, Error> {
+                <$ty>::angle_unit(self)
+            }
+        }
+    };
+}
+
+delegate_handle!(Plugin, isolated = false);
+#[cfg(unix)]
+delegate_handle!(crate::remote::RemotePlugin, isolated = true);

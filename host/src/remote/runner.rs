@@ -1,0 +1,335 @@
+//! The runner: the child process that loads one plugin library and serves it over a local
+//! socket (go-plugin's plugin process).
+//!
+//! `calcplug-runner serve LIBRARY DIR` loads `LIBRARY` with every check of [`crate::load`], binds
+//! `DIR/plugin.sock` (mode 0600; `DIR` is the host's private 0700 directory), prints one
+//! handshake line on stdout, `CORE|APP|unix|SOCKET|WIRE`, and serves each connection on a
+//! thread of its own. If loading fails it prints `error|REASON` instead and exits with 1.
+//! It exits when its stdin closes, which happens when the host drops the handle or dies.
+//! It refuses to start without the magic cookie in its environment: it is not meant to be run
+//! by hand.
+
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use interface::{
+    AngleUnit, BatchOp, BatchResult, Config, ErrorCode, OpCode, MAGIC_COOKIE_KEY,
+    MAGIC_COOKIE_VALUE, PROTOCOL_VERSION,
+};
+
+use super::wire::{
+    self, FrameError, Hello, Request, Response, WireMetadata, WireStatus, WIRE_NAME, WIRE_VERSION,
+};
+use super::CORE_PROTOCOL_VERSION;
+use crate::{Error, Plugin};
+
+/// The message a person gets when starting the runner by hand.
+const NOT_BY_HAND: &str = "This binary is a calcplug plugin runner. It is not meant to be \
+executed directly: run the program that uses the plugins (for example `calcplug --isolate`), \
+which starts runners itself.";
+
+/// Runs the runner with this process's arguments and environment; returns its exit code.
+///
+/// A host application that wants to be its own runner (instead of shipping `calcplug-runner`)
+/// can call this when it is started with the `serve` argument.
+pub fn runner_main() -> ExitCode {
+    if std::env::var_os(MAGIC_COOKIE_KEY).as_deref() != Some(MAGIC_COOKIE_VALUE.as_ref()) {
+        let _ = writeln!(io::stderr(), "{NOT_BY_HAND}");
+        return ExitCode::from(1);
+    }
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let (library, dir) = match args.as_slice() {
+        [serve, library, dir] if serve == "serve" => (PathBuf::from(library), PathBuf::from(dir)),
+        _ => {
+            let _ = writeln!(io::stderr(), "usage: calcplug-runner serve LIBRARY DIR");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    match serve(&library, &dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            let line = reason.replace('\n', " ");
+            let _ = writeln!(io::stdout(), "error|{line}");
+            tracing::warn!(library = %library.display(), "refused: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    // Plain lines the host parses and forwards into its own `tracing`: "LEVEL target: message".
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CALCPLUG_RUNNER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .without_time()
+        .try_init();
+}
+
+fn serve(library: &Path, dir: &Path) -> Result<(), String> {
+    let plugin = Arc::new(crate::load(library).map_err(|err| err.to_string())?);
+    let socket = dir.join("plugin.sock");
+    let listener = UnixListener::bind(&socket)
+        .map_err(|err| format!("{}: cannot listen: {err}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|err| format!("{}: cannot restrict permissions: {err}", socket.display()))?;
+
+    // Exit when the host goes away: it holds our stdin, so EOF means it closed it or died.
+    let watched = socket.clone();
+    std::thread::Builder::new()
+        .name("host-watch".to_owned())
+        .spawn(move || {
+            let mut sink = [0u8; 64];
+            let mut stdin = io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            let _ = std::fs::remove_file(&watched);
+            std::process::exit(0);
+        })
+        .map_err(|err| format!("cannot start the host watcher: {err}"))?;
+
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{CORE_PROTOCOL_VERSION}|{PROTOCOL_VERSION}|unix|{}|{WIRE_NAME}",
+        socket.display()
+    )
+    .and_then(|()| out.flush())
+    .map_err(|err| format!("cannot write the handshake line: {err}"))?;
+    drop(out);
+    tracing::info!(plugin = plugin.name(), socket = %socket.display(), "serving");
+
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let plugin = Arc::clone(&plugin);
+                let spawned = std::thread::Builder::new()
+                    .name("connection".to_owned())
+                    .spawn(move || serve_connection(&plugin, stream));
+                if let Err(err) = spawned {
+                    tracing::error!(error = %err, "cannot start a connection thread");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "accept failed"),
+        }
+    }
+    Ok(())
+}
+
+fn serve_connection(plugin: &Plugin, stream: UnixStream) {
+    let Ok(read_half) = stream.try_clone() else { return };
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let mut writer = stream;
+    let (mut inbuf, mut outbuf) = (Vec::new(), Vec::new());
+    let mut greeted = false;
+    loop {
+        let envelope = match wire::read_frame::<Request>(&mut reader, &mut inbuf) {
+            Ok(envelope) => envelope,
+            Err(FrameError::Closed) => return,
+            Err(FrameError::Io(err)) => {
+                tracing::debug!(error = %err, "connection failed");
+                return;
+            }
+            Err(FrameError::Malformed(reason)) => {
+                tracing::warn!(%reason, "malformed frame: closing the connection");
+                return;
+            }
+        };
+        let (response, close) = if greeted {
+            (dispatch(plugin, envelope.body), false)
+        } else {
+            greet(plugin, envelope.body)
+        };
+        greeted = true;
+        if let Err(reason) = wire::encode(&mut outbuf, envelope.id, &response) {
+            tracing::error!(%reason, "cannot encode a response");
+            return;
+        }
+        if wire::write_frame(&mut writer, &outbuf).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn greet(plugin: &Plugin, request: Request) -> (Response, bool) {
+    match request {
+        Request::Hello { wire_version } if wire_version == WIRE_VERSION => {
+            let extensions = plugin.extensions().iter().map(|e| e.name().to_owned()).collect();
+            let hello = Hello {
+                wire_version: WIRE_VERSION,
+                interface_version: plugin.interface_version().to_string(),
+                extensions,
+                pid: std::process::id(),
+            };
+            (Response::Hello(hello), false)
+        }
+        Request::Hello { wire_version } => (
+            error(
+                ErrorCode::Internal,
+                format!("wire version mismatch: the runner speaks {WIRE_VERSION}, the host {wire_version}"),
+            ),
+            true,
+        ),
+        _ => (error(ErrorCode::Internal, "the first request must be Hello".to_owned()), true),
+    }
+}
+
+fn dispatch(plugin: &Plugin, request: Request) -> Response {
+    let result = match request {
+        Request::Hello { .. } => {
+            return error(ErrorCode::Internal, "Hello was already sent".to_owned())
+        }
+        Request::Metadata => Ok(Response::Metadata(metadata(plugin))),
+        Request::Initialize(entries) => {
+            let config: Config = entries.into_iter().collect();
+            plugin.initialize(&config).map(|()| Response::Done)
+        }
+        Request::Shutdown => plugin.shutdown().map(|()| Response::Done),
+        Request::Status => plugin.status().map(|status| {
+            Response::Status(WireStatus {
+                state: status.state as u8,
+                message: status.message,
+                started_at_unix_nanos: status
+                    .started_at
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+                uptime_nanos: u64::try_from(status.uptime.as_nanos()).unwrap_or(u64::MAX),
+                request_count: status.request_count,
+                average_latency_nanos: status
+                    .average_latency
+                    .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            })
+        }),
+        Request::Call { op, a, b } => match OpCode::from_u8(op).op() {
+            Some(op) => plugin.call(op, a, b).map(Response::Value),
+            None => {
+                return error(ErrorCode::Unsupported, format!("unknown operation code {op}"));
+            }
+        },
+        Request::Batch(items) => {
+            let ops: Vec<BatchOp> = items
+                .into_iter()
+                .map(|(op, a, b)| BatchOp { op: OpCode::from_u8(op), a, b })
+                .collect();
+            let mut results = vec![BatchResult::PENDING; ops.len()];
+            plugin.process_batch(&ops, &mut results).map(|()| {
+                Response::Batch(
+                    results
+                        .iter()
+                        .map(|r| match r.result() {
+                            Ok(value) => (0, value),
+                            Err(code) => (code.as_u8(), f64::NAN),
+                        })
+                        .collect(),
+                )
+            })
+        }
+        Request::SetAngleUnit(raw) => match AngleUnit::from_u8(raw) {
+            Some(unit) => plugin.set_angle_unit(unit).map(|()| Response::Done),
+            None => {
+                return error(ErrorCode::InvalidInput, format!("unknown angle unit code {raw}"))
+            }
+        },
+        Request::AngleUnit => plugin.angle_unit().map(|unit| Response::AngleUnit(unit as u8)),
+    };
+    result.unwrap_or_else(|err| match err {
+        Error::Call { code, message, .. } => error(code, message),
+        other => error(other.code().unwrap_or(ErrorCode::Internal), other.to_string()),
+    })
+}
+
+fn metadata(plugin: &Plugin) -> WireMetadata {
+    let meta = plugin.metadata();
+    WireMetadata {
+        name: meta.name.clone(),
+        version: meta.version.clone(),
+        description: meta.description.clone(),
+        operations: meta.operations.clone(),
+        config: meta
+            .config
+            .iter()
+            .map(|k| (k.key.clone(), k.default.clone(), k.description.clone()))
+            .collect(),
+    }
+}
+
+fn error(code: ErrorCode, message: String) -> Response {
+    Response::Error { code: code.as_u8(), message }
+}
+
+/// Reads the runner's handshake line: `CORE|APP|unix|SOCKET|WIRE`, or `error|REASON`.
+pub(super) fn parse_handshake(line: &str) -> Result<PathBuf, String> {
+    let line = line.trim_end();
+    if let Some(reason) = line.strip_prefix("error|") {
+        return Err(reason.to_owned());
+    }
+    let parts: Vec<&str> = line.split('|').collect();
+    let [core, app, network, address, wire_name] = parts.as_slice() else {
+        return Err(format!("malformed handshake line {line:?}"));
+    };
+    if *core != CORE_PROTOCOL_VERSION.to_string() {
+        return Err(format!("core protocol {core}, this host speaks {CORE_PROTOCOL_VERSION}"));
+    }
+    if *app != PROTOCOL_VERSION.to_string() {
+        return Err(format!("protocol version {app}, this host speaks {PROTOCOL_VERSION}"));
+    }
+    if *network != "unix" {
+        return Err(format!("network type {network:?}, this host speaks unix"));
+    }
+    if *wire_name != WIRE_NAME {
+        return Err(format!("wire protocol {wire_name:?}, this host speaks {WIRE_NAME:?}"));
+    }
+    Ok(PathBuf::from(address))
+}
+
+/// Reads lines from `input` (the runner's stderr) and re-emits them as `tracing` events of the
+/// host, tagged with the plugin, at the level the runner logged them at.
+pub(super) fn forward_logs(plugin: &str, input: impl Read) {
+    for line in BufReader::new(input).lines() {
+        let Ok(line) = line else { return };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (level, rest) = line.split_once(' ').unwrap_or(("", line));
+        let message = rest.trim_start();
+        match level {
+            "ERROR" => tracing::error!(target: "calcplug::runner", plugin, "{message}"),
+            "WARN" => tracing::warn!(target: "calcplug::runner", plugin, "{message}"),
+            "INFO" => tracing::info!(target: "calcplug::runner", plugin, "{message}"),
+            "DEBUG" => tracing::debug!(target: "calcplug::runner", plugin, "{message}"),
+            "TRACE" => tracing::trace!(target: "calcplug::runner", plugin, "{message}"),
+            // Anything the plugin printed itself (a panic message, say).
+            _ => tracing::warn!(target: "calcplug::runner", plugin, "{line}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_lines() {
+        let ok = format!("1|{PROTOCOL_VERSION}|unix|/tmp/x/plugin.sock|{WIRE_NAME}\n");
+        assert_eq!(parse_handshake(&ok), Ok(PathBuf::from("/tmp/x/plugin.sock")));
+        assert_eq!(
+            parse_handshake("error|libx.so: no such file"),
+            Err("libx.so: no such file".into())
+        );
+        assert!(parse_handshake("1|9|unix|/s|calcplug-postcard")
+            .unwrap_err()
+            .contains("protocol version 9"));
+        assert!(parse_handshake("garbage").unwrap_err().contains("malformed"));
+        let tcp = format!("1|{PROTOCOL_VERSION}|tcp|127.0.0.1:1|{WIRE_NAME}");
+        assert!(parse_handshake(&tcp).unwrap_err().contains("network type"));
+    }
+}

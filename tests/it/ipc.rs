@@ -1,0 +1,378 @@
+//! The out-of-process mode: one conformance suite run against both modes, then crashes,
+//! hangs, kills, hostile bytes on the socket and the runner's own rules.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use host::remote::{RemoteOptions, RemotePlugin};
+use host::{BatchOp, BatchResult, Config, Error, ErrorCode, Op, PluginHandle, PluginState};
+
+use crate::util::artifacts;
+
+fn options() -> RemoteOptions {
+    RemoteOptions { runner: Some(artifacts().runner.clone()), ..RemoteOptions::default() }
+}
+
+fn remote(package: &str, options: RemoteOptions) -> RemotePlugin {
+    let path = artifacts().library(package);
+    RemotePlugin::spawn(&path, options).unwrap_or_else(|err| panic!("spawn {package}: {err}"))
+}
+
+/// The same plugin, in process and out of process.
+fn both_modes(package: &str) -> [Box<dyn PluginHandle>; 2] {
+    [Box::new(crate::util::load(package)), Box::new(remote(package, options()))]
+}
+
+#[test]
+fn conformance_basic_in_both_modes() {
+    for plugin in both_modes("basic") {
+        let mode = if plugin.is_isolated() { "out-of-process" } else { "in-process" };
+        assert_eq!(plugin.name(), "basic", "{mode}");
+        assert_eq!(plugin.version().to_string(), "1.0.0", "{mode}");
+        assert_eq!(plugin.metadata().operations, ["add", "subtract", "multiply", "divide"]);
+        let err = plugin.call(Op::Add, 1.0, 2.0).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotInitialized), "{mode}: {err}");
+        assert_eq!(plugin.status().unwrap().state, PluginState::Uninitialized, "{mode}");
+
+        plugin.initialize(&Config::new().with("max_value", "1e6")).unwrap();
+        assert_eq!(plugin.call(Op::Add, 2.0, 3.0).unwrap(), 5.0, "{mode}");
+        assert_eq!(plugin.call(Op::Subtract, 2.0, 3.0).unwrap(), -1.0, "{mode}");
+        assert_eq!(plugin.call(Op::Multiply, 2.5, 4.0).unwrap(), 10.0, "{mode}");
+        assert_eq!(plugin.call(Op::Divide, 1.0, 4.0).unwrap(), 0.25, "{mode}");
+        assert_eq!(plugin.call(Op::Add, 0.1, 0.2).unwrap(), 0.3, "{mode}");
+        let cases = [
+            (Op::Divide, 1.0, 0.0, ErrorCode::DivisionByZero),
+            (Op::Add, f64::NAN, 1.0, ErrorCode::InvalidInput),
+            (Op::Multiply, 2e6, 1.0, ErrorCode::OutOfRange),
+            (Op::Multiply, 1e4, 1e4, ErrorCode::Overflow),
+            (Op::Sqrt, 4.0, 0.0, ErrorCode::Unsupported),
+        ];
+        for (op, a, b, code) in cases {
+            let err = plugin.call(op, a, b).unwrap_err();
+            assert_eq!(err.code(), Some(code), "{mode}: {op}({a}, {b}): {err}");
+        }
+        let err = plugin.call(Op::Divide, 1.0, 0.0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "basic: divide: division by zero: cannot divide 1 by zero",
+            "{mode}"
+        );
+
+        let ops = [
+            BatchOp::new(Op::Add, 1.0, 2.0),
+            BatchOp::new(Op::Divide, 1.0, 0.0),
+            BatchOp { op: interface::OpCode::from_u8(250), a: 1.0, b: 1.0 },
+            BatchOp::new(Op::Subtract, 10.0, 4.0),
+        ];
+        let results: Vec<_> = plugin.batch(&ops).unwrap().iter().map(BatchResult::result).collect();
+        assert_eq!(
+            results,
+            [Ok(3.0), Err(ErrorCode::DivisionByZero), Err(ErrorCode::Unsupported), Ok(6.0)],
+            "{mode}"
+        );
+        let status = plugin.status().unwrap();
+        assert_eq!(status.state, PluginState::Ready, "{mode}");
+        // 5 results, 4 refused calculations, the message check, 4 batch items; `sqrt` is not
+        // basic's, so the trait's default answered it without counting.
+        assert_eq!(status.request_count, 5 + 4 + 1 + 4, "{mode}");
+
+        plugin.shutdown().unwrap();
+        let err = plugin.call(Op::Add, 1.0, 2.0).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotInitialized), "{mode}: {err}");
+    }
+}
+
+#[test]
+fn conformance_scientific_in_both_modes() {
+    for plugin in both_modes("scientific") {
+        let mode = if plugin.is_isolated() { "out-of-process" } else { "in-process" };
+        assert!(plugin.has_scientific(), "{mode}");
+        plugin.initialize(&Config::new().with("angle_unit", "degrees")).unwrap();
+        assert_eq!(plugin.angle_unit().unwrap(), host::AngleUnit::Degrees, "{mode}");
+        assert_eq!(plugin.call(Op::Sin, 90.0, 0.0).unwrap(), 1.0, "{mode}");
+        assert_eq!(plugin.call(Op::Log, 2.0, 1024.0).unwrap(), 10.0, "{mode}");
+        let err = plugin.call(Op::Sqrt, -1.0, 0.0).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidInput), "{mode}");
+        plugin.set_angle_unit(host::AngleUnit::Radians).unwrap();
+        assert_eq!(plugin.call(Op::Cos, 0.0, 0.0).unwrap(), 1.0, "{mode}");
+        let big: Vec<_> =
+            (0..10_000).map(|i| BatchOp::new(Op::Sqrt, f64::from(i * i), 0.0)).collect();
+        let results = plugin.batch(&big).unwrap();
+        assert!(results.iter().enumerate().all(|(i, r)| r.result() == Ok(i as f64)), "{mode}");
+    }
+}
+
+#[test]
+fn four_threads_call_at_once_out_of_process() {
+    let plugin = Arc::new(remote("basic", options()));
+    plugin.initialize(&Config::new()).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4u32 {
+            let plugin = Arc::clone(&plugin);
+            scope.spawn(move || {
+                for i in 0..500u32 {
+                    let a = f64::from(t * 1000 + i);
+                    assert_eq!(plugin.add(a, 1.0).unwrap(), a + 1.0);
+                }
+            });
+        }
+    });
+    assert_eq!(plugin.status().unwrap().request_count, 2000);
+}
+
+/// `divide` in the crashy fixture ends its runner the way `crash` says.
+#[track_caller]
+fn check_crash(crash: &str, expected_status: &str) {
+    let plugin = remote("crashy", RemoteOptions { retries: 0, ..options() });
+    plugin.initialize(&Config::new().with("crash", crash)).unwrap();
+    assert_eq!(plugin.add(1.0, 2.0).unwrap(), 3.0);
+    let first_pid = plugin.runner_pid().unwrap();
+    let started = Instant::now();
+    let err = plugin.divide(1.0, 2.0).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4), "{crash}: the call must fail fast");
+    match &err {
+        Error::PluginCrashed { plugin, status } => {
+            assert_eq!(plugin, "crashy");
+            assert!(status.contains(expected_status), "{crash}: {status}");
+        }
+        other => panic!("{crash}: expected PluginCrashed, got {other:?}"),
+    }
+    // The next call starts a new runner, initialized again with the same config.
+    assert_eq!(plugin.add(2.0, 2.0).unwrap(), 4.0, "{crash}");
+    assert_ne!(plugin.runner_pid(), Some(first_pid));
+    assert_eq!(plugin.generation(), 2);
+    assert_eq!(plugin.status().unwrap().state, PluginState::Ready);
+}
+
+#[test]
+fn a_segfaulting_plugin_fails_the_call_not_the_host() {
+    check_crash("segfault", "signal 11 (SIGSEGV)");
+}
+
+#[test]
+fn an_aborting_plugin_fails_the_call_not_the_host() {
+    check_crash("abort", "signal 6 (SIGABRT)");
+}
+
+#[test]
+fn an_exiting_plugin_fails_the_call_not_the_host() {
+    check_crash("exit", "exited with code 3");
+}
+
+#[test]
+fn a_hanging_call_times_out_and_the_runner_is_replaced() {
+    let options =
+        RemoteOptions { call_timeout: Duration::from_millis(500), retries: 0, ..options() };
+    let plugin = remote("crashy", options);
+    plugin.initialize(&Config::new().with("crash", "hang")).unwrap();
+    let pid = plugin.runner_pid().unwrap();
+    let started = Instant::now();
+    let err = plugin.divide(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::CallTimeout { op: "divide", .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(!process_alive(pid), "the hung runner must be killed");
+    assert_eq!(plugin.add(1.0, 1.0).unwrap(), 2.0);
+}
+
+#[test]
+fn crashes_are_retried_then_the_circuit_opens() {
+    let options = RemoteOptions { retries: 2, max_failures: 4, ..options() };
+    let plugin = remote("crashy", options);
+    plugin.initialize(&Config::new().with("crash", "abort")).unwrap();
+    // 1 try + 2 retries, each on a new runner, each crashing.
+    let err = plugin.divide(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
+    assert_eq!(plugin.generation(), 3);
+    // The fourth failure opens the circuit: calls fail at once without a new runner.
+    let err = plugin.divide(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::PluginCrashed { .. } | Error::CircuitOpen { .. }), "{err:?}");
+    let err = plugin.add(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::CircuitOpen { failures: 4, .. }), "{err:?}");
+    assert!(err.to_string().contains("circuit open"), "{err}");
+}
+
+#[test]
+fn kill_9_during_a_stream_of_calls_from_four_threads() {
+    let plugin = Arc::new(remote("basic", options()));
+    plugin.initialize(&Config::new()).unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let victim = plugin.runner_pid().unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4u32 {
+            let (plugin, done, failed) =
+                (Arc::clone(&plugin), Arc::clone(&done), Arc::clone(&failed));
+            scope.spawn(move || {
+                for i in 0..400u32 {
+                    let started = Instant::now();
+                    let a = f64::from(t * 1000 + i);
+                    match plugin.add(a, 1.0) {
+                        Ok(v) => assert_eq!(v, a + 1.0),
+                        Err(err) => {
+                            assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(5), "a call hung");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        // Kill the runner once the stream is under way.
+        while done.load(Ordering::Relaxed) < 200 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let status = Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+        assert!(status.success());
+    });
+    assert_eq!(done.load(Ordering::Relaxed), 1600);
+    // Calculations are retried on the new runner: none should have failed.
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(plugin.generation() >= 2);
+    assert_ne!(plugin.runner_pid(), Some(victim));
+    assert_eq!(plugin.add(20.0, 22.0).unwrap(), 42.0);
+}
+
+#[test]
+fn a_library_the_runner_refuses_is_a_clear_error() {
+    let path = artifacts().library("bad-cookie");
+    let err = RemotePlugin::spawn(&path, options()).unwrap_err();
+    assert!(matches!(err, Error::RunnerFailed { .. }), "{err:?}");
+    assert!(err.to_string().contains("wrong magic cookie"), "{err}");
+}
+
+#[test]
+fn the_runner_refuses_to_run_without_the_cookie() {
+    let out = Command::new(&artifacts().runner)
+        .args(["serve", "x", "y"])
+        .env_remove(interface::MAGIC_COOKIE_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not meant to be executed directly"), "{stderr}");
+}
+
+/// A runner started by the test itself, which plays the host.
+struct RawRunner {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn raw_runner() -> RawRunner {
+    let dir = crate::util::scratch();
+    let mut child = Command::new(&artifacts().runner)
+        .arg("serve")
+        .arg(artifacts().library("basic"))
+        .arg(dir.path())
+        .env(interface::MAGIC_COOKIE_KEY, interface::MAGIC_COOKIE_VALUE)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let fields: Vec<&str> = line.trim().split('|').collect();
+    assert_eq!(fields.len(), 5, "{line}");
+    assert_eq!(&fields[..3], ["1", "1", "unix"], "{line}");
+    assert_eq!(fields[4], "calcplug-postcard", "{line}");
+    RawRunner { child, socket: fields[3].into(), _dir: dir }
+}
+
+#[test]
+fn malformed_frames_close_that_connection_and_nothing_else() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut runner = raw_runner();
+    let mode = std::fs::metadata(&runner.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode");
+    let garbage: [&[u8]; 3] = [
+        &[0xff, 0xff, 0xff, 0x7f], // a frame of 2 GiB: over the limit
+        &[5, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0x99], // undecodable
+        b"GET / HTTP/1.1\r\n\r\n", // another protocol
+    ];
+    for bytes in garbage {
+        let mut stream = UnixStream::connect(&runner.socket).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut rest = Vec::new();
+        // The runner closes the connection (EOF) without answering.
+        let n = stream.read_to_end(&mut rest).unwrap_or(0);
+        assert_eq!(n, 0, "{bytes:?}");
+    }
+    assert!(runner.child.try_wait().unwrap().is_none(), "the runner must survive");
+    // And it still serves well-formed clients.
+    let plugin = remote("basic", options());
+    plugin.initialize(&Config::new()).unwrap();
+    assert_eq!(plugin.add(1.0, 1.0).unwrap(), 2.0);
+    runner.child.kill().unwrap();
+    runner.child.wait().unwrap();
+}
+
+#[test]
+fn the_runner_exits_when_its_host_goes_away() {
+    let mut runner = raw_runner();
+    // The host's end of the runner's stdin closes when the host exits, however it exits.
+    drop(runner.child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while runner.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the runner outlived its host");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!runner.socket.exists(), "the socket file must be removed");
+}
+
+#[test]
+fn dropping_the_handle_stops_the_runner_and_removes_its_directory() {
+    let plugin = remote("basic", options());
+    let pid = plugin.runner_pid().unwrap();
+    drop(plugin);
+    assert!(!process_alive(pid), "runner {pid} survived its handle");
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie counts as gone: /proc/PID/stat's state field is `Z`.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn the_cli_isolates_on_request() {
+    let a = artifacts();
+    let run = |dir: &std::path::Path, args: &[&str]| {
+        Command::new(&a.calcplug)
+            .arg("--plugin-dir")
+            .arg(dir)
+            .arg("--isolate")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&a.plugin_dir, &["call", "basic", "add", "2", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "5\n");
+
+    let out =
+        run(&a.fixture_dir, &["call", "crashy", "divide", "1", "2", "--set", "crash=segfault"]);
+    assert_eq!(out.status.code(), Some(1), "the host survives and reports: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "error: crashy: the plugin's runner process crashed: killed by signal 11 (SIGSEGV)"
+        ),
+        "{stderr}"
+    );
+
+    let out = run(&a.plugin_dir, &["info", "basic"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mode:        out-of-process"),
+        "{out:?}"
+    );
+}
