@@ -7,6 +7,8 @@ use std::time::Duration;
 use interface::ErrorCode;
 use semver::Version;
 
+use crate::manager::LifecycleState;
+
 /// Everything that can go wrong between a host and a plugin.
 ///
 /// Load errors name the library file and say what was expected and what was found; call errors
@@ -192,6 +194,90 @@ pub enum Error {
         available: Vec<String>,
     },
 
+    /// The manager's config file is wrong: an unknown key, a value of the wrong type, a bad
+    /// path. `line` is 1-based (0 when the problem has no line, e.g. a `--plugin-dir`).
+    #[error("{}:{line}: `{key}`: {message}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// The line of the offending key or value.
+        line: usize,
+        /// The dotted key, e.g. `discovery.scan_interval`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// Another library claims the same plugin name with a higher version; this one is not used.
+    #[error("{}: plugin `{name}` {version} is shadowed by {winner_version} from {}", path.display(), winner_path.display())]
+    Shadowed {
+        /// The library that is not used.
+        path: PathBuf,
+        /// The plugin name both claim.
+        name: String,
+        /// This library's plugin version.
+        version: Version,
+        /// The library that serves the name.
+        winner_path: PathBuf,
+        /// Its plugin version (boxed to keep `Error` small).
+        winner_version: Box<Version>,
+    },
+
+    /// The plugin manager is shutting down (or has): the call was refused before reaching the
+    /// plugin.
+    #[error("{plugin}: {op}: refused: the plugin manager is shutting down")]
+    ShuttingDown {
+        /// The plugin called.
+        plugin: String,
+        /// The operation called.
+        op: &'static str,
+    },
+
+    /// The plugin is not serving calls (its `initialize` failed, or it is still starting).
+    #[error("{plugin}: {op}: refused: the plugin is {state}")]
+    NotServing {
+        /// The plugin called.
+        plugin: String,
+        /// The operation called.
+        op: &'static str,
+        /// Its state.
+        state: LifecycleState,
+    },
+
+    /// Waiting for calls in flight took longer than the configured timeout.
+    #[error(
+        "{plugin}: timed out after {waited:?} waiting for {in_flight} call(s) in flight to finish"
+    )]
+    Timeout {
+        /// The plugin waited for.
+        plugin: String,
+        /// How long the manager waited.
+        waited: Duration,
+        /// How many calls were still running.
+        in_flight: u64,
+    },
+
+    /// A lifecycle transition the state machine does not allow.
+    #[error("{plugin}: illegal state transition {from} -> {to}")]
+    IllegalTransition {
+        /// The plugin.
+        plugin: String,
+        /// The state it was in.
+        from: LifecycleState,
+        /// The state asked for.
+        to: LifecycleState,
+    },
+
+    /// A directory could not be watched for changes.
+    #[error("{}: cannot watch for changes: {source}", path.display())]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// The file watcher's error.
+        #[source]
+        source: Box<notify::Error>,
+    },
+
     /// The runner binary of the out-of-process mode could not be started.
     #[error("cannot start the plugin runner {}: {source}", runner.display())]
     Spawn {
@@ -259,6 +345,42 @@ pub enum Error {
         /// The window.
         window: Duration,
     },
+    /// The library failed an integrity check (allowlist or signature).
+    #[error("{}: integrity check failed: {reason}", path.display())]
+    Integrity {
+        /// The library (or the manifest or signature file at fault).
+        path: PathBuf,
+        /// What failed: not listed, digest mismatch, unsigned, bad signature, …
+        reason: String,
+    },
+
+    /// The library or its directory could be replaced by someone else.
+    #[error("{}: insecure: {reason}", path.display())]
+    InsecurePermissions {
+        /// The file or directory at fault.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
+    /// The library is a symlink that points outside its plugin directory.
+    #[error("{}: refused: a symlink to {}, outside the plugin directory", path.display(), target.display())]
+    SymlinkEscape {
+        /// The symlink.
+        path: PathBuf,
+        /// Where it points.
+        target: PathBuf,
+    },
+
+    /// Loading the library in a probe process failed: it crashed, hung or failed the handshake
+    /// there, so it was never mapped into this process.
+    #[error("{}: refused by the probe: {reason}", path.display())]
+    ProbeFailed {
+        /// The library.
+        path: PathBuf,
+        /// What happened in the probe process.
+        reason: String,
+    },
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -278,35 +400,43 @@ fn available_list(available: &[String]) -> String {
     }
 }
 
+/// Matches the variants that name a file in their `path` field, binding it to `$path`; the one
+/// list of them, for [`Error::path`] and [`Error::with_path`].
+macro_rules! match_path {
+    ($error:expr, $path:ident => $named:expr, _ => $other:expr) => {
+        match $error {
+            Error::NotFound { path: $path }
+            | Error::NotAFile { path: $path, .. }
+            | Error::Io { path: $path, .. }
+            | Error::WrongExtension { path: $path, .. }
+            | Error::NotALibrary { path: $path, .. }
+            | Error::Open { path: $path, .. }
+            | Error::MissingRootModule { path: $path, .. }
+            | Error::AbiStableMismatch { path: $path, .. }
+            | Error::IncompatibleVersion { path: $path, .. }
+            | Error::AbiMismatch { path: $path, .. }
+            | Error::RootModule { path: $path, .. }
+            | Error::BadCookie { path: $path, .. }
+            | Error::ProtocolMismatch { path: $path, .. }
+            | Error::BadMetadata { path: $path, .. }
+            | Error::Setup { path: $path, .. }
+            | Error::Config { path: $path, .. }
+            | Error::Shadowed { path: $path, .. }
+            | Error::Watch { path: $path, .. }
+            | Error::RunnerFailed { path: $path, .. }
+            | Error::Integrity { path: $path, .. }
+            | Error::InsecurePermissions { path: $path, .. }
+            | Error::SymlinkEscape { path: $path, .. }
+            | Error::ProbeFailed { path: $path, .. } => $named,
+            _ => $other,
+        }
+    };
+}
+
 impl Error {
     /// The library file the error is about, for load errors.
     pub fn path(&self) -> Option<&Path> {
-        match self {
-            Error::NotFound { path }
-            | Error::NotAFile { path, .. }
-            | Error::Io { path, .. }
-            | Error::WrongExtension { path, .. }
-            | Error::NotALibrary { path, .. }
-            | Error::Open { path, .. }
-            | Error::MissingRootModule { path, .. }
-            | Error::AbiStableMismatch { path, .. }
-            | Error::IncompatibleVersion { path, .. }
-            | Error::AbiMismatch { path, .. }
-            | Error::RootModule { path, .. }
-            | Error::BadCookie { path, .. }
-            | Error::ProtocolMismatch { path, .. }
-            | Error::BadMetadata { path, .. }
-            | Error::Setup { path, .. }
-            | Error::RunnerFailed { path, .. } => Some(path),
-            Error::Call { .. }
-            | Error::UnknownPlugin { .. }
-            | Error::Spawn { .. }
-            | Error::RunnerNotFound { .. }
-            | Error::PluginCrashed { .. }
-            | Error::CallTimeout { .. }
-            | Error::Wire { .. }
-            | Error::CircuitOpen { .. } => None,
-        }
+        match_path!(self, path => Some(path.as_path()), _ => None)
     }
 
     /// The plugin's error code, for errors a plugin returned.
@@ -315,6 +445,13 @@ impl Error {
             Error::Call { code, .. } | Error::Setup { code, .. } => Some(*code),
             _ => None,
         }
+    }
+
+    /// The same error about `path` instead of the file it names: the manager loads a private
+    /// copy of each library and reports errors against the file the user put in place.
+    pub(crate) fn with_path(mut self, new: &Path) -> Error {
+        match_path!(&mut self, path => new.clone_into(path), _ => {});
+        self
     }
 
     /// The reason without the path prefix: what `calcplug list` shows next to each file.

@@ -21,19 +21,31 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod config;
 mod discovery;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod handle;
 mod loader;
+mod manager;
 mod plugin;
 #[cfg(unix)]
 pub mod remote;
+pub mod security;
 
 pub use discovery::{discover, library_files, Found};
 pub use error::Error;
 pub use handle::PluginHandle;
 pub use loader::{host_interface_version, interface_compatible, load, LIBRARY_SUFFIX};
 pub use plugin::{Extension, Plugin};
+pub use security::{load_with, Enforcement, LoadPolicy, Manifest, TrustedKey};
+
+pub use config::{ManagerConfig, RetryPolicy, SecurityConfig, CONFIG_FILE_NAME};
+pub use manager::{
+    FileProblem, Handle, Health, Latency, LifecycleState, ManagerStatus, OpMetrics, PluginManager,
+    PluginStatus, ScanReport, ShutdownReport, StateMachine,
+};
 
 /// The plugin-facing types hosts also use.
 pub use interface::{

@@ -12,6 +12,7 @@
 //! Each step fails with its own [`Error`] variant naming the file.
 
 mod ffi;
+mod image;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -45,12 +46,32 @@ pub fn load(path: impl AsRef<Path>) -> Result<Plugin, Error> {
     load_path(path.as_ref())
 }
 
-fn load_path(path: &Path) -> Result<Plugin, Error> {
+pub(crate) fn load_path(path: &Path) -> Result<Plugin, Error> {
     let _span = tracing::info_span!("load", path = %path.display()).entered();
     let path = inspect_file(path)?;
-    check_format(&path)?;
+    let file = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    let len = file.metadata().map_err(|source| Error::Io { path: path.clone(), source })?.len();
+    check_format(&path, &ReadCache::new(file), len)?;
+    let header = ffi::open(&path, &path)?;
+    finish_load(path, header)
+}
 
-    let header = ffi::open(&path)?;
+/// Loads a library from `bytes` already read from `path` (and verified by the caller): the
+/// checks run on the bytes, and the bytes are what gets mapped, from a sealed in-memory file.
+pub(crate) fn load_bytes(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Error> {
+    let _span = tracing::info_span!("load", path = %path.display(), from = "memory").entered();
+    let path = inspect_file(path)?;
+    check_format(&path, bytes.as_slice(), bytes.len() as u64)?;
+    let image = image::Image::new(&path, &bytes)?;
+    let header = ffi::open(&path, image.path())?;
+    drop(image);
+    finish_load(path, header)
+}
+
+fn finish_load(
+    path: PathBuf,
+    header: &'static abi_stable::library::LibHeader,
+) -> Result<Plugin, Error> {
     let host_version = host_interface_version();
     let found = ffi::interface_version(&path, header)?;
     // abi_stable compares major versions too, but reports them without the file: check first.
@@ -132,18 +153,19 @@ fn file_kind(metadata: &fs::Metadata) -> &'static str {
 
 /// Checks, from the file's headers alone, that it is a complete dynamic library that this
 /// process could map.
-fn check_format(path: &Path) -> Result<(), Error> {
+fn check_format<'data, R: object::ReadRef<'data>>(
+    path: &Path,
+    data: R,
+    len: u64,
+) -> Result<(), Error> {
     let not_a_library = |reason: String| Error::NotALibrary { path: path.to_owned(), reason };
-    let file = File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
-    let len = file.metadata().map_err(|source| Error::Io { path: path.to_owned(), source })?.len();
     if len == 0 {
         return Err(not_a_library("the file is empty".to_owned()));
     }
-    let data = ReadCache::new(file);
-    let object = match object::File::parse(&data) {
+    let object = match object::File::parse(data) {
         Ok(object) => object,
         Err(err) => {
-            let reason = match object::FileKind::parse(&data) {
+            let reason = match object::FileKind::parse(data) {
                 Err(_) => "unrecognized file format (not an object file)".to_owned(),
                 Ok(kind) => format!("truncated or corrupt {kind:?} file ({err})"),
             };
@@ -247,6 +269,22 @@ fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Within a major version ≥ 1 every pair is compatible both ways; across majors none is.
+        #[test]
+        fn fuzz_version_compatibility(a in 0u64..4, b in 0u64..4, c in 0u64..30, d in 0u64..30, e in 0u64..9, f in 0u64..9) {
+            let host = Version::new(a, c, e);
+            let plugin = Version::new(b, d, f);
+            let compatible = interface_compatible(&host, &plugin);
+            if a == 0 {
+                proptest::prop_assert_eq!(compatible, b == 0 && c == d);
+            } else {
+                proptest::prop_assert_eq!(compatible, a == b);
+                proptest::prop_assert_eq!(compatible, interface_compatible(&plugin, &host));
+            }
+        }
+    }
 
     #[test]
     fn compatibility_is_same_major_from_one_on() {

@@ -1,7 +1,8 @@
 //! `calcplug`: the command-line host for Calculator plugins.
 //!
 //! `list` shows every library found and why any was refused, `info` a plugin's metadata and
-//! status, `call` runs one operation, `demo` tours every bundled plugin.
+//! status, `call` runs one operation, `demo` tours every bundled plugin; `status` and `watch`
+//! run the plugin manager (`cli_manager`). `--config` (every command) reads `calcplug.toml`.
 //! Results go to stdout; errors go to stderr with exit code 1 (2 for usage errors).
 
 // This binary talks to a terminal.
@@ -18,6 +19,9 @@ use host::remote::{RemoteOptions, RemotePlugin};
 use host::{BatchOp, Config, Found, Op, Plugin, PluginHandle};
 use serde_json::json;
 
+mod cli_bench;
+mod cli_manager;
+
 /// Loads Calculator plugins (stable-ABI cdylibs) and calls them.
 #[derive(Debug, Parser)]
 #[command(name = "calcplug", version)]
@@ -27,6 +31,11 @@ struct Cli {
     /// of the target directory this binary was built in.
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     plugin_dirs: Vec<PathBuf>,
+
+    /// The config file (TOML; see calcplug.example.toml). Default: ./calcplug.toml if there is
+    /// one, else every key's default. `--plugin-dir` overrides its `discovery.paths`.
+    #[arg(long, value_name = "PATH", env = "CALCPLUG_CONFIG", global = true)]
+    config: Option<PathBuf>,
 
     /// Run plugins out of process, each in a `calcplug-runner` child over a local socket, so a
     /// plugin that crashes cannot take this process down (`call` and `info`).
@@ -75,11 +84,40 @@ enum Command {
     },
     /// Tour every bundled plugin: metadata, each operation, errors, a batch, status.
     Demo,
+    /// Load every plugin through the plugin manager and print its status and metrics.
+    Status {
+        /// Print one JSON object instead of text.
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// Print Prometheus text exposition format.
+        #[arg(long)]
+        prometheus: bool,
+        /// Make a call through the manager first (repeatable), e.g. `--call basic:add:2:3`.
+        #[arg(long = "call", value_name = "PLUGIN:OP:A[:B]", allow_hyphen_values = true)]
+        calls: Vec<String>,
+    },
+    /// Run the plugin manager with auto-scan on: load new libraries, hot-reload changed ones,
+    /// log it all (at info level unless -v/CALCPLUG_LOG say otherwise) until Ctrl-C.
+    Watch,
+    /// Measure a plugin's call and batch speed on this machine (about a minute).
+    Bench {
+        /// The plugin to measure.
+        #[arg(long, default_value = "basic")]
+        plugin: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The measuring time, shared by the seven figures.
+        #[arg(long, default_value_t = 45)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    // `watch` is a log to follow: it logs loads and reloads (info) by default.
+    let watching = matches!(cli.command, Command::Watch);
+    init_tracing(if watching { cli.verbose.max(2) } else { cli.verbose });
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -112,14 +150,30 @@ fn init_tracing(verbose: u8) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let dirs = if cli.plugin_dirs.is_empty() { default_plugin_dirs()? } else { cli.plugin_dirs };
+    let config = cli_manager::load_config(cli.config.as_deref())?;
+    let config_dirs: Vec<PathBuf> = config.paths().map(PathBuf::from).collect();
+    let dirs = match (cli.plugin_dirs.is_empty(), config_dirs.is_empty()) {
+        (false, _) => cli.plugin_dirs,
+        (true, false) => config_dirs,
+        (true, true) => default_plugin_dirs()?,
+    };
+    let config = config.with_paths(&dirs);
     match cli.command {
         Command::List { json } => list(&dirs, json),
         Command::Info { plugin, json } => info(&dirs, &plugin, json, cli.isolate),
         Command::Call { plugin, op, a, b, set } => {
+            // The config file's `[plugins.NAME]` table first, so that `--set` wins.
+            let set = cli_manager::settings_for(&config, &plugin, set);
             call(&dirs, &plugin, &op, (a, b), &set, cli.isolate)
         }
         Command::Demo => demo(&dirs),
+        Command::Status { json, prometheus, calls } => {
+            cli_manager::status(config, json, prometheus, &calls)
+        }
+        Command::Watch => cli_manager::watch(config),
+        Command::Bench { plugin, json, seconds } => {
+            cli_bench::bench(config, &dirs, &plugin, json, seconds)
+        }
     }
 }
 

@@ -474,6 +474,17 @@ fn convert_status(raw: FfiStatus) -> Status {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn fuzz_plugin_names_are_checked_without_panics(name in "\\PC{0,80}") {
+            let valid = valid_name(&name);
+            proptest::prop_assert_eq!(
+                valid,
+                !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            );
+        }
+    }
+
     #[test]
     fn plugin_names_are_restricted() {
         assert!(valid_name("basic"));

@@ -19,6 +19,9 @@ mod panics;
 /// The out-of-process mode: conformance in both modes, crashes, hangs, kills, hostile bytes.
 mod ipc;
 
+/// Integrity checks, permissions, symlinks, probe-before-load, a corpus of hostile files.
+mod security;
+
 /// The `calcplug` binary, run as a user would.
 mod cli;
 
@@ -27,3 +30,6 @@ mod tidy;
 
 /// Helpers shared by the modules above.
 mod util;
+
+/// The plugin manager: discovery, lifecycle, metrics, retries, shutdown, hot reload, config, CLI.
+mod manager;

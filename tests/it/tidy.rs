@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 const UNSAFE_ALLOWED: &[&str] = &[
     "host/src/loader/ffi.rs",
     "interface/src/plugin.rs",
-    // A fixture that raises SIGSEGV on purpose.
+    // Fixtures that raise SIGSEGV on purpose.
     "tests/fixtures/crashy/src/lib.rs",
+    "tests/fixtures/hostile-ctor-crash/src/lib.rs",
     // The frozen interface 1.0 and the minimal host built against it.
     "tests/compat/interface-v1_0/src/plugin.rs",
     "tests/compat/host-v1_0/src/main.rs",
 ];
 
 /// Files allowed to print: binaries and test support.
-const PRINT_ALLOWED_PREFIXES: &[&str] = &["host/src/main.rs", "xtask/", "tests/"];
+const PRINT_ALLOWED_PREFIXES: &[&str] =
+    &["host/src/main.rs", "host/src/cli_", "host/benches/", "xtask/", "tests/"];
 
 fn root() -> PathBuf {
     xtask::workspace_root()

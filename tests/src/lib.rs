@@ -16,6 +16,9 @@ pub struct Artifacts {
     pub plugin_dir: PathBuf,
     /// The fixture plugins (`tests/fixtures/*`), in a directory of their own.
     pub fixture_dir: PathBuf,
+    /// The `hostile-*` fixtures, which crash any process that maps them: never scan this
+    /// directory in process.
+    pub hostile_dir: PathBuf,
     /// The `calcplug` binary.
     pub calcplug: PathBuf,
     /// The `calcplug-runner` binary of the out-of-process mode.
@@ -36,7 +39,7 @@ impl Artifacts {
     /// If no such library was built: a test asked for a crate that does not exist.
     pub fn library(&self, package: &str) -> PathBuf {
         let file = library_file_name(package);
-        [&self.plugin_dir, &self.fixture_dir, &self.compat_dir]
+        [&self.plugin_dir, &self.fixture_dir, &self.hostile_dir, &self.compat_dir]
             .into_iter()
             .map(|dir| dir.join(&file))
             .find(|path| path.is_file())
@@ -89,8 +92,12 @@ fn build_all() -> anyhow::Result<Artifacts> {
     };
     let plugin_dir = out.join("plugins");
     let fixture_dir = out.join("fixtures");
+    let hostile_dir = out.join("hostile");
+    let (hostile, tame): (Vec<String>, Vec<String>) =
+        fixtures.into_iter().partition(|name| name.starts_with("hostile-"));
     xtask::install(&of(&plugins), &plugin_dir)?;
-    xtask::install(&of(&fixtures), &fixture_dir)?;
+    xtask::install(&of(&tame), &fixture_dir)?;
+    xtask::install(&of(&hostile), &hostile_dir)?;
     let calcplug = built
         .iter()
         .find(|a| {
@@ -107,7 +114,7 @@ fn build_all() -> anyhow::Result<Artifacts> {
         .map(|a| a.path.clone())
         .ok_or_else(|| anyhow::anyhow!("cargo built no calcplug-runner binary"))?;
     let (compat_dir, old_host) = build_compat(&root, &out)?;
-    Ok(Artifacts { plugin_dir, fixture_dir, calcplug, runner, compat_dir, old_host })
+    Ok(Artifacts { plugin_dir, fixture_dir, hostile_dir, calcplug, runner, compat_dir, old_host })
 }
 
 /// Builds the frozen interface 1.0 workspace: a plugin and a host built against 1.0, and a

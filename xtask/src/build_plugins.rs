@@ -7,6 +7,9 @@ use xtask::{Artifact, ArtifactKind, BuildRequest, Package, PackageSet};
 
 use crate::{display_relative, flags};
 
+/// The name prefix of fixtures that must never be mapped by a scan.
+pub(crate) const HOSTILE_PREFIX: &str = "hostile-";
+
 impl flags::BuildPlugins {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
         let root = xtask::workspace_root();
@@ -14,8 +17,13 @@ impl flags::BuildPlugins {
         if plugins.is_empty() {
             bail!("no plugin crates found under {}", root.join("plugins").display());
         }
-        let fixtures = if self.fixtures {
+        // `hostile-*` fixtures crash whatever process maps them: never install them where a
+        // directory scan would load them (the tests build them into a directory of their own).
+        let fixtures: Vec<Package> = if self.fixtures {
             xtask::plugin_packages(&root, PackageSet::Fixtures)?
+                .into_iter()
+                .filter(|package| !package.name.starts_with(HOSTILE_PREFIX))
+                .collect()
         } else {
             Vec::new()
         };
@@ -35,6 +43,13 @@ impl flags::BuildPlugins {
 
         let dir = xtask::plugin_dir(&root, self.release);
         let count = install_set(&root, &plugins, &artifacts, &dir)?;
+        if let Some(key) = &self.sign {
+            let key = xtask::signing::read_secret_key(key)?;
+            for library in installed_libraries(&dir)? {
+                let sig = xtask::signing::sign(&key, &library)?;
+                println!("signed    {}", display_relative(&root, &sig));
+            }
+        }
         let mut summary = format!(
             "installed {count} {} into {}",
             if count == 1 { "plugin" } else { "plugins" },
@@ -85,4 +100,17 @@ fn install_set(
         println!("installed {} -> {}", artifact.package, display_relative(root, path));
     }
     Ok(installed.len())
+}
+
+/// The library files directly in `dir`.
+pub(crate) fn installed_libraries(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut libraries = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() && path.to_string_lossy().ends_with(std::env::consts::DLL_SUFFIX) {
+            libraries.push(path);
+        }
+    }
+    libraries.sort();
+    Ok(libraries)
 }

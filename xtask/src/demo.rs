@@ -6,7 +6,7 @@ use crate::{display_relative, flags, ChildFailed};
 
 impl flags::Demo {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
-        flags::BuildPlugins { release: true, fixtures: false }.run()?;
+        flags::BuildPlugins { release: true, fixtures: false, sign: None }.run()?;
 
         let root = xtask::workspace_root();
         let dir = xtask::plugin_dir(&root, true);

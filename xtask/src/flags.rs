@@ -17,6 +17,10 @@ pub(crate) enum XtaskCmd {
     BuildPlugins(BuildPlugins),
     Demo(Demo),
     Ci(Ci),
+    BenchReport(BenchReport),
+    Keygen(Keygen),
+    Sign(Sign),
+    Manifest(Manifest),
 }
 
 /// Build every plugin crate and install the libraries into target/plugins/<profile>/.
@@ -28,6 +32,43 @@ pub(crate) struct BuildPlugins {
     /// Also build the fixture plugins under tests/fixtures/ into target/plugins/<profile>/fixtures/.
     #[arg(long)]
     pub(crate) fixtures: bool,
+    /// Sign each installed plugin with this secret key (see `keygen`), writing `<library>.sig`.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) sign: Option<std::path::PathBuf>,
+}
+
+/// Generate an ed25519 key pair for signing plugins: `<name>.key` (secret, mode 0600) and
+/// `<name>.pub` (the value for `[security] trusted_keys`).
+#[derive(Debug, Args)]
+pub(crate) struct Keygen {
+    /// The directory to write the keys into.
+    #[arg(long, default_value = "target/keys")]
+    pub(crate) out: std::path::PathBuf,
+    /// The key files' base name.
+    #[arg(long, default_value = "calcplug-signing")]
+    pub(crate) name: String,
+}
+
+/// Sign plugin libraries: writes a detached `<library>.sig` beside each.
+#[derive(Debug, Args)]
+pub(crate) struct Sign {
+    /// The secret key file written by `keygen`.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: std::path::PathBuf,
+    /// The libraries to sign.
+    #[arg(required = true)]
+    pub(crate) libraries: Vec<std::path::PathBuf>,
+}
+
+/// Write a SHA-256 allowlist (`sha256sum` format) of the libraries in a directory, for
+/// `[security] manifest`.
+#[derive(Debug, Args)]
+pub(crate) struct Manifest {
+    /// The plugin directory.
+    pub(crate) dir: std::path::PathBuf,
+    /// Where to write it (default: `SHA256SUMS` in the directory).
+    #[arg(long)]
+    pub(crate) out: Option<std::path::PathBuf>,
 }
 
 /// Build the plugins in release mode and run `calcplug demo` with them.
@@ -37,6 +78,15 @@ pub(crate) struct Demo {}
 /// Run the checks CI runs: tests, formatting and clippy, stopping at the first failure.
 #[derive(Debug, Args)]
 pub(crate) struct Ci {}
+
+/// Run the benchmarks (`cargo bench -p host --bench calls`) and write BENCHMARKS.md with its
+/// charts in benchmarks/.
+#[derive(Debug, Args)]
+pub(crate) struct BenchReport {
+    /// Short measurements: the whole run, build included, takes a few minutes on 2 cores.
+    #[arg(long)]
+    pub(crate) quick: bool,
+}
 
 #[cfg(test)]
 mod tests {
@@ -55,5 +105,14 @@ mod tests {
             panic!("unexpected parse result: {flags:?}");
         };
         assert!(cmd.release && cmd.fixtures);
+    }
+
+    #[test]
+    fn parses_bench_report() {
+        let flags = Xtask::try_parse_from(["xtask", "bench-report", "--quick"]);
+        let Ok(Xtask { subcommand: XtaskCmd::BenchReport(cmd) }) = flags else {
+            panic!("unexpected parse result: {flags:?}");
+        };
+        assert!(cmd.quick);
     }
 }

@@ -29,6 +29,7 @@
 mod build;
 mod install;
 mod metadata;
+pub mod signing;
 
 use std::{
     ffi::OsString,

@@ -11,15 +11,23 @@
 //!   plugins, and exits with the demo's status.
 //! - `cargo xtask ci` runs what CI runs, in order: `cargo test --workspace`,
 //!   `cargo fmt --all --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
+//! - `cargo xtask bench-report [--quick]` runs the benchmarks (`host/benches/calls.rs`) and writes
+//!   `BENCHMARKS.md` with its charts in `benchmarks/`.
+//!
+//! - `cargo xtask keygen`, `cargo xtask sign --key KEY LIB...`, `cargo xtask manifest DIR` make
+//!   the keys, signatures and SHA-256 allowlist the host's `[security]` checks use;
+//!   `build-plugins --sign KEY` signs what it installs.
 //!
 //! The shared logic lives in the `xtask` library, which returns data; this binary prints it.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench_report;
 mod build_plugins;
 mod ci;
 mod demo;
 mod flags;
+mod keys;
 
 use std::{fmt, path::Path, process::ExitCode, process::ExitStatus};
 
@@ -31,6 +39,10 @@ fn main() -> ExitCode {
         flags::XtaskCmd::BuildPlugins(cmd) => cmd.run(),
         flags::XtaskCmd::Demo(cmd) => cmd.run(),
         flags::XtaskCmd::Ci(cmd) => cmd.run(),
+        flags::XtaskCmd::BenchReport(cmd) => cmd.run(),
+        flags::XtaskCmd::Keygen(cmd) => cmd.run(),
+        flags::XtaskCmd::Sign(cmd) => cmd.run(),
+        flags::XtaskCmd::Manifest(cmd) => cmd.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

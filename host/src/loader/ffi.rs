@@ -29,11 +29,12 @@ use semver::Version;
 use super::VerifiedModule;
 use crate::Error;
 
-/// Maps the library at `path` and validates its abi_stable header.
+/// Maps the library image at `image` and validates its abi_stable header; errors name `path`,
+/// the file the user gave (the image is the same file, or a verified in-memory copy of it).
 ///
-/// `path` must be absolute (a bare file name would make `dlopen` search the library path).
-pub(crate) fn open(path: &Path) -> Result<&'static LibHeader, Error> {
-    let library = open_library(path)?;
+/// `image` must be absolute (a bare file name would make `dlopen` search the library path).
+pub(crate) fn open(path: &Path, image: &Path) -> Result<&'static LibHeader, Error> {
+    let library = open_library(path, image)?;
 
     // SAFETY: abi_stable's `#[export_root_module]` (and `export_plugin!`, which mirrors it) export
     // a `static LibHeader` under this name. libloading's `Symbol<T>` holds the symbol's address as
@@ -69,13 +70,13 @@ pub(crate) fn open(path: &Path) -> Result<&'static LibHeader, Error> {
 
 #[cfg(unix)]
 #[allow(clippy::disallowed_methods)] // This is the one place allowed to map a library.
-fn open_library(path: &Path) -> Result<libloading::Library, Error> {
+fn open_library(path: &Path, image: &Path) -> Result<libloading::Library, Error> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     // SAFETY: mapping a library runs its initializers, which is foreign code. The loader has
     // checked that the file is a complete dynamic library for this platform and architecture,
     // so the system loader will not fault on a truncated mapping; what the initializers do is
     // the library's responsibility (calcplug plugins have none beyond the Rust runtime's).
-    let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) };
+    let library = unsafe { Library::open(Some(image), RTLD_NOW | RTLD_LOCAL) };
     library
         .map(libloading::Library::from)
         .map_err(|source| Error::Open { path: path.to_owned(), source })
@@ -83,10 +84,10 @@ fn open_library(path: &Path) -> Result<libloading::Library, Error> {
 
 #[cfg(not(unix))]
 #[allow(clippy::disallowed_methods)] // This is the one place allowed to map a library.
-fn open_library(path: &Path) -> Result<libloading::Library, Error> {
+fn open_library(path: &Path, image: &Path) -> Result<libloading::Library, Error> {
     // SAFETY: as for the Unix variant: the file was checked to be a complete dynamic library for
     // this platform; its initializers are the library's responsibility.
-    let library = unsafe { libloading::Library::new(path) };
+    let library = unsafe { libloading::Library::new(image) };
     library.map_err(|source| Error::Open { path: path.to_owned(), source })
 }
 
@@ -368,6 +369,15 @@ impl Drop for Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Whatever abi_stable's report looks like, the summary is one line.
+        #[test]
+        fn fuzz_layout_summaries_are_one_line(report in "(Error:[a-z ]{0,20}\n|Expected:\n|Found:\n|    field_name:[a-z_]{0,10}\n|[ -~]{0,30}\n){0,30}") {
+            let summary = summarize_layout_error(&report);
+            proptest::prop_assert!(!summary.contains('\n'));
+        }
+    }
 
     #[test]
     fn layout_report_is_summarized_to_its_first_errors() {

@@ -317,6 +317,13 @@ pub(super) fn forward_logs(plugin: &str, input: impl Read) {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn fuzz_handshake_lines_never_panic(line in ".{0,200}") {
+            let _ = parse_handshake(&line);
+        }
+    }
+
     #[test]
     fn handshake_lines() {
         let ok = format!("1|{PROTOCOL_VERSION}|unix|/tmp/x/plugin.sock|{WIRE_NAME}\n");

@@ -167,6 +167,24 @@ pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Arbitrary bytes from a peer never panic the reader: they decode, or they are a clean
+        /// `Closed`/`Malformed`.
+        #[test]
+        fn fuzz_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut input = io::BufReader::new(&bytes[..]);
+            let mut scratch = Vec::new();
+            for _ in 0..4 {
+                match read_frame::<Request>(&mut input, &mut scratch) {
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            let mut input = io::BufReader::new(&bytes[..]);
+            let _ = read_frame::<Response>(&mut input, &mut scratch);
+        }
+    }
+
     #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();

@@ -1,0 +1,724 @@
+//! What a plugin call costs, next to the floor it is compared with (issue 7, "Benchmarks").
+//!
+//! `cargo bench -p host --bench calls`, or `cargo xtask bench-report [--quick]`, which runs this
+//! and writes `BENCHMARKS.md`.
+//!
+//! Criterion measures the repeated, nanosecond-scale paths:
+//!
+//! - `per_call/*`: one `add(a, b)`, single thread: `direct_dyn` (the same `BasicCalculator`
+//!   called through `&dyn Calculator`, the floor), `in_process` (`host::Plugin::add` through the
+//!   abi_stable root module), `in_process_metrics` (`host::Handle::add` through the plugin
+//!   manager, metrics on with the default sampling), `socket_pingpong` (a frame of an
+//!   out-of-process `add` request to a child process over a Unix socket, and a frame of its
+//!   answer back: the out-of-process floor, since waking another process dominates both) and
+//!   `out_of_process` (`host::remote::RemotePlugin::add`, served by `calcplug-runner`).
+//! - `batch/{plain_loop,in_process,out_of_process}/{1,100,10000,1000000}`: `process_batch` of
+//!   that many items, with criterion's throughput in items per second. `plain_loop` is the same
+//!   validated arithmetic called directly, the floor.
+//!
+//! What criterion's model does not fit is measured by hand after it and written to a JSON run
+//! file (see [`RunFile`]): `threads` (throughput and p99 with 1, 2, 4, 8 threads calling at
+//! once, in process and out of process), `cold` (a load, handshake and initialize of a library
+//! never mapped before, the discovery of a directory of 100 such copies, both repeated a fixed
+//! small number of times since each maps one more library for good; and an out-of-process
+//! start-up until the first call answers) and `memory` (RSS growth per loaded plugin and per hot
+//! reload).
+//!
+//! The out-of-process rows are kept apart (`Remote`, `out_of_process`, `threads_remote`,
+//! `cold_remote`): the rest of the suite does not depend on them.
+//!
+//! Environment: `CALCPLUG_BENCH_QUICK=1` shortens every measurement (the report's `--quick`);
+//! `CALCPLUG_BENCH_PLUGIN` names a release build of `libbasic` to use (else it is built here,
+//! into `target/bench-plugins`: cargo holds the lock on the main target directory while benches
+//! run); `CALCPLUG_BENCH_RUN_FILE` is where the run file goes (default
+//! `<criterion home>/calcplug-run.json`).
+
+use std::env;
+use std::fs;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use basic::BasicCalculator;
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use host::remote::{RemoteOptions, RemotePlugin};
+use host::{BatchOp, BatchResult, Config, ManagerConfig, Op, Plugin, PluginManager};
+use interface::plugin::Calculator;
+use serde_json::{json, Value};
+
+/// Reports progress on stderr, as criterion does.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// The size of the ping-pong's request frame: that of an out-of-process `add(a, b)` (see
+/// `host/src/remote/wire.rs`): a 4-byte length, the request id (a varint, 4 bytes once ids pass
+/// 2^21), the variant, the op code and two `f64`s.
+const REQUEST_FRAME: usize = 4 + 4 + 1 + 1 + 16;
+
+/// The size of the ping-pong's answer frame: a length, the id, the variant and one `f64`.
+const ANSWER_FRAME: usize = 4 + 4 + 1 + 8;
+
+/// Set in the child process that echoes frames: the path of the socket to connect to.
+const ECHO_ENV: &str = "CALCPLUG_BENCH_ECHO_SOCKET";
+
+/// The batch sizes, in items.
+const BATCH_SIZES: [usize; 4] = [1, 100, 10_000, 1_000_000];
+
+/// The thread counts of the concurrency measurement.
+const THREADS: [usize; 4] = [1, 2, 4, 8];
+
+fn main() {
+    if let Some(socket) = env::var_os(ECHO_ENV) {
+        echo(Path::new(&socket));
+        return;
+    }
+    let quick = env::var("CALCPLUG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let args: Vec<String> = env::args().skip(1).collect();
+    // `cargo test --benches` and `--list` must not spend half a minute on the hand-made part.
+    let only_checking = args.iter().any(|a| a == "--test" || a == "--list");
+    let filter = filter_of(&args);
+
+    let setup = Setup::new();
+    let mut run = RunFile::new(quick);
+    let mut c = criterion_config(quick).configure_from_args();
+
+    per_call(&mut c, &setup, &mut run);
+    batch(&mut c, &setup, &mut run);
+    let remote = Remote::start(&setup);
+    out_of_process(&mut c, &setup, &remote, &mut run);
+    c.final_summary();
+
+    if only_checking {
+        return;
+    }
+    let wanted = |section: &str| filter.as_deref().is_none_or(|f| section.contains(f));
+    if wanted("threads") {
+        threads(&setup, quick, &mut run);
+        threads_remote(&remote, quick, &mut run);
+    }
+    if wanted("cold") {
+        cold(&setup, quick, &mut run);
+        cold_remote(&setup, quick, &mut run);
+    }
+    if wanted("memory") {
+        memory(&setup, quick, &mut run);
+    }
+    run.write();
+}
+
+/// Criterion's settings: its defaults, or short ones for the report's quick mode.
+///
+/// Flags given on the command line (`--measurement-time` …) still win.
+fn criterion_config(quick: bool) -> Criterion {
+    let c = Criterion::default();
+    if quick {
+        c.warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_millis(1200))
+            .sample_size(20)
+    } else {
+        c
+    }
+}
+
+/// The benchmark filter criterion will apply, if any: the first free-standing argument.
+///
+/// It is used as a plain substring for the hand-made sections (criterion reads it as a regex).
+fn filter_of(args: &[String]) -> Option<String> {
+    const WITH_VALUE: &[&str] = &[
+        "--save-baseline",
+        "-s",
+        "--baseline",
+        "-b",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--profile-time",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "-c",
+        "--format",
+    ];
+    let mut previous: Option<&str> = None;
+    for arg in args {
+        if !arg.starts_with('-') && !previous.is_some_and(|p| WITH_VALUE.contains(&p)) {
+            return Some(arg.clone());
+        }
+        previous = Some(arg);
+    }
+    None
+}
+
+/// What every measurement shares: the plugin library and the values called.
+struct Setup {
+    /// A release build of `libbasic`, never loaded by this process from this path.
+    library: PathBuf,
+    /// A scratch directory, removed at the end.
+    scratch: tempfile::TempDir,
+    /// `basic` as a plain Rust value, initialized: the floor.
+    direct: BasicCalculator,
+    /// `basic` loaded in process, initialized.
+    plugin: Arc<Plugin>,
+    /// The same library served by a plugin manager (metrics on, 1 call in 64 timed).
+    manager: PluginManager,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let library = match env::var_os("CALCPLUG_BENCH_PLUGIN") {
+            Some(path) => PathBuf::from(path),
+            None => build_basic(),
+        };
+        let scratch =
+            tempfile::Builder::new().prefix("calcplug-bench-").tempdir().expect("temp dir");
+
+        let direct = BasicCalculator::default();
+        direct.initialize(&interface::Config::new()).expect("basic initializes");
+
+        let plugin = host::load(fresh_copy(&library, scratch.path(), "main")).expect("basic loads");
+        plugin.initialize(&Config::new()).expect("basic initializes");
+
+        let managed = scratch.path().join("managed");
+        fs::create_dir_all(&managed).expect("managed dir");
+        fs::copy(&library, managed.join(library_name())).expect("copy for the manager");
+        let manager = start_manager(&managed);
+        Setup { library, scratch, direct, plugin: Arc::new(plugin), manager }
+    }
+}
+
+/// Builds `basic` in release mode into a target directory of its own and returns the library.
+fn build_basic() -> PathBuf {
+    let root = xtask::workspace_root();
+    let target_dir = root.join("target").join("bench-plugins");
+    let packages = ["basic".to_owned()];
+    let built = xtask::build(
+        &root,
+        &xtask::BuildRequest {
+            packages: &packages,
+            release: true,
+            target_dir: Some(&target_dir),
+            quiet: true,
+        },
+    )
+    .expect("building basic (release) for the benchmarks");
+    built
+        .into_iter()
+        .find(|a| a.kind == xtask::ArtifactKind::Cdylib)
+        .map(|a| a.path)
+        .expect("cargo built the basic library")
+}
+
+/// `libbasic.so` (or `.dylib`).
+fn library_name() -> String {
+    format!("{}basic{}", env::consts::DLL_PREFIX, env::consts::DLL_SUFFIX)
+}
+
+/// Copies `library` into `dir` under a name of its own, so that `dlopen` maps it anew (it caches
+/// libraries by path and by inode).
+fn fresh_copy(library: &Path, dir: &Path, tag: &str) -> PathBuf {
+    let path =
+        dir.join(format!("{}basic_{tag}{}", env::consts::DLL_PREFIX, env::consts::DLL_SUFFIX));
+    fs::copy(library, &path).expect("copy the plugin library");
+    path
+}
+
+fn start_manager(dir: &Path) -> PluginManager {
+    let text = format!(
+        "[discovery]\npaths = [{:?}]\nauto_scan = false\n[metrics]\nsample_every = 64\n",
+        dir.display().to_string()
+    );
+    let config = ManagerConfig::parse(&text, Path::new("bench.toml")).expect("valid config");
+    PluginManager::start(config).expect("the manager starts")
+}
+
+/// The batch items: the four operations in turn, on operands that never fail.
+fn batch_ops(n: usize) -> Vec<BatchOp> {
+    let ops = [Op::Add, Op::Subtract, Op::Multiply, Op::Divide];
+    (0..n)
+        .map(|i| BatchOp::new(ops[i % 4], 1.5 + (i % 97) as f64, 2.25 + (i % 89) as f64))
+        .collect()
+}
+
+fn per_call(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
+    let mut group = c.benchmark_group("per_call");
+    let direct: &dyn Calculator = &setup.direct;
+    group.bench_function("direct_dyn", |b| {
+        // `black_box` on the reference keeps the compiler from seeing the concrete type.
+        b.iter(|| black_box(direct).add(black_box(1.0), black_box(2.0)));
+    });
+    let plugin = &setup.plugin;
+    group.bench_function("in_process", |b| {
+        b.iter(|| plugin.add(black_box(1.0), black_box(2.0)));
+    });
+    let handle = setup.manager.get("basic").expect("the manager serves basic");
+    group.bench_function("in_process_metrics", |b| {
+        b.iter(|| handle.add(black_box(1.0), black_box(2.0)));
+    });
+    group.finish();
+    for name in ["direct_dyn", "in_process", "in_process_metrics"] {
+        run.criterion(&format!("per_call/{name}"));
+    }
+}
+
+fn batch(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
+    let mut group = c.benchmark_group("batch");
+    let direct: &dyn Calculator = &setup.direct;
+    for n in BATCH_SIZES {
+        let ops = batch_ops(n);
+        let mut results = vec![BatchResult::PENDING; n];
+        group.throughput(Throughput::Elements(n as u64));
+        if n >= 10_000 {
+            group.sampling_mode(SamplingMode::Flat);
+        }
+        group.bench_with_input(BenchmarkId::new("plain_loop", n), &ops, |b, ops| {
+            b.iter(|| black_box(direct).process_batch(ops, &mut results));
+        });
+        group.bench_with_input(BenchmarkId::new("in_process", n), &ops, |b, ops| {
+            b.iter(|| setup.plugin.process_batch(ops, &mut results));
+        });
+        assert_eq!(results[n - 1].result().map(f64::is_finite), Ok(true), "the batch computed");
+        run.criterion(&format!("batch/plain_loop/{n}"));
+        run.criterion(&format!("batch/in_process/{n}"));
+    }
+    group.finish();
+}
+
+/// The out-of-process side: `basic` served by a `calcplug-runner` child process.
+struct Remote {
+    plugin: Arc<RemotePlugin>,
+}
+
+impl Remote {
+    fn start(setup: &Setup) -> Remote {
+        let plugin =
+            RemotePlugin::spawn(&setup.library, remote_options()).expect("the runner starts");
+        plugin.initialize(&Config::new()).expect("basic initializes in the runner");
+        Remote { plugin: Arc::new(plugin) }
+    }
+}
+
+/// The runner this benchmark's package built (cargo builds a package's binaries for its benches).
+fn remote_options() -> RemoteOptions {
+    RemoteOptions {
+        runner: Some(PathBuf::from(env!("CARGO_BIN_EXE_calcplug-runner"))),
+        ..RemoteOptions::default()
+    }
+}
+
+/// The out-of-process rows: the socket ping-pong floor, a call, and batches.
+fn out_of_process(c: &mut Criterion, setup: &Setup, remote: &Remote, run: &mut RunFile) {
+    let mut group = c.benchmark_group("per_call");
+    let mut echo = Echo::start(setup.scratch.path());
+    group.bench_function("socket_pingpong", |b| {
+        b.iter(|| echo.round_trip());
+    });
+    let plugin = &remote.plugin;
+    group.bench_function("out_of_process", |b| {
+        b.iter(|| plugin.add(black_box(1.0), black_box(2.0)));
+    });
+    group.finish();
+    drop(echo);
+    run.criterion("per_call/socket_pingpong");
+    run.criterion("per_call/out_of_process");
+
+    let mut group = c.benchmark_group("batch");
+    for n in BATCH_SIZES {
+        let ops = batch_ops(n);
+        let mut results = vec![BatchResult::PENDING; n];
+        group.throughput(Throughput::Elements(n as u64));
+        if n >= 10_000 {
+            group.sampling_mode(SamplingMode::Flat);
+        }
+        group.bench_with_input(BenchmarkId::new("out_of_process", n), &ops, |b, ops| {
+            b.iter(|| plugin.process_batch(ops, &mut results));
+        });
+        assert_eq!(results[n - 1].result().map(f64::is_finite), Ok(true), "the batch computed");
+        run.criterion(&format!("batch/out_of_process/{n}"));
+    }
+    group.finish();
+}
+
+/// [`threads`] out of process: every call is timed (at tens of microseconds, the clock is cheap).
+fn threads_remote(remote: &Remote, quick: bool, run: &mut RunFile) {
+    let duration = if quick { Duration::from_millis(700) } else { Duration::from_secs(3) };
+    for n in THREADS {
+        let barrier = Arc::new(Barrier::new(n));
+        let workers: Vec<_> = (0..n)
+            .map(|_| {
+                let plugin = Arc::clone(&remote.plugin);
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut calls = Vec::new();
+                    while start.elapsed() < duration {
+                        let t = Instant::now();
+                        let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
+                        calls.push(t.elapsed().as_nanos() as f64);
+                    }
+                    (start.elapsed(), calls)
+                })
+            })
+            .collect();
+        let mut wall = Duration::ZERO;
+        let mut latencies = Vec::new();
+        for worker in workers {
+            let (elapsed, calls) = worker.join().expect("a benchmark thread panicked");
+            wall = wall.max(elapsed);
+            latencies.extend(calls);
+        }
+        let ops_per_sec = latencies.len() as f64 / wall.as_secs_f64();
+        let p99 = percentile(&mut latencies, 0.99);
+        let p50 = percentile(&mut latencies, 0.50);
+        note!("threads/out_of_process/{n}: {ops_per_sec:.3e} calls/s, p50 {p50:.0} ns, p99 {p99:.0} ns");
+        run.extra(
+            &format!("threads/out_of_process/{n}"),
+            json!({ "threads": n, "ops_per_sec": ops_per_sec, "p50_ns": p50, "p99_ns": p99,
+                    "block": 1, "seconds": wall.as_secs_f64() }),
+        );
+    }
+}
+
+/// Out-of-process start-up: spawn a runner, handshake, initialize, until the first call answers.
+fn cold_remote(setup: &Setup, quick: bool, run: &mut RunFile) {
+    let runs = if quick { 5 } else { 20 };
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let plugin =
+            RemotePlugin::spawn(&setup.library, remote_options()).expect("the runner starts");
+        plugin.initialize(&Config::new()).expect("basic initializes in the runner");
+        plugin.add(1.0, 2.0).expect("the first call answers");
+        times.push(start.elapsed().as_nanos() as f64);
+        drop(plugin);
+    }
+    let (median, min, max) = spread(&mut times);
+    note!("cold/out_of_process_first_call: median {:.2} ms", median / 1e6);
+    run.extra(
+        "cold/out_of_process_first_call",
+        json!({ "median_ns": median, "min_ns": min, "max_ns": max, "runs": runs }),
+    );
+}
+
+/// Throughput and p99 latency with `n` threads calling one plugin at once.
+///
+/// Each thread times blocks of [`BLOCK`] calls (timing every call would cost more than the call),
+/// so the p99 is that of a call's latency averaged over a block.
+fn threads(setup: &Setup, quick: bool, run: &mut RunFile) {
+    const BLOCK: u32 = 1_000;
+    let duration = if quick { Duration::from_millis(700) } else { Duration::from_secs(3) };
+    for n in THREADS {
+        let barrier = Arc::new(Barrier::new(n));
+        let workers: Vec<_> = (0..n)
+            .map(|_| {
+                let plugin = Arc::clone(&setup.plugin);
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut blocks = Vec::new();
+                    while start.elapsed() < duration {
+                        let t = Instant::now();
+                        for _ in 0..BLOCK {
+                            let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
+                        }
+                        blocks.push(t.elapsed().as_nanos() as f64 / f64::from(BLOCK));
+                    }
+                    (start.elapsed(), blocks)
+                })
+            })
+            .collect();
+        let mut wall = Duration::ZERO;
+        let mut latencies = Vec::new();
+        for worker in workers {
+            let (elapsed, blocks) = worker.join().expect("a benchmark thread panicked");
+            wall = wall.max(elapsed);
+            latencies.extend(blocks);
+        }
+        let calls = latencies.len() as f64 * f64::from(BLOCK);
+        let ops_per_sec = calls / wall.as_secs_f64();
+        let p99 = percentile(&mut latencies, 0.99);
+        let p50 = percentile(&mut latencies, 0.50);
+        note!(
+            "threads/in_process/{n}: {ops_per_sec:.3e} calls/s, p50 {p50:.1} ns, p99 {p99:.1} ns"
+        );
+        run.extra(
+            &format!("threads/in_process/{n}"),
+            json!({ "threads": n, "ops_per_sec": ops_per_sec, "p50_ns": p50, "p99_ns": p99,
+                    "block": BLOCK, "seconds": wall.as_secs_f64() }),
+        );
+    }
+}
+
+/// The first load of a library, and the discovery of a directory of 100 copies.
+fn cold(setup: &Setup, quick: bool, run: &mut RunFile) {
+    let dir = setup.scratch.path().join("cold");
+    fs::create_dir_all(&dir).expect("cold dir");
+    let loads = if quick { 15 } else { 50 };
+    // The copies are made before timing: only `load` + `initialize` is measured.
+    let paths: Vec<PathBuf> =
+        (0..loads).map(|i| fresh_copy(&setup.library, &dir, &format!("cold{i}"))).collect();
+    let mut times = Vec::new();
+    for path in &paths {
+        let start = Instant::now();
+        let plugin = host::load(path).expect("a copy loads");
+        plugin.initialize(&Config::new()).expect("a copy initializes");
+        times.push(start.elapsed().as_nanos() as f64);
+        black_box(plugin.add(1.0, 2.0).expect("a copy adds"));
+    }
+    let (median, min, max) = spread(&mut times);
+    note!("cold/load_handshake_initialize: median {:.3} ms", median / 1e6);
+    run.extra(
+        "cold/load_handshake_initialize",
+        json!({ "median_ns": median, "min_ns": min, "max_ns": max, "runs": loads }),
+    );
+
+    const COPIES: usize = 100;
+    let rounds = if quick { 1 } else { 3 };
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let dir = setup.scratch.path().join(format!("discovery{round}"));
+        fs::create_dir_all(&dir).expect("discovery dir");
+        for i in 0..COPIES {
+            fresh_copy(&setup.library, &dir, &format!("r{round}c{i}"));
+        }
+        let start = Instant::now();
+        let found = host::discover(std::slice::from_ref(&dir));
+        times.push(start.elapsed().as_nanos() as f64);
+        let loaded = found.iter().filter(|f| f.outcome.is_ok()).count();
+        assert_eq!(loaded, COPIES, "every copy loads");
+        drop(found);
+        // The files are no longer needed once mapped.
+        let _ = fs::remove_dir_all(&dir);
+    }
+    let (median, min, max) = spread(&mut times);
+    note!("cold/discover_100: median {:.1} ms", median / 1e6);
+    run.extra(
+        "cold/discover_100",
+        json!({ "median_ns": median, "min_ns": min, "max_ns": max, "runs": rounds, "copies": COPIES }),
+    );
+}
+
+/// RSS growth per loaded plugin and per hot reload.
+fn memory(setup: &Setup, quick: bool, run: &mut RunFile) {
+    let Some(page) = page_size() else {
+        run.not_measured("memory/per_plugin", "no /proc/self/statm on this platform");
+        run.not_measured("memory/per_reload", "no /proc/self/statm on this platform");
+        return;
+    };
+    let count = if quick { 20 } else { 50 };
+    let dir = setup.scratch.path().join("memory");
+    fs::create_dir_all(&dir).expect("memory dir");
+    let paths: Vec<PathBuf> =
+        (0..count).map(|i| fresh_copy(&setup.library, &dir, &format!("mem{i}"))).collect();
+    let mut plugins = Vec::new();
+    let before = rss_pages().unwrap_or(0);
+    for path in &paths {
+        let plugin = host::load(path).expect("a copy loads");
+        plugin.initialize(&Config::new()).expect("a copy initializes");
+        black_box(plugin.add(1.0, 2.0).expect("a copy adds"));
+        plugins.push(plugin);
+    }
+    let after = rss_pages().unwrap_or(0);
+    let per_plugin = after.saturating_sub(before) as f64 * page as f64 / count as f64;
+    note!("memory/per_plugin: {:.0} KiB", per_plugin / 1024.0);
+    run.extra("memory/per_plugin", json!({ "bytes": per_plugin, "plugins": count }));
+    drop(plugins);
+    let _ = fs::remove_dir_all(&dir);
+
+    // Hot reload: replace the watched file (copy, then rename over it) and let the manager scan.
+    let reloads = if quick { 10 } else { 30 };
+    let watched = setup.scratch.path().join("reload");
+    fs::create_dir_all(&watched).expect("reload dir");
+    let target = watched.join(library_name());
+    fs::copy(&setup.library, &target).expect("copy for reloads");
+    let manager = start_manager(&watched);
+    let handle = manager.get("basic").expect("the manager serves basic");
+    let first = handle.generation();
+    let before = rss_pages().unwrap_or(0);
+    for i in 0..reloads {
+        let temp = watched.join(format!(".reload{i}.tmp"));
+        fs::copy(&setup.library, &temp).expect("copy the new build");
+        fs::rename(&temp, &target).expect("replace the watched library");
+        manager.scan();
+        black_box(handle.add(1.0, 2.0).expect("the reloaded plugin adds"));
+    }
+    let after = rss_pages().unwrap_or(0);
+    let done = handle.generation() - first;
+    assert_eq!(done, reloads, "every replacement was reloaded");
+    let per_reload = after.saturating_sub(before) as f64 * page as f64 / reloads as f64;
+    note!("memory/per_reload: {:.0} KiB", per_reload / 1024.0);
+    run.extra("memory/per_reload", json!({ "bytes": per_reload, "reloads": reloads }));
+    manager.shutdown();
+}
+
+/// The process's resident set, in pages (Linux).
+fn rss_pages() -> Option<u64> {
+    let statm = fs::read_to_string("/proc/self/statm").ok()?;
+    statm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The page size `/proc/self/statm` counts in, or `None` where there is no such file.
+fn page_size() -> Option<u64> {
+    rss_pages()?;
+    // `statm` counts in pages; the kernel reports the page size through `/proc/self/smaps`.
+    let smaps = fs::read_to_string("/proc/self/smaps").ok()?;
+    let line = smaps.lines().find(|l| l.starts_with("KernelPageSize:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let index = ((values.len() - 1) as f64 * p).round() as usize;
+    values[index]
+}
+
+fn spread(values: &mut [f64]) -> (f64, f64, f64) {
+    let median = percentile(values, 0.5);
+    (
+        median,
+        values.first().copied().unwrap_or(f64::NAN),
+        values.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+/// A child process (this very binary, re-run with [`ECHO_ENV`]) that echoes fixed-size frames
+/// over a Unix socket: the floor of any out-of-process call, since waking another process
+/// dominates it.
+struct Echo {
+    child: Child,
+    stream: UnixStream,
+    request: [u8; REQUEST_FRAME],
+    answer: [u8; ANSWER_FRAME],
+}
+
+impl Echo {
+    fn start(dir: &Path) -> Echo {
+        let socket = dir.join("echo.sock");
+        let _ = fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).expect("bind the echo socket");
+        let child = Command::new(env::current_exe().expect("this benchmark's path"))
+            .env(ECHO_ENV, &socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the echo process");
+        let (stream, _) = listener.accept().expect("the echo process connects");
+        let mut echo =
+            Echo { child, stream, request: [7; REQUEST_FRAME], answer: [0; ANSWER_FRAME] };
+        echo.round_trip();
+        echo
+    }
+
+    fn round_trip(&mut self) {
+        self.stream.write_all(&self.request).expect("send a frame");
+        self.stream.read_exact(&mut self.answer).expect("receive the answer");
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // Closing our end makes the child see end-of-file and exit.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side of [`Echo`]: answer every request frame until the parent hangs up.
+fn echo(socket: &Path) {
+    let mut stream = UnixStream::connect(socket).expect("connect to the benchmark");
+    let mut request = [0u8; REQUEST_FRAME];
+    let mut answer = [0u8; ANSWER_FRAME];
+    while stream.read_exact(&mut request).is_ok() {
+        answer[..8].copy_from_slice(&request[..8]);
+        if stream.write_all(&answer).is_err() {
+            break;
+        }
+    }
+}
+
+/// What this run measured, for `cargo xtask bench-report`: the criterion benchmarks it ran (their
+/// figures are in `<criterion home>/<id>/new/estimates.json`), the hand-made figures, and the
+/// rows it could not measure and why.
+struct RunFile {
+    quick: bool,
+    started: SystemTime,
+    criterion: Vec<String>,
+    extras: serde_json::Map<String, Value>,
+    not_measured: serde_json::Map<String, Value>,
+}
+
+impl RunFile {
+    fn new(quick: bool) -> RunFile {
+        RunFile {
+            quick,
+            started: SystemTime::now(),
+            criterion: Vec::new(),
+            extras: serde_json::Map::new(),
+            not_measured: serde_json::Map::new(),
+        }
+    }
+
+    fn criterion(&mut self, id: &str) {
+        self.criterion.push(id.to_owned());
+    }
+
+    fn extra(&mut self, id: &str, value: Value) {
+        self.extras.insert(id.to_owned(), value);
+    }
+
+    fn not_measured(&mut self, id: &str, why: &str) {
+        self.not_measured.insert(id.to_owned(), Value::from(why));
+    }
+
+    fn write(&self) {
+        let path = match env::var_os("CALCPLUG_BENCH_RUN_FILE") {
+            Some(path) => PathBuf::from(path),
+            None => criterion_home().join("calcplug-run.json"),
+        };
+        let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let value = json!({
+            "quick": self.quick,
+            "started_unix": since_epoch(self.started),
+            "finished_unix": since_epoch(SystemTime::now()),
+            "criterion": self.criterion,
+            "extras": self.extras,
+            "not_measured": self.not_measured,
+        });
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).expect("the run file's directory");
+        }
+        let text = serde_json::to_string_pretty(&value).expect("JSON");
+        fs::write(&path, text).expect("write the run file");
+        note!("run file: {}", path.display());
+    }
+}
+
+/// Where criterion writes its results: `$CRITERION_HOME`, else `$CARGO_TARGET_DIR/criterion`,
+/// else `target/criterion` of the workspace (criterion asks `cargo metadata`, which says the same
+/// unless the target directory is configured elsewhere).
+fn criterion_home() -> PathBuf {
+    if let Some(home) = env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(target) = env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join("criterion");
+    }
+    xtask::workspace_root().join("target").join("criterion")
+}

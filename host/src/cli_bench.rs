@@ -1,0 +1,307 @@
+//! `calcplug bench [--plugin NAME] [--json] [--seconds N]`: a quick, dependency-free benchmark of
+//! one plugin on the user's own machine.
+//!
+//! It prints the per-call and batch figures of `cargo xtask bench-report` (issue 7) for any
+//! plugin, without criterion: each figure is the median of many timed slices of about 10 ms.
+//! The per-call floor is a `&dyn` call to an adder compiled into this binary (the same checks as
+//! `basic`'s `add`), since the user's plugin has no plain-Rust twin here.
+//! The out-of-process figures use `calcplug-runner` (found as `--isolate` finds it); without it
+//! they are reported as not measured, with the reason.
+
+use std::hint::black_box;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use host::remote::{RemoteOptions, RemotePlugin};
+use host::{BatchOp, BatchResult, ErrorCode, ManagerConfig, Op, PluginManager};
+use serde_json::json;
+
+/// The batch sizes, in items (as in `BENCHMARKS.md`).
+const BATCH_SIZES: [usize; 4] = [1, 100, 10_000, 1_000_000];
+
+/// One call of the per-call floor: the host-side reference adder.
+trait Reference {
+    fn add(&self, a: f64, b: f64) -> Result<f64, ErrorCode>;
+}
+
+/// Adds with `basic`'s checks (finite operands within `max_value`, a finite result).
+struct ReferenceAdder {
+    max_value: f64,
+}
+
+impl Reference for ReferenceAdder {
+    #[inline(never)]
+    fn add(&self, a: f64, b: f64) -> Result<f64, ErrorCode> {
+        for x in [a, b] {
+            if !x.is_finite() {
+                return Err(ErrorCode::InvalidInput);
+            }
+            if x.abs() > self.max_value {
+                return Err(ErrorCode::OutOfRange);
+            }
+        }
+        let sum = a + b;
+        if !sum.is_finite() || sum.abs() > self.max_value {
+            return Err(ErrorCode::Overflow);
+        }
+        Ok(sum)
+    }
+}
+
+/// `calcplug bench`.
+pub(crate) fn bench(
+    config: ManagerConfig,
+    dirs: &[PathBuf],
+    name: &str,
+    as_json: bool,
+    seconds: u64,
+) -> anyhow::Result<ExitCode> {
+    if seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    // Twelve figures share the time: four per-call ones and four batch sizes in and out of
+    // process.
+    let slot = Duration::from_secs(seconds).div_f64(12.0);
+    let plugin = super::find_plugin(dirs, name)?;
+    let plugin_config = config.plugin(name);
+    plugin.initialize(&plugin_config)?;
+    let manager = PluginManager::start(config.with_auto_scan(false))?;
+    let handle =
+        manager.get(name).with_context(|| format!("the plugin manager does not serve `{name}`"))?;
+    plugin.add(1.0, 2.0).with_context(|| format!("{name}: add(1, 2) fails"))?;
+    handle.add(1.0, 2.0).with_context(|| format!("{name}: add(1, 2) through the manager fails"))?;
+    let remote = RemotePlugin::spawn(plugin.path(), RemoteOptions::default())
+        .and_then(|remote| remote.initialize(&plugin_config).map(|()| remote));
+    let no_ipc = remote.as_ref().err().map(|err| format!("{err}"));
+
+    let progress = |what: &str| {
+        let _ =
+            writeln!(io::stderr().lock(), "calcplug bench: {what} ({:.1} s)", slot.as_secs_f64());
+    };
+    let adder = ReferenceAdder { max_value: 1e100 };
+    let reference: &dyn Reference = &adder;
+    progress("direct dyn call (floor)");
+    let direct = per_iteration(slot, |n| {
+        for _ in 0..n {
+            let _ = black_box(black_box(reference).add(black_box(1.0), black_box(2.0)));
+        }
+    });
+    progress("in-process call");
+    let in_process = per_iteration(slot, |n| {
+        for _ in 0..n {
+            let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
+        }
+    });
+    progress("in-process call, metrics on");
+    let metrics = per_iteration(slot, |n| {
+        for _ in 0..n {
+            let _ = black_box(handle.add(black_box(1.0), black_box(2.0)));
+        }
+    });
+
+    let out_of_process = match &remote {
+        Ok(remote) => {
+            progress("out-of-process call");
+            remote
+                .add(1.0, 2.0)
+                .with_context(|| format!("{name}: add(1, 2) out of process fails"))?;
+            Some(per_iteration(slot, |n| {
+                for _ in 0..n {
+                    let _ = black_box(remote.add(black_box(1.0), black_box(2.0)));
+                }
+            }))
+        }
+        Err(_) => None,
+    };
+
+    // (items, in-process items/s, failed items, out-of-process items/s)
+    let mut batches = Vec::new();
+    for size in BATCH_SIZES {
+        progress(&format!("batch of {size}"));
+        let ops = batch_ops(size);
+        let mut results = vec![BatchResult::PENDING; size];
+        plugin.process_batch(&ops, &mut results)?;
+        let failed = results.iter().filter(|r| r.result().is_err()).count();
+        let mut error = None;
+        let ns = per_iteration(slot, |n| {
+            for _ in 0..n {
+                if let Err(err) = plugin.process_batch(black_box(&ops), &mut results) {
+                    error.get_or_insert(err);
+                }
+            }
+        });
+        let remote_ns = match &remote {
+            Ok(remote) => {
+                progress(&format!("batch of {size}, out of process"));
+                Some(per_iteration(slot, |n| {
+                    for _ in 0..n {
+                        if let Err(err) = remote.process_batch(black_box(&ops), &mut results) {
+                            error.get_or_insert(err);
+                        }
+                    }
+                }))
+            }
+            Err(_) => None,
+        };
+        if let Some(err) = error {
+            return Err(err.into());
+        }
+        let rate = |ns: f64| size as f64 / ns * 1e9;
+        batches.push((size, rate(ns), failed, remote_ns.map(rate)));
+    }
+    drop(manager);
+    if let Ok(remote) = &remote {
+        remote.shutdown()?;
+    }
+    plugin.shutdown()?;
+
+    let mut out = io::stdout().lock();
+    if as_json {
+        let value = json!({
+            "plugin": plugin.name(),
+            "version": plugin.version().to_string(),
+            "path": plugin.path().display().to_string(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "seconds": seconds,
+            "per_call_ns": {
+                "direct_dyn_reference": direct,
+                "in_process": in_process,
+                "in_process_metrics": metrics,
+                "out_of_process": out_of_process,
+            },
+            "batch_items_per_sec": batches.iter().map(|(size, rate, failed, remote)| json!({
+                "items": size, "in_process": rate, "failed_items": failed, "out_of_process": remote,
+            })).collect::<Vec<_>>(),
+            "not_measured": no_ipc.as_ref().map_or_else(|| json!({}), |why| json!({ "out_of_process": why })),
+        });
+        serde_json::to_writer_pretty(&mut out, &value)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{} {} ({})", plugin.name(), plugin.version(), plugin.path().display())?;
+    if cfg!(debug_assertions) {
+        writeln!(
+            out,
+            "(a debug build of calcplug: use --release for figures that mean something)"
+        )?;
+    }
+    writeln!(out, "per call, add(1, 2), single thread (median):")?;
+    writeln!(out, "  direct dyn call (host-side reference)  {:>10}", nanos(direct))?;
+    writeln!(
+        out,
+        "  in-process                              {:>10}  {:.2}x the reference",
+        nanos(in_process),
+        in_process / direct
+    )?;
+    writeln!(
+        out,
+        "  in-process, metrics on                  {:>10}  {:+.1} ns for metrics",
+        nanos(metrics),
+        metrics - in_process
+    )?;
+    match (out_of_process, &no_ipc) {
+        (Some(ns), _) => writeln!(
+            out,
+            "  out-of-process                          {:>10}  {:.0}x the in-process call",
+            nanos(ns),
+            ns / in_process
+        )?,
+        (None, why) => writeln!(
+            out,
+            "  out-of-process                          not measured: {}",
+            why.as_deref().unwrap_or("no runner")
+        )?,
+    }
+    writeln!(out, "batch, process_batch (items per second):")?;
+    for (size, rate, failed, remote) in &batches {
+        let note = if *failed > 0 { format!("  ({failed} items failed)") } else { String::new() };
+        let remote = remote.map_or_else(|| "not measured".to_owned(), rate_text);
+        writeln!(
+            out,
+            "  {size:>9} items  in-process {:>12}  out-of-process {remote:>12}{note}",
+            rate_text(*rate)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The batch items: the four operations in turn, on operands that never fail.
+fn batch_ops(n: usize) -> Vec<BatchOp> {
+    let ops = [Op::Add, Op::Subtract, Op::Multiply, Op::Divide];
+    (0..n)
+        .map(|i| BatchOp::new(ops[i % 4], 1.5 + (i % 97) as f64, 2.25 + (i % 89) as f64))
+        .collect()
+}
+
+/// The median time of one iteration of `run`, in nanoseconds, measured for about `budget`.
+///
+/// `run(n)` performs `n` iterations. `n` is first grown until a slice takes 10 ms, then slices
+/// of that size are timed until the budget is spent; the first fifth of the budget warms up.
+fn per_iteration(budget: Duration, mut run: impl FnMut(u64)) -> f64 {
+    let slice = Duration::from_millis(10);
+    let mut n = 1u64;
+    loop {
+        let start = Instant::now();
+        run(n);
+        if start.elapsed() >= slice || n >= 1 << 40 {
+            break;
+        }
+        n *= 2;
+    }
+    let warm_up = Instant::now();
+    while warm_up.elapsed() < budget / 5 {
+        run(n);
+    }
+    let mut samples = Vec::new();
+    let measuring = Instant::now();
+    while measuring.elapsed() < budget * 4 / 5 || samples.len() < 5 {
+        let start = Instant::now();
+        run(n);
+        samples.push(start.elapsed().as_nanos() as f64 / n as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn nanos(ns: f64) -> String {
+    if ns < 10_000.0 {
+        format!("{ns:.1} ns")
+    } else {
+        format!("{:.1} µs", ns / 1e3)
+    }
+}
+
+fn rate_text(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.1} M/s", rate / 1e6)
+    } else {
+        format!("{:.1} k/s", rate / 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_adder_checks_like_basic() {
+        let adder = ReferenceAdder { max_value: 10.0 };
+        assert_eq!(adder.add(1.0, 2.0), Ok(3.0));
+        assert_eq!(adder.add(f64::NAN, 2.0), Err(ErrorCode::InvalidInput));
+        assert_eq!(adder.add(11.0, 2.0), Err(ErrorCode::OutOfRange));
+        assert_eq!(adder.add(9.0, 2.0), Err(ErrorCode::Overflow));
+    }
+
+    #[test]
+    fn per_iteration_measures_something() {
+        let ns = per_iteration(Duration::from_millis(100), |n| {
+            for i in 0..n {
+                black_box(i);
+            }
+        });
+        assert!(ns > 0.0 && ns < 1_000.0, "{ns}");
+    }
+}

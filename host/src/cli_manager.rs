@@ -1,0 +1,206 @@
+//! The CLI's plugin-manager commands: `status` and `watch`, and `--config` handling.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use anyhow::{bail, Context};
+use host::{ManagerConfig, ManagerStatus, Op, PluginManager, CONFIG_FILE_NAME};
+use serde_json::json;
+
+/// The configuration: `--config PATH` (or `$CALCPLUG_CONFIG`), else `./calcplug.toml` if there
+/// is one, else every default.
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<ManagerConfig> {
+    if let Some(path) = path {
+        return Ok(ManagerConfig::from_file(path)?);
+    }
+    let local = Path::new(CONFIG_FILE_NAME);
+    if local.is_file() {
+        return Ok(ManagerConfig::from_file(local)?);
+    }
+    Ok(ManagerConfig::defaults())
+}
+
+/// The config file's `[plugins.NAME]` entries as `KEY=VALUE` settings, followed by `set` (so
+/// that `--set` wins).
+pub(crate) fn settings_for(config: &ManagerConfig, plugin: &str, set: Vec<String>) -> Vec<String> {
+    let mut settings: Vec<String> =
+        config.plugin(plugin).iter().map(|(key, value)| format!("{key}={value}")).collect();
+    settings.extend(set);
+    settings
+}
+
+/// `calcplug status [--json | --prometheus] [--call PLUGIN:OP:A[:B]]...`
+pub(crate) fn status(
+    config: ManagerConfig,
+    as_json: bool,
+    prometheus: bool,
+    calls: &[String],
+) -> anyhow::Result<ExitCode> {
+    let manager = PluginManager::start(config.with_auto_scan(false))?;
+    let mut call_errors = 0;
+    for spec in calls {
+        let (plugin, op, a, b) = parse_call(spec)?;
+        if let Err(err) = manager.call(&plugin, op, a, b) {
+            // The call's failure is what the metrics will show; it is not the command's.
+            tracing::info!(error = %err, "call failed");
+            call_errors += 1;
+        }
+    }
+    let snapshot = manager.status();
+    let report = manager.shutdown();
+    let mut out = io::stdout().lock();
+    if prometheus {
+        out.write_all(snapshot.prometheus().as_bytes())?;
+    } else if as_json {
+        serde_json::to_writer_pretty(&mut out, &status_json(&snapshot))?;
+        writeln!(out)?;
+    } else {
+        write_status(&mut out, &snapshot)?;
+        if call_errors > 0 {
+            writeln!(out, "({call_errors} of the --call calls failed)")?;
+        }
+    }
+    for err in &report.failed {
+        tracing::warn!(error = %err, "shutdown");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_call(spec: &str) -> anyhow::Result<(String, Op, f64, f64)> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let usage = || format!("--call {spec:?}: expected PLUGIN:OP:A[:B], e.g. basic:add:2:3");
+    if !(3..=4).contains(&parts.len()) {
+        bail!(usage());
+    }
+    let Some(op) = Op::from_name(parts[1]) else {
+        let known: Vec<_> = Op::ALL.iter().map(|op| op.name()).collect();
+        bail!("--call {spec:?}: unknown operation `{}` (known: {})", parts[1], known.join(", "));
+    };
+    let a: f64 = parts[2].parse().with_context(usage)?;
+    let b: f64 = match parts.get(3) {
+        Some(b) => b.parse().with_context(usage)?,
+        None => 0.0,
+    };
+    Ok((parts[0].to_owned(), op, a, b))
+}
+
+fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> {
+    if status.plugins.is_empty() {
+        writeln!(out, "no plugin is loaded")?;
+    }
+    for p in &status.plugins {
+        writeln!(
+            out,
+            "{:<14} {:<8} {:<13} generation {}  {}",
+            p.name,
+            p.version.to_string(),
+            p.state.name(),
+            p.generation,
+            p.source.display()
+        )?;
+        if let Some(err) = &p.last_error {
+            writeln!(out, "  last error: {err}")?;
+        }
+        for op in &p.ops {
+            write!(
+                out,
+                "  {:<14} {} calls, {} errors, {:.1}% ok",
+                op.op,
+                op.calls,
+                op.error_count(),
+                op.success_rate() * 100.0
+            )?;
+            if let Some(l) = &op.latency {
+                write!(
+                    out,
+                    ", p50 {:?} p99 {:?} max {:?} ({} timed)",
+                    l.p50, l.p99, l.max, l.sampled
+                )?;
+            }
+            writeln!(out)?;
+        }
+    }
+    for problem in &status.problems {
+        let what = if problem.shadowed { "shadowed" } else { "refused " };
+        writeln!(out, "{what} {}: {}", problem.path.display(), problem.reason)?;
+    }
+    Ok(())
+}
+
+fn status_json(status: &ManagerStatus) -> serde_json::Value {
+    let plugins: Vec<_> = status
+        .plugins
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "version": p.version.to_string(),
+                "path": p.source.display().to_string(),
+                "state": p.state.name(),
+                "generation": p.generation,
+                "uptime_seconds": p.uptime.as_secs_f64(),
+                "in_flight": p.in_flight,
+                "rejected": p.rejected,
+                "reloads": p.reloads,
+                "reload_failures": p.reload_failures,
+                "last_error": p.last_error,
+                "operations": p.ops.iter().map(|op| json!({
+                    "op": op.op,
+                    "calls": op.calls,
+                    "errors": op.errors.iter().map(|(code, n)| (code.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                    "retries": op.retries,
+                    "success_rate": op.success_rate(),
+                    "latency": op.latency.map(|l| json!({
+                        "sampled": l.sampled,
+                        "p50_seconds": l.p50.as_secs_f64(),
+                        "p99_seconds": l.p99.as_secs_f64(),
+                        "max_seconds": l.max.as_secs_f64(),
+                    })),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let problems: Vec<_> = status
+        .problems
+        .iter()
+        .map(|p| {
+            json!({
+                "path": p.path.display().to_string(),
+                "status": if p.shadowed { "shadowed" } else { "refused" },
+                "failed_in": p.failed_in.name(),
+                "error": p.reason,
+            })
+        })
+        .collect();
+    json!({ "uptime_seconds": status.uptime.as_secs_f64(), "plugins": plugins, "problems": problems })
+}
+
+/// `calcplug watch`: the manager with auto-scan on, logging loads, reloads and errors, until
+/// Ctrl-C; then a graceful shutdown.
+pub(crate) fn watch(config: ManagerConfig) -> anyhow::Result<ExitCode> {
+    let (stop, stopped) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop.send(());
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let dirs: Vec<PathBuf> = config.paths().map(Path::to_owned).collect();
+    let manager = PluginManager::start(config.with_auto_scan(true))?;
+    for plugin in manager.status().plugins {
+        tracing::info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.source.display(), "serving");
+    }
+    for problem in manager.status().problems {
+        tracing::warn!(path = %problem.path.display(), reason = %problem.reason, "not serving");
+    }
+    let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+    tracing::info!(dirs = %shown.join(", "), "watching; Ctrl-C to stop");
+    let _ = stopped.recv();
+    tracing::info!("Ctrl-C: shutting down");
+    let report = manager.shutdown();
+    for err in &report.failed {
+        tracing::warn!(error = %err, "shutdown");
+    }
+    tracing::info!(closed = %report.closed.join(", "), "shut down");
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

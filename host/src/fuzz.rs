@@ -1,0 +1,31 @@
+//! Property tests over untrusted input that has no better home: the config file parser.
+//!
+//! The other fuzz targets sit next to their code (`remote::wire`, `remote::runner`,
+//! `loader`, `loader::ffi`, `plugin`, `security`), all named `fuzz_*`. They run in the normal
+//! test suite with proptest's default 256 cases; for a longer run:
+//! `PROPTEST_CASES=100000 cargo test -p host --release fuzz_`.
+
+use std::path::Path;
+
+use crate::ManagerConfig;
+
+proptest::proptest! {
+    /// Any text gives a config or an error naming the file, never a panic.
+    #[test]
+    fn fuzz_config_text_never_panics(text in "\\PC{0,400}") {
+        if let Err(err) = ManagerConfig::parse(&text, Path::new("calcplug.toml")) {
+            proptest::prop_assert!(err.to_string().contains("calcplug.toml"), "{}", err);
+        }
+    }
+
+    /// Config-shaped text with arbitrary keys and values, which reaches the key and type checks.
+    #[test]
+    fn fuzz_config_shaped_text_never_panics(
+        section in "(discovery|security|plugins\\.basic|metrics|retry|[a-z]{1,8})",
+        key in "[a-z_]{1,16}",
+        value in "(\"[ -~]{0,20}\"|[0-9]{1,12}|true|false|\\[\\]|[0-9.e+-]{1,10})",
+    ) {
+        let text = format!("[{section}]\\n{key} = {value}\\n");
+        let _ = ManagerConfig::parse(&text, Path::new("calcplug.toml"));
+    }
+}

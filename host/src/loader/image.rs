@@ -1,0 +1,61 @@
+//! A library image for `dlopen` that holds exactly the bytes the caller verified.
+//!
+//! On Linux it is a sealed `memfd` (no write, grow or shrink once sealed), opened through
+//! `/proc/self/fd/N`: nothing on disk can change it between the check and the load. Elsewhere
+//! it is a read-only copy in a fresh private (0700) directory, removed when the image drops
+//! (the mapping outlives the file).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+/// The bytes to map, and the path to map them from; valid until dropped.
+pub(crate) struct Image {
+    path: PathBuf,
+    #[cfg(target_os = "linux")]
+    _file: File,
+    #[cfg(not(target_os = "linux"))]
+    dir: tempfile::TempDir,
+}
+
+impl Image {
+    #[cfg(target_os = "linux")]
+    pub(crate) fn new(origin: &Path, bytes: &[u8]) -> Result<Image, Error> {
+        use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+        use std::os::fd::AsRawFd;
+
+        let io = |source: std::io::Error| Error::Io { path: origin.to_owned(), source };
+        let fd = memfd_create("calcplug-plugin", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|errno| io(errno.into()))?;
+        let mut file = File::from(fd);
+        file.write_all(bytes).map_err(io)?;
+        fcntl_add_seals(
+            &file,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+        )
+        .map_err(|errno| io(errno.into()))?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        Ok(Image { path, _file: file })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn new(origin: &Path, bytes: &[u8]) -> Result<Image, Error> {
+        let io = |source: std::io::Error| Error::Io { path: origin.to_owned(), source };
+        let dir = tempfile::Builder::new().prefix("calcplug-image-").tempdir().map_err(io)?;
+        let name = origin.file_name().unwrap_or_else(|| std::ffi::OsStr::new("plugin"));
+        let path = dir.path().join(name);
+        let mut file = File::create(&path).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        let mut permissions = file.metadata().map_err(io)?.permissions();
+        permissions.set_readonly(true);
+        file.set_permissions(permissions).map_err(io)?;
+        Ok(Image { path, dir })
+    }
+
+    /// The path `dlopen` should open.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,365 @@
+//! Per-plugin, per-operation call metrics that cost a few nanoseconds per call.
+//!
+//! Counters are sharded: each thread picks one of [`SHARDS`] cache-line-aligned shards once, so
+//! threads calling at once do not bounce one cache line between cores. A call does two atomic
+//! increments in its thread's shard (`entered` before the call, the operation's `calls` after:
+//! their difference summed over shards is the number of calls in flight, which shutdown and
+//! the `Processing` state read). Errors are counted only when they happen.
+//!
+//! Latency is sampled: a clock read costs about 20 ns here, ten times a call, so one call in
+//! `metrics.sample_every` (a power of two, checked with a mask on the `entered` ticket the call
+//! already has) reads the clock twice and records into a lock-free log-linear histogram (8
+//! sub-buckets per power of two: quantiles are within 12.5%, the maximum is exact).
+//! `sample_every = 0` turns timing off.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use interface::{ErrorCode, Op};
+
+/// How many counter shards each plugin has.
+pub(crate) const SHARDS: usize = 16;
+/// Metric slots: every operation of [`Op::ALL`], then `process_batch`.
+pub(crate) const OPS: usize = Op::ALL.len() + 1;
+/// The slot of `process_batch`.
+pub(crate) const BATCH: usize = OPS - 1;
+const CODES: usize = ErrorCode::ALL.len();
+
+/// The metric slot of `op`.
+#[inline]
+pub(crate) fn op_index(op: Op) -> usize {
+    // `Op::ALL` lists every operation, so the fallback is never taken.
+    Op::ALL.iter().position(|known| *known == op).unwrap_or(BATCH)
+}
+
+/// The operation name of a metric slot.
+pub(crate) fn op_name(index: usize) -> &'static str {
+    Op::ALL.get(index).map_or("process_batch", |op| op.name())
+}
+
+/// One plugin's counters and histograms.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    shards: Box<[Shard]>,
+    latency: Box<[Histogram]>,
+    /// `sample_every - 1`; a call is timed if its ticket has none of these bits.
+    sample_mask: u64,
+    timing: bool,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Shard {
+    entered: AtomicU64,
+    rejected: AtomicU64,
+    calls: [AtomicU64; OPS],
+    errors: [[AtomicU64; CODES]; OPS],
+    retries: [AtomicU64; OPS],
+}
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard {
+            entered: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            calls: std::array::from_fn(|_| AtomicU64::new(0)),
+            errors: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            retries: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Shard {
+    /// Counts a call as entered and returns its ticket (the shard's count before it).
+    ///
+    /// `SeqCst`: shutdown stores the state then reads these counters; a call adds here then
+    /// reads the state. One of the two sees the other (see `Slot::shut_down`).
+    #[inline]
+    pub(crate) fn enter(&self) -> u64 {
+        self.entered.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Counts a call that was refused after entering.
+    #[cold]
+    pub(crate) fn reject(&self) {
+        self.rejected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts a finished call of the operation in slot `op`.
+    #[inline]
+    pub(crate) fn finish(&self, op: usize) {
+        self.calls[op].fetch_add(1, Ordering::Release);
+    }
+
+    /// Counts an error with `code` (on a finished call).
+    #[cold]
+    pub(crate) fn error(&self, op: usize, code: ErrorCode) {
+        let code_index = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(CODES - 1);
+        self.errors[op][code_index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a retry.
+    #[cold]
+    pub(crate) fn retry(&self, op: usize) {
+        self.retries[op].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new(sample_every: u64) -> Metrics {
+        Metrics {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            latency: (0..OPS).map(|_| Histogram::default()).collect(),
+            sample_mask: sample_every.saturating_sub(1),
+            timing: sample_every != 0,
+        }
+    }
+
+    /// This thread's shard.
+    #[inline]
+    pub(crate) fn shard(&self) -> &Shard {
+        &self.shards[shard_index()]
+    }
+
+    /// Whether the call with this ticket is timed.
+    #[inline]
+    pub(crate) fn sampled(&self, ticket: u64) -> bool {
+        self.timing && ticket & self.sample_mask == 0
+    }
+
+    /// Records the latency of a timed call.
+    #[inline]
+    pub(crate) fn record_latency(&self, op: usize, started: Instant) {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.latency[op].record(nanos);
+    }
+
+    /// Calls entered and not yet finished or refused.
+    pub(crate) fn in_flight(&self) -> u64 {
+        let mut entered = 0u64;
+        let mut left = 0u64;
+        for shard in self.shards.iter() {
+            entered = entered.wrapping_add(shard.entered.load(Ordering::SeqCst));
+            left = left.wrapping_add(shard.rejected.load(Ordering::SeqCst));
+            for calls in &shard.calls {
+                left = left.wrapping_add(calls.load(Ordering::SeqCst));
+            }
+        }
+        entered.saturating_sub(left)
+    }
+
+    /// Calls refused by the manager (shutting down, not ready).
+    pub(crate) fn rejected(&self) -> u64 {
+        self.shards.iter().map(|s| s.rejected.load(Ordering::Relaxed)).sum()
+    }
+
+    /// A snapshot of every operation that was called at least once.
+    pub(crate) fn snapshot(&self) -> Vec<OpMetrics> {
+        let mut out = Vec::new();
+        for op in 0..OPS {
+            let calls: u64 = self.shards.iter().map(|s| s.calls[op].load(Ordering::Relaxed)).sum();
+            if calls == 0 {
+                continue;
+            }
+            let mut errors = Vec::new();
+            for (code_index, code) in ErrorCode::ALL.into_iter().enumerate() {
+                let n: u64 = self
+                    .shards
+                    .iter()
+                    .map(|s| s.errors[op][code_index].load(Ordering::Relaxed))
+                    .sum();
+                if n > 0 {
+                    errors.push((code, n));
+                }
+            }
+            let retries = self.shards.iter().map(|s| s.retries[op].load(Ordering::Relaxed)).sum();
+            out.push(OpMetrics {
+                op: op_name(op),
+                calls,
+                errors,
+                retries,
+                latency: self.latency[op].summary(),
+            });
+        }
+        out
+    }
+}
+
+/// The metrics of one operation of one plugin, as of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpMetrics {
+    /// The operation: `add`, …, or `process_batch`.
+    pub op: &'static str,
+    /// Calls that reached the plugin (each retry counts as a call).
+    pub calls: u64,
+    /// Failed calls by error code (codes with no failure are left out).
+    pub errors: Vec<(ErrorCode, u64)>,
+    /// Retries made by the retry policy.
+    pub retries: u64,
+    /// The latency of the sampled calls; `None` if none was timed.
+    pub latency: Option<Latency>,
+}
+
+impl OpMetrics {
+    /// Failed calls, all codes together.
+    pub fn error_count(&self) -> u64 {
+        self.errors.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The share of calls that succeeded, from 0 to 1.
+    pub fn success_rate(&self) -> f64 {
+        if self.calls == 0 {
+            return 1.0;
+        }
+        let ok = self.calls.saturating_sub(self.error_count());
+        ok as f64 / self.calls as f64
+    }
+}
+
+/// A latency distribution from sampled calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    /// How many calls were timed.
+    pub sampled: u64,
+    /// The median (within 12.5%).
+    pub p50: Duration,
+    /// The 99th percentile (within 12.5%).
+    pub p99: Duration,
+    /// The slowest timed call (exact).
+    pub max: Duration,
+    /// The sum of the timed calls' durations.
+    pub sum: Duration,
+}
+
+const LINEAR: usize = 16;
+const SUB: usize = 8;
+const MAX_EXP: u32 = 40;
+const BUCKETS: usize = LINEAR + (MAX_EXP as usize - 3) * SUB;
+
+/// A lock-free log-linear histogram of nanoseconds: exact below 16 ns, then 8 buckets per
+/// power of two up to 2^41 ns (about 37 minutes).
+#[derive(Debug)]
+struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket_of(nanos: u64) -> usize {
+    let v = nanos.min((1u64 << (MAX_EXP + 1)) - 1);
+    if v < LINEAR as u64 {
+        return v as usize;
+    }
+    let exp = 63 - v.leading_zeros();
+    let sub = ((v >> (exp - 3)) & 7) as usize;
+    LINEAR + (exp as usize - 4) * SUB + sub
+}
+
+/// The largest value that falls into bucket `index`.
+fn bucket_high(index: usize) -> u64 {
+    if index < LINEAR {
+        return index as u64;
+    }
+    let j = index - LINEAR;
+    let exp = (j / SUB + 4) as u32;
+    let sub = (j % SUB) as u64;
+    ((SUB as u64 + sub + 1) << (exp - 3)) - 1
+}
+
+impl Histogram {
+    fn record(&self, nanos: u64) {
+        self.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(nanos, Ordering::Relaxed);
+        self.max.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn summary(&self) -> Option<Latency> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let max = self.max.load(Ordering::Relaxed);
+        let quantile = |q: f64| {
+            let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+            let mut seen = 0;
+            for (index, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return Duration::from_nanos(bucket_high(index).min(max));
+                }
+            }
+            Duration::from_nanos(max)
+        };
+        Some(Latency {
+            sampled: total,
+            p50: quantile(0.50),
+            p99: quantile(0.99),
+            max: Duration::from_nanos(max),
+            sum: Duration::from_nanos(self.sum.load(Ordering::Relaxed)),
+        })
+    }
+}
+
+#[inline]
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|index| {
+        let mut i = index.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            index.set(i);
+        }
+        i
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_their_values() {
+        for v in [0, 1, 15, 16, 17, 31, 32, 100, 1_000, 123_456, 10_000_000_000] {
+            let b = bucket_of(v);
+            assert!(bucket_high(b) >= v, "{v} in bucket {b} up to {}", bucket_high(b));
+            if b > 0 {
+                assert!(bucket_high(b - 1) < v, "{v}: previous bucket reaches it");
+            }
+            assert!(b < BUCKETS);
+        }
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_are_within_an_eighth() {
+        let h = Histogram::default();
+        for v in 1..=1000u64 {
+            h.record(v * 1000);
+        }
+        let l = h.summary().unwrap();
+        assert_eq!(l.sampled, 1000);
+        assert_eq!(l.max, Duration::from_micros(1000));
+        let p50 = l.p50.as_nanos() as f64;
+        assert!((500_000.0..=500_000.0 * 1.125).contains(&p50), "{p50}");
+        let p99 = l.p99.as_nanos() as f64;
+        assert!((990_000.0..=1_000_000.0).contains(&p99), "{p99}");
+    }
+}
