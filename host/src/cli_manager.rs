@@ -93,10 +93,11 @@ fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> 
     for p in &status.plugins {
         writeln!(
             out,
-            "{:<14} {:<8} {:<13} generation {}  {}",
+            "{:<14} {:<8} {:<13} {:<14} generation {}  {}",
             p.name,
             p.version.to_string(),
             p.state.name(),
+            p.mode.name(),
             p.generation,
             p.source.display()
         )?;
@@ -139,6 +140,7 @@ fn status_json(status: &ManagerStatus) -> serde_json::Value {
                 "version": p.version.to_string(),
                 "path": p.source.display().to_string(),
                 "state": p.state.name(),
+                "mode": p.mode.name(),
                 "generation": p.generation,
                 "uptime_seconds": p.uptime.as_secs_f64(),
                 "in_flight": p.in_flight,

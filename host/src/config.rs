@@ -28,6 +28,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::security::{Enforcement, LoadPolicy, Manifest, ProbeSettings, TrustedKey};
 use crate::Error;
 
 /// The file name the CLI looks for in the current directory when no `--config` is given.
@@ -49,6 +50,8 @@ pub struct ManagerConfig {
     sample_every: u64,
     retry: RetryPolicy,
     security: SecurityConfig,
+    isolation: IsolationConfig,
+    modes: BTreeMap<String, Mode>,
     plugins: BTreeMap<String, Config>,
 }
 
@@ -101,22 +104,141 @@ impl RetryPolicy {
     }
 }
 
-/// The `[security]` table: placeholders for the plugin-integrity issue, checked for type only.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the manager does with a plugin that panicked (`security.on_panic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicPolicy {
+    /// Report the panic (the call fails with `PluginPanicked`) and keep serving (the default).
+    KeepServing,
+    /// Report the panic and move the plugin to `Error`: later calls are refused until a reload.
+    Disable,
+}
+
+/// The `[security]` table: what a library must pass before it is mapped into the process.
+#[derive(Debug, Clone)]
 pub struct SecurityConfig {
-    verify_signatures: bool,
-    trusted_keys: Vec<String>,
+    integrity: Enforcement,
+    manifest: Option<(PathBuf, usize)>,
+    trusted_keys: Vec<TrustedKey>,
+    check_permissions: bool,
+    probe: bool,
+    probe_timeout: Duration,
+    on_panic: PanicPolicy,
+    origin: PathBuf,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> SecurityConfig {
+        SecurityConfig {
+            integrity: Enforcement::Off,
+            manifest: None,
+            trusted_keys: Vec::new(),
+            check_permissions: true,
+            probe: false,
+            probe_timeout: Duration::from_secs(5),
+            on_panic: PanicPolicy::KeepServing,
+            origin: PathBuf::from("<defaults>"),
+        }
+    }
 }
 
 impl SecurityConfig {
-    /// `verify_signatures` (default `false`). Not enforced yet.
-    pub fn verify_signatures(&self) -> bool {
-        self.verify_signatures
+    /// `integrity`: `off` (default), `warn` or `enforce`.
+    pub fn integrity(&self) -> Enforcement {
+        self.integrity
     }
 
-    /// `trusted_keys` (default empty). Not used yet.
-    pub fn trusted_keys(&self) -> &[String] {
+    /// `trusted_keys`: ed25519 public keys, 64 hex digits each (default none).
+    pub fn trusted_keys(&self) -> &[TrustedKey] {
         &self.trusted_keys
+    }
+
+    /// `manifest`: a SHA-256 allowlist in `sha256sum` format, relative to the config file.
+    pub fn manifest(&self) -> Option<&Path> {
+        self.manifest.as_ref().map(|(path, _)| path.as_path())
+    }
+
+    /// `check_permissions` (default `true`): refuse group/world-writable or foreign-owned
+    /// libraries and directories, and symlinks leaving the plugin directory.
+    pub fn check_permissions(&self) -> bool {
+        self.check_permissions
+    }
+
+    /// `probe` (default `false`): load each library in a child process first.
+    pub fn probe(&self) -> bool {
+        self.probe
+    }
+
+    /// `on_panic`: `keep-serving` (default) or `disable`.
+    pub fn on_panic(&self) -> PanicPolicy {
+        self.on_panic
+    }
+
+    /// The [`LoadPolicy`] these settings describe (reads the manifest file).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `security.manifest` if the manifest cannot be read or parsed.
+    pub fn load_policy(&self) -> Result<LoadPolicy, Error> {
+        let manifest = match &self.manifest {
+            None => None,
+            Some((path, line)) => Some(Manifest::read(path).map_err(|err| Error::Config {
+                path: self.origin.clone(),
+                line: *line,
+                key: "security.manifest".to_owned(),
+                message: err.to_string(),
+            })?),
+        };
+        Ok(LoadPolicy {
+            enforcement: self.integrity,
+            manifest,
+            trusted_keys: self.trusted_keys.clone(),
+            check_permissions: self.check_permissions,
+            probe: self
+                .probe
+                .then_some(ProbeSettings { runner: None, timeout: self.probe_timeout }),
+        })
+    }
+}
+
+/// Where plugins run (`[isolation]`, and `mode` in a `[plugins.NAME]` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In this process, through the stable ABI: nanoseconds per call (the default).
+    InProcess,
+    /// In a `calcplug-runner` child over a local socket: crash isolation, microseconds per call.
+    OutOfProcess,
+}
+
+impl Mode {
+    /// `in-process` or `out-of-process`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::InProcess => "in-process",
+            Mode::OutOfProcess => "out-of-process",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Mode> {
+        [Mode::InProcess, Mode::OutOfProcess].into_iter().find(|m| m.name() == text)
+    }
+}
+
+/// The `[isolation]` table: the default [`Mode`] and how runners are supervised.
+#[derive(Debug, Clone)]
+pub struct IsolationConfig {
+    mode: Mode,
+    options: crate::remote::RemoteOptions,
+}
+
+impl IsolationConfig {
+    /// `mode` (default `in-process`); `[plugins.NAME] mode` overrides it per plugin.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `call_timeout`, `start_timeout`, `retries`, `max_failures`, `failure_window`, `runner`.
+    pub fn options(&self) -> &crate::remote::RemoteOptions {
+        &self.options
     }
 }
 
@@ -139,6 +261,11 @@ impl ManagerConfig {
                 retryable: vec![ErrorCode::Internal],
             },
             security: SecurityConfig::default(),
+            isolation: IsolationConfig {
+                mode: Mode::InProcess,
+                options: crate::remote::RemoteOptions::default(),
+            },
+            modes: BTreeMap::new(),
             plugins: BTreeMap::new(),
         })
     }
@@ -279,13 +406,122 @@ impl ManagerConfig {
         };
 
         let security_raw = raw.security.unwrap_or_default();
+        let integrity = match security_raw.integrity {
+            None if security_raw.verify_signatures == Some(true) => Enforcement::Enforce,
+            None => Enforcement::Off,
+            Some(value) => Enforcement::from_name(value.get_ref()).ok_or_else(|| {
+                fail(
+                    value.span(),
+                    "security.integrity",
+                    format!("{:?} is not off, warn or enforce", value.get_ref()),
+                )
+            })?,
+        };
+        let mut trusted_keys = Vec::new();
+        for key in security_raw.trusted_keys.unwrap_or_default() {
+            let parsed = TrustedKey::from_hex(key.get_ref())
+                .map_err(|message| fail(key.span(), "security.trusted_keys", message))?;
+            trusted_keys.push(parsed);
+        }
+        let manifest = security_raw.manifest.map(|value| {
+            let line = line_of(text, value.span().start);
+            let path = Path::new(value.get_ref());
+            (if path.is_absolute() { path.to_owned() } else { base.join(path) }, line)
+        });
+        if integrity != Enforcement::Off && manifest.is_none() && trusted_keys.is_empty() {
+            return Err(fail(
+                0..0,
+                "security.integrity",
+                format!(
+                    "`{}` needs `security.manifest` or `security.trusted_keys`",
+                    integrity.name()
+                ),
+            ));
+        }
+        let on_panic = match security_raw.on_panic {
+            None => PanicPolicy::KeepServing,
+            Some(value) => match value.get_ref().as_str() {
+                "keep-serving" => PanicPolicy::KeepServing,
+                "disable" => PanicPolicy::Disable,
+                other => {
+                    return Err(fail(
+                        value.span(),
+                        "security.on_panic",
+                        format!("{other:?} is not keep-serving or disable"),
+                    ))
+                }
+            },
+        };
         let security = SecurityConfig {
-            verify_signatures: security_raw.verify_signatures.unwrap_or(false),
-            trusted_keys: security_raw.trusted_keys.unwrap_or_default(),
+            integrity,
+            manifest,
+            trusted_keys,
+            check_permissions: security_raw.check_permissions.unwrap_or(true),
+            probe: security_raw.probe.unwrap_or(false),
+            probe_timeout: duration(
+                security_raw.probe_timeout,
+                "security.probe_timeout",
+                Duration::from_secs(5),
+            )?,
+            on_panic,
+            origin: origin.to_owned(),
+        };
+
+        let isolation_raw = raw.isolation.unwrap_or_default();
+        let mode_of = |value: &Spanned<String>, key: &str| {
+            Mode::parse(value.get_ref()).ok_or_else(|| {
+                fail(
+                    value.span(),
+                    key,
+                    format!("{:?} is not in-process or out-of-process", value.get_ref()),
+                )
+            })
+        };
+        let default_options = crate::remote::RemoteOptions::default();
+        let isolation = IsolationConfig {
+            mode: match &isolation_raw.mode {
+                None => Mode::InProcess,
+                Some(value) => mode_of(value, "isolation.mode")?,
+            },
+            options: crate::remote::RemoteOptions {
+                runner: isolation_raw.runner.map(|runner| {
+                    let path = Path::new(&runner);
+                    if path.is_absolute() {
+                        path.to_owned()
+                    } else {
+                        base.join(path)
+                    }
+                }),
+                call_timeout: duration(
+                    isolation_raw.call_timeout,
+                    "isolation.call_timeout",
+                    default_options.call_timeout,
+                )?,
+                start_timeout: duration(
+                    isolation_raw.start_timeout,
+                    "isolation.start_timeout",
+                    default_options.start_timeout,
+                )?,
+                retries: isolation_raw.retries.unwrap_or(default_options.retries),
+                max_failures: isolation_raw.max_failures.unwrap_or(default_options.max_failures),
+                failure_window: duration(
+                    isolation_raw.failure_window,
+                    "isolation.failure_window",
+                    default_options.failure_window,
+                )?,
+                ..default_options
+            },
         };
 
         let mut plugins = BTreeMap::new();
-        for (name, table) in raw.plugins.unwrap_or_default() {
+        let mut modes = BTreeMap::new();
+        for (name, mut table) in raw.plugins.unwrap_or_default() {
+            // `mode` is for the manager, not for the plugin's `initialize`.
+            if let Some(value) = table.remove("mode") {
+                let span = value.span();
+                let text_value = Spanned::new(span, value.into_inner().0);
+                modes.insert(name.clone(), mode_of(&text_value, &format!("plugins.{name}.mode"))?);
+            }
             let config: Config =
                 table.into_iter().map(|(key, value)| (key, value.into_inner().0)).collect();
             plugins.insert(name, config);
@@ -301,6 +537,8 @@ impl ManagerConfig {
             sample_every,
             retry,
             security,
+            isolation,
+            modes,
             plugins,
         })
     }
@@ -384,9 +622,33 @@ impl ManagerConfig {
         &self.retry
     }
 
-    /// The `[security]` placeholders.
+    /// The `[security]` settings.
     pub fn security(&self) -> &SecurityConfig {
         &self.security
+    }
+
+    /// The `[isolation]` settings.
+    pub fn isolation(&self) -> &IsolationConfig {
+        &self.isolation
+    }
+
+    /// Where the plugin `name` runs: its `[plugins.NAME] mode`, else `isolation.mode`.
+    pub fn mode_of(&self, name: &str) -> Mode {
+        self.modes.get(name).copied().unwrap_or(self.isolation.mode)
+    }
+
+    /// Whether any plugin may run out of process, so that each library must be opened by a
+    /// runner first (its name decides its mode).
+    pub fn any_out_of_process(&self) -> bool {
+        self.isolation.mode == Mode::OutOfProcess
+            || self.modes.values().any(|mode| *mode == Mode::OutOfProcess)
+    }
+
+    /// The same configuration with every plugin out of process (what `--isolate` does).
+    pub fn isolated(mut self) -> ManagerConfig {
+        self.isolation.mode = Mode::OutOfProcess;
+        self.modes.clear();
+        self
     }
 
     /// The `initialize` config of the plugin `name` (`[plugins.NAME]`, default empty).
@@ -471,6 +733,7 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     retry: Option<RawRetry>,
     security: Option<RawSecurity>,
+    isolation: Option<RawIsolation>,
     plugins: Option<BTreeMap<String, BTreeMap<String, Spanned<PluginValue>>>>,
 }
 
@@ -507,15 +770,27 @@ struct RawRetry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecurity {
+    integrity: Option<Spanned<String>>,
+    manifest: Option<Spanned<String>>,
+    trusted_keys: Option<Vec<Spanned<String>>>,
+    check_permissions: Option<bool>,
+    probe: Option<bool>,
+    probe_timeout: Option<Spanned<String>>,
+    on_panic: Option<Spanned<String>>,
+    /// The seed's name for it: `true` is `integrity = "enforce"`.
     verify_signatures: Option<bool>,
-    trusted_keys: Option<Vec<String>>,
-    // Placeholders from the seed's exercise, accepted so that its example parses.
-    #[allow(dead_code)] // Read once the integrity issue lands.
-    enable_tls: Option<bool>,
-    #[allow(dead_code)] // Read once the integrity issue lands.
-    cert_file: Option<String>,
-    #[allow(dead_code)] // Read once the integrity issue lands.
-    key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIsolation {
+    mode: Option<Spanned<String>>,
+    call_timeout: Option<Spanned<String>>,
+    start_timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    max_failures: Option<u32>,
+    failure_window: Option<Spanned<String>>,
+    runner: Option<String>,
 }
 
 /// A plugin config value: a string, number or boolean, handed to `initialize` as a string.

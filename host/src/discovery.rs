@@ -4,7 +4,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::loader::LIBRARY_SUFFIX;
-use crate::{load, Error, Plugin};
+use crate::security::LoadPolicy;
+use crate::{Error, Plugin};
 
 /// What became of one library file (or one unreadable directory) found during a scan.
 #[derive(Debug)]
@@ -52,13 +53,19 @@ pub fn library_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 /// A directory that cannot be listed or a library that is refused becomes a `Found` with an
 /// error; it never stops the scan.
 pub fn discover(dirs: &[PathBuf]) -> Vec<Found> {
+    discover_with(dirs, &LoadPolicy::development())
+}
+
+/// [`discover`], loading each library with [`load_with`](crate::security::load_with) under
+/// `policy`.
+pub fn discover_with(dirs: &[PathBuf], policy: &LoadPolicy) -> Vec<Found> {
     let mut found = Vec::new();
     for dir in dirs {
         let _span = tracing::info_span!("discover", dir = %dir.display()).entered();
         match library_files(dir) {
             Ok(files) => {
                 for path in files {
-                    let outcome = load(&path);
+                    let outcome = crate::security::load_with(&path, policy);
                     if let Err(err) = &outcome {
                         tracing::warn!(error = %err, "refused");
                     }

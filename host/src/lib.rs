@@ -34,14 +34,17 @@ mod plugin;
 pub mod remote;
 pub mod security;
 
-pub use discovery::{discover, library_files, Found};
+pub use discovery::{discover, discover_with, library_files, Found};
 pub use error::Error;
 pub use handle::PluginHandle;
 pub use loader::{host_interface_version, interface_compatible, load, LIBRARY_SUFFIX};
 pub use plugin::{Extension, Plugin};
 pub use security::{load_with, Enforcement, LoadPolicy, Manifest, TrustedKey};
 
-pub use config::{ManagerConfig, RetryPolicy, SecurityConfig, CONFIG_FILE_NAME};
+pub use config::{
+    IsolationConfig, ManagerConfig, Mode, PanicPolicy, RetryPolicy, SecurityConfig,
+    CONFIG_FILE_NAME,
+};
 pub use manager::{
     FileProblem, Handle, Health, Latency, LifecycleState, ManagerStatus, OpMetrics, PluginManager,
     PluginStatus, ScanReport, ShutdownReport, StateMachine,

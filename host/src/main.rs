@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser, Subcommand};
 use host::remote::{RemoteOptions, RemotePlugin};
-use host::{BatchOp, Config, Found, Op, Plugin, PluginHandle};
+use host::{BatchOp, Config, Found, LoadPolicy, Op, Plugin, PluginHandle};
 use serde_json::json;
 
 mod cli_bench;
@@ -158,6 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (true, true) => default_plugin_dirs()?,
     };
     let config = config.with_paths(&dirs);
+    let config = if cli.isolate { config.isolated() } else { config };
+    // `list`, `info`, `call` and `demo` load under the same `[security]` policy as the manager.
+    let _ = POLICY.set(config.security().load_policy()?);
     match cli.command {
         Command::List { json } => list(&dirs, json),
         Command::Info { plugin, json } => info(&dirs, &plugin, json, cli.isolate),
@@ -175,6 +178,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli_bench::bench(config, &dirs, &plugin, json, seconds)
         }
     }
+}
+
+/// The `[security]` policy of this run.
+static POLICY: std::sync::OnceLock<LoadPolicy> = std::sync::OnceLock::new();
+
+/// Loads every library in `dirs` under this run's policy.
+fn discover(dirs: &[PathBuf]) -> Vec<Found> {
+    host::discover_with(dirs, POLICY.get_or_init(LoadPolicy::development))
 }
 
 fn default_plugin_dirs() -> anyhow::Result<Vec<PathBuf>> {
@@ -204,7 +215,7 @@ fn default_plugin_dirs() -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn list(dirs: &[PathBuf], as_json: bool) -> anyhow::Result<ExitCode> {
-    let found = host::discover(dirs);
+    let found = discover(dirs);
     let mut out = io::stdout().lock();
     if as_json {
         let entries: Vec<_> = found.iter().map(found_json).collect();
@@ -253,7 +264,7 @@ fn found_json(found: &Found) -> serde_json::Value {
 fn find_plugin(dirs: &[PathBuf], name: &str) -> anyhow::Result<Plugin> {
     let mut available = Vec::new();
     let mut best: Option<Plugin> = None;
-    for found in host::discover(dirs) {
+    for found in discover(dirs) {
         let Ok(plugin) = found.outcome else { continue };
         if plugin.name() != name {
             available.push(plugin.name().to_owned());
@@ -429,7 +440,7 @@ fn call(
 
 fn demo(dirs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
-    let found = host::discover(dirs);
+    let found = discover(dirs);
     let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
     writeln!(out, "calcplug demo: plugins from {}", shown.join(", "))?;
     let mut plugins = Vec::new();

@@ -63,16 +63,19 @@
 //! # Platform-specific behaviour
 //!
 //! `dlopen` returns the already-mapped library for a path (or inode) it has seen, so the
-//! manager copies every library to a unique file in a private temporary directory and loads the
-//! copy: the new code is really picked up, and rewriting a watched file in place cannot fault
-//! the mapped copy. On Unix the copy is deleted right after loading (the mapping stays).
+//! manager maps every library from an in-memory image of its bytes (read once, checked under
+//! the `[security]` policy, sealed; see `host::security`), or serves it from a runner fed a private
+//! copy of those bytes: the new code is really picked up, and rewriting a watched file in place
+//! cannot fault what is mapped.
 //! Libraries are never unmapped (see ARCHITECTURE.md), so **every reload costs the new
 //! library's mapped size for the rest of the process**: about the file's size in address space,
-//! and in resident memory the pages its code touches. Measured by the hot-reload test (run
-//! alone, `cargo test -p tests --test it hot_reload -- --nocapture`): about 0.7 MiB of resident
-//! memory per reload of the `reload` fixture, a 12.6 MB debug build.
+//! and in memory the image's bytes (the in-memory file holds the whole library) plus the pages
+//! its code touches. The 0.7 MiB of resident memory per reload measured by the hot-reload test
+//! (`cargo test -p tests --test it hot_reload -- --nocapture`, `reload` fixture, a 12.6 MB debug
+//! build) predates the in-memory images; `BENCHMARKS.md` has the current per-reload figure.
 //! A process meant to reload thousands of times should be restarted now and then.
 
+mod backend;
 mod metrics;
 mod state;
 mod watch;
@@ -86,16 +89,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use interface::{BatchOp, BatchResult, Op, PluginState, Status};
+use interface::{BatchOp, BatchResult, ErrorCode, Op, PluginState, Status};
 use parking_lot::Mutex;
 use semver::Version;
 
 pub use metrics::{Latency, OpMetrics};
 pub use state::{LifecycleState, StateMachine};
 
-use crate::config::{ManagerConfig, RetryPolicy};
+use crate::config::{ManagerConfig, Mode, PanicPolicy, RetryPolicy};
 use crate::discovery::library_files;
-use crate::{Error, Plugin};
+use crate::remote::RemotePlugin;
+use crate::security::LoadPolicy;
+use crate::Error;
+use backend::Backend;
 use metrics::{op_index, Metrics, BATCH};
 
 /// Many plugins, loaded from the configured directories, addressed by name.
@@ -178,6 +184,8 @@ pub struct PluginStatus {
     pub source: PathBuf,
     /// Its lifecycle state.
     pub state: LifecycleState,
+    /// Where it runs: in this process, or in a `calcplug-runner` child.
+    pub mode: Mode,
     /// How many libraries have served it (1 until the first reload).
     pub generation: u64,
     /// How long the serving library has been loaded.
@@ -220,6 +228,8 @@ struct Inner {
     copies: PathBuf,
     next_copy: AtomicU64,
     started: Instant,
+    /// What a library must pass before it is mapped (`[security]`).
+    policy: LoadPolicy,
 }
 
 #[derive(Default)]
@@ -263,6 +273,7 @@ struct Slot {
     current: ArcSwap<Generation>,
     metrics: Metrics,
     retry: RetryPolicy,
+    on_panic: PanicPolicy,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -271,7 +282,7 @@ struct Slot {
 
 /// One loaded library instance serving a name.
 struct Generation {
-    plugin: Plugin,
+    plugin: Backend,
     source: PathBuf,
     state: StateMachine,
     loaded_at: Instant,
@@ -293,6 +304,7 @@ impl PluginManager {
             tracing::info_span!("manager_start", config = %config.origin().display()).entered();
         config.check_paths()?;
         let copies = copies_dir()?;
+        let policy = config.security().load_policy()?;
         let inner = Arc::new(Inner {
             config,
             registry: ArcSwap::from_pointee(HashMap::new()),
@@ -301,6 +313,7 @@ impl PluginManager {
             copies,
             next_copy: AtomicU64::new(0),
             started: Instant::now(),
+            policy,
         });
         let manager = PluginManager { inner, background: Mutex::new(None) };
         let report = manager.scan();
@@ -542,6 +555,7 @@ impl Inner {
                     current: ArcSwap::from_pointee(generation),
                     metrics: Metrics::new(self.config.sample_every()),
                     retry: self.config.retry().clone(),
+                    on_panic: self.config.security().on_panic(),
                     reloads: AtomicU64::new(0),
                     reload_failures: AtomicU64::new(0),
                     last_error: Mutex::new(None),
@@ -597,7 +611,7 @@ impl Inner {
         }
     }
 
-    /// Copies `source` to a unique private file and loads that, recording the loading states.
+    /// Loads `source` under the `[security]` policy, recording the loading states.
     fn load_copy(&self, source: &Path) -> Result<Generation, Error> {
         let state = StateMachine::new(source.display().to_string());
         let step = |to: LifecycleState| {
@@ -605,27 +619,9 @@ impl Inner {
             let _ = state.transition(to);
         };
         step(LifecycleState::Validating);
-        let number = self.next_copy.fetch_add(1, Ordering::Relaxed) + 1;
-        let file_name =
-            source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let copy = self.copies.join(format!("{number}-{file_name}"));
-        if let Err(source_err) = fs::copy(source, &copy) {
-            step(LifecycleState::Error);
-            let err = if source_err.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound { path: source.to_owned() }
-            } else {
-                Error::Io { path: source.to_owned(), source: source_err }
-            };
-            return Err(err);
-        }
-        // `load` validates, maps and handshakes in one call; the machine records the steps it
+        // Loading validates, maps and handshakes in one call; the machine records the steps it
         // went through, and attributes a failure to the step whose check failed.
-        let result = crate::load(&copy);
-        #[cfg(unix)]
-        {
-            // The mapping outlives the file; removing it keeps the temporary directory empty.
-            let _ = fs::remove_file(&copy);
-        }
+        let result = self.load_backend(source);
         match result {
             Ok(plugin) => {
                 step(LifecycleState::Loading);
@@ -653,6 +649,31 @@ impl Inner {
                 Err(err)
             }
         }
+    }
+
+    /// Loads `source`: in a runner if this plugin is configured out of process (the runner
+    /// reports the plugin's name, which decides), else in this process. Either way from the
+    /// bytes the `[security]` checks passed, so that each load maps a fresh image and a file
+    /// rewritten afterwards changes nothing.
+    fn load_backend(&self, source: &Path) -> Result<Backend, Error> {
+        if !self.config.any_out_of_process() {
+            return crate::security::load_from_memory(source, &self.policy).map(Backend::Local);
+        }
+        let bytes = crate::security::checked_bytes(source, &self.policy)?;
+        // The runner serves a private copy of exactly the checked bytes, kept for its restarts.
+        let number = self.next_copy.fetch_add(1, Ordering::Relaxed) + 1;
+        let file_name =
+            source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let copy = self.copies.join(format!("{number}-{file_name}"));
+        fs::write(&copy, &bytes).map_err(|err| Error::Io { path: copy.clone(), source: err })?;
+        let remote = RemotePlugin::spawn(&copy, self.config.isolation().options().clone())?;
+        if self.config.mode_of(remote.name()) == Mode::OutOfProcess {
+            return Ok(Backend::Remote(Box::new(remote)));
+        }
+        // Configured in process: the runner was its probe; map the same bytes here.
+        drop(remote);
+        let _ = fs::remove_file(&copy);
+        crate::loader::load_bytes(source, bytes).map(Backend::Local)
     }
 
     fn status(&self) -> ManagerStatus {
@@ -818,7 +839,7 @@ impl Slot {
         &self,
         op: usize,
         name: &'static str,
-        f: &impl Fn(&Plugin) -> Result<T, Error>,
+        f: &impl Fn(&Backend) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let shard = self.metrics.shard();
         let ticket = shard.enter();
@@ -835,6 +856,9 @@ impl Slot {
         if let Err(err) = &result {
             if let Some(code) = err.code() {
                 shard.error(op, code);
+                if code == ErrorCode::PluginPanicked {
+                    self.panicked(&generation, err);
+                }
             }
         }
         shard.finish(op);
@@ -847,7 +871,7 @@ impl Slot {
         &self,
         op: usize,
         name: &'static str,
-        f: impl Fn(&Plugin) -> Result<T, Error>,
+        f: impl Fn(&Backend) -> Result<T, Error>,
     ) -> Result<T, Error> {
         match self.try_once(op, name, &f) {
             Ok(value) => Ok(value),
@@ -861,7 +885,7 @@ impl Slot {
         &self,
         op: usize,
         name: &'static str,
-        f: &impl Fn(&Plugin) -> Result<T, Error>,
+        f: &impl Fn(&Backend) -> Result<T, Error>,
         mut err: Error,
     ) -> Result<T, Error> {
         let mut retry = 0;
@@ -879,6 +903,22 @@ impl Slot {
             match self.try_once(op, name, f) {
                 Ok(value) => return Ok(value),
                 Err(next) => err = next,
+            }
+        }
+    }
+
+    /// A plugin panicked: record it, and with `on_panic = "disable"` stop serving it.
+    #[cold]
+    #[inline(never)]
+    fn panicked(&self, generation: &Generation, err: &Error) {
+        *self.last_error.lock() = Some(err.to_string());
+        match self.on_panic {
+            PanicPolicy::KeepServing => {
+                tracing::error!(plugin = %self.name, error = %err, "plugin panicked; it keeps serving (on_panic = keep-serving)");
+            }
+            PanicPolicy::Disable => {
+                tracing::error!(plugin = %self.name, error = %err, "plugin panicked; disabled until it is reloaded (on_panic = disable)");
+                let _ = generation.state.transition(LifecycleState::Error);
             }
         }
     }
@@ -924,6 +964,11 @@ impl Slot {
             version: generation.plugin.version().clone(),
             source: generation.source.clone(),
             state: self.state(),
+            mode: if generation.plugin.is_isolated() {
+                Mode::OutOfProcess
+            } else {
+                Mode::InProcess
+            },
             generation: self.reloads.load(Ordering::Relaxed) + 1,
             uptime: generation.loaded_at.elapsed(),
             in_flight: self.metrics.in_flight(),

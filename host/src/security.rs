@@ -188,7 +188,7 @@ impl LoadPolicy {
         }
     }
 
-    fn verifies(&self) -> bool {
+    pub(crate) fn verifies(&self) -> bool {
         self.enforcement != Enforcement::Off
             && (self.manifest.is_some() || !self.trusted_keys.is_empty())
     }
@@ -206,6 +206,22 @@ pub fn load_with(path: impl AsRef<Path>, policy: &LoadPolicy) -> Result<crate::P
 
 fn load_with_policy(path: &Path, policy: &LoadPolicy) -> Result<crate::Plugin, Error> {
     let _span = tracing::info_span!("load_with", path = %path.display(), enforcement = policy.enforcement.name()).entered();
+    let nothing_to_check = policy.enforcement == Enforcement::Off
+        && !policy.check_permissions
+        && policy.probe.is_none();
+    if nothing_to_check {
+        warn_if_off(policy);
+        return crate::loader::load_path(path);
+    }
+    load_from_memory(path, policy)
+}
+
+/// Checks `path` under `policy` (everything but the probe) and returns the bytes that passed.
+///
+/// # Errors
+///
+/// As [`load_with`], but nothing is loaded.
+pub(crate) fn checked_bytes(path: &Path, policy: &LoadPolicy) -> Result<Vec<u8>, Error> {
     if policy.enforcement == Enforcement::Enforce
         && policy.manifest.is_none()
         && policy.trusted_keys.is_empty()
@@ -219,29 +235,50 @@ fn load_with_policy(path: &Path, policy: &LoadPolicy) -> Result<crate::Plugin, E
     if policy.check_permissions {
         check_permissions(path)?;
     }
+    // Read once; everything below works on these bytes, and these bytes are what gets mapped.
+    let bytes = std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound { path: path.to_owned() }
+        } else {
+            Error::Io { path: path.to_owned(), source }
+        }
+    })?;
+    if policy.verifies() {
+        match verify(path, &bytes, policy) {
+            Ok(()) => tracing::info!("integrity verified"),
+            Err(err) if policy.enforcement == Enforcement::Warn => {
+                tracing::warn!(error = %err, "integrity check failed; loading anyway (integrity = warn)");
+            }
+            Err(err) => return Err(err),
+        }
+    } else {
+        warn_if_off(policy);
+    }
+    Ok(bytes)
+}
+
+/// Loads `path` under `policy`, always from an in-memory image of the checked bytes: each call
+/// maps a new copy (what the plugin manager needs so that a rebuilt library's new code loads),
+/// and rewriting the file afterwards cannot affect it.
+///
+/// # Errors
+///
+/// As [`load_with`].
+pub(crate) fn load_from_memory(path: &Path, policy: &LoadPolicy) -> Result<crate::Plugin, Error> {
     if let Some(probe) = &policy.probe {
         run_probe(path, probe)?;
     }
-    if !policy.verifies() {
-        if policy.enforcement == Enforcement::Off {
-            static WARNED: Once = Once::new();
-            WARNED.call_once(|| {
-                tracing::warn!("plugin integrity checks are off: any library in the plugin directories will run with this process's rights");
-            });
-        }
-        return crate::loader::load_path(path);
-    }
-    // Read once; everything below works on these bytes, and these bytes are what gets mapped.
-    let bytes =
-        std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
-    match verify(path, &bytes, policy) {
-        Ok(()) => tracing::info!("integrity verified"),
-        Err(err) if policy.enforcement == Enforcement::Warn => {
-            tracing::warn!(error = %err, "integrity check failed; loading anyway (integrity = warn)");
-        }
-        Err(err) => return Err(err),
-    }
+    let bytes = checked_bytes(path, policy)?;
     crate::loader::load_bytes(path, bytes)
+}
+
+fn warn_if_off(policy: &LoadPolicy) {
+    if policy.enforcement == Enforcement::Off {
+        static WARNED: Once = Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("plugin integrity checks are off: any library in the plugin directories will run with this process's rights");
+        });
+    }
 }
 
 /// Checks `bytes` (the content of `path`) against the manifest and the trusted keys.

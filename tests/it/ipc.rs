@@ -376,3 +376,60 @@ fn the_cli_isolates_on_request() {
         "{out:?}"
     );
 }
+
+/// A manager over `dir` with this `calcplug.toml` text.
+fn manager(dir: &std::path::Path, toml: &str) -> host::PluginManager {
+    let toml =
+        format!("[isolation]\nrunner = {:?}\n{toml}", artifacts().runner.display().to_string());
+    let config = host::ManagerConfig::parse(&toml, &dir.join("calcplug.toml")).unwrap();
+    host::PluginManager::start(config.with_paths(&[dir.to_owned()])).unwrap()
+}
+
+#[test]
+fn the_manager_serves_out_of_process_plugins_like_in_process_ones() {
+    let dir = crate::util::scratch();
+    crate::util::copy_as(
+        &artifacts().library("basic"),
+        dir.path(),
+        &tests::library_file_name("basic"),
+    );
+    crate::util::copy_as(
+        &artifacts().library("crashy"),
+        dir.path(),
+        &tests::library_file_name("crashy"),
+    );
+    // basic stays in process; crashy is isolated, and crashes its runner on divide.
+    let manager =
+        manager(dir.path(), "[plugins.crashy]\nmode = \"out-of-process\"\ncrash = \"segfault\"\n");
+    let status = manager.status();
+    let mode_of = |name: &str| status.plugins.iter().find(|p| p.name == name).map(|p| p.mode);
+    assert_eq!(mode_of("basic"), Some(host::Mode::InProcess));
+    assert_eq!(mode_of("crashy"), Some(host::Mode::OutOfProcess));
+
+    let crashy = manager.get("crashy").unwrap();
+    assert_eq!(crashy.add(2.0, 3.0).unwrap(), 5.0);
+    let err = crashy.divide(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
+    // The host and the in-process plugin never noticed; the isolated one is back.
+    assert_eq!(manager.get("basic").unwrap().multiply(6.0, 7.0).unwrap(), 42.0);
+    assert_eq!(crashy.add(1.0, 1.0).unwrap(), 2.0);
+    let report = manager.shutdown();
+    assert!(report.failed.is_empty(), "{report:?}");
+}
+
+#[test]
+fn isolate_moves_every_plugin_out_of_process_and_status_says_so() {
+    let a = artifacts();
+    let out = Command::new(&a.calcplug)
+        .arg("--plugin-dir")
+        .arg(&a.plugin_dir)
+        .args(["--isolate", "status", "--json", "--call", "basic:add:2:3"])
+        .env("CALCPLUG_RUNNER", &a.runner)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plugins = status["plugins"].as_array().unwrap();
+    assert!(!plugins.is_empty());
+    assert!(plugins.iter().all(|p| p["mode"] == "out-of-process"), "{status:#}");
+}

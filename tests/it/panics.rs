@@ -47,3 +47,36 @@ fn internal_errors_cross_with_their_message() {
     );
     assert_eq!(plugin.status().unwrap().request_count, 1);
 }
+
+#[test]
+fn on_panic_disable_stops_serving_a_plugin_that_panicked() {
+    let dir = crate::util::scratch();
+    crate::util::copy_as(
+        &crate::util::artifacts().library("panicky"),
+        dir.path(),
+        &tests::library_file_name("panicky"),
+    );
+    let parse = |toml: &str| {
+        let config = host::ManagerConfig::parse(toml, &dir.path().join("calcplug.toml")).unwrap();
+        host::PluginManager::start(config.with_paths(&[dir.path().to_owned()])).unwrap()
+    };
+
+    let keep = parse("");
+    let handle = keep.get("panicky").unwrap();
+    for _ in 0..2 {
+        let err = handle.add(1.0, 1.0).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::PluginPanicked), "keeps serving: {err}");
+    }
+    drop(keep);
+
+    let disable = parse("[security]\non_panic = \"disable\"\n");
+    let handle = disable.get("panicky").unwrap();
+    let err = handle.add(1.0, 1.0).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PluginPanicked), "{err}");
+    let err = handle.add(1.0, 1.0).unwrap_err();
+    assert!(matches!(err, host::Error::NotServing { .. }), "disabled after the panic: {err:?}");
+    let status = disable.status();
+    let panicky = status.plugins.iter().find(|p| p.name == "panicky").unwrap();
+    assert_eq!(panicky.state, host::LifecycleState::Error);
+    assert!(panicky.last_error.as_deref().is_some_and(|e| e.contains("add panics on purpose")));
+}

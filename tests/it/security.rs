@@ -234,3 +234,41 @@ fn a_corpus_of_hostile_files_is_refused_one_by_one_while_the_good_plugin_loads()
     basic.initialize(&host::Config::new()).unwrap();
     assert_eq!(basic.add(1.0, 1.0).unwrap(), 2.0);
 }
+
+#[test]
+fn security_and_isolation_config_errors_name_the_key_and_line() {
+    let cases = [
+        ("[security]\nintegrity = \"strict\"\n", 2, "security.integrity"),
+        ("[security]\nintegrity = \"enforce\"\n", 1, "security.integrity"),
+        ("[security]\ntrusted_keys = [\"abc\"]\n", 2, "security.trusted_keys"),
+        ("[security]\non_panic = \"explode\"\n", 2, "security.on_panic"),
+        ("[isolation]\nmode = \"sideways\"\n", 2, "isolation.mode"),
+        ("\n[plugins.basic]\nmode = \"elsewhere\"\n", 3, "plugins.basic.mode"),
+    ];
+    for (text, line, key) in cases {
+        let err = host::ManagerConfig::parse(text, Path::new("calcplug.toml")).unwrap_err();
+        match &err {
+            Error::Config { line: got, key: got_key, .. } => {
+                assert_eq!((*got, got_key.as_str()), (line, key), "{text}: {err}");
+            }
+            other => panic!("{text}: expected a config error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_manager_enforces_signatures_from_the_config() {
+    let (dir, library) = plugin_dir();
+    let (secret, trusted) = keys(dir.path());
+    let unsigned = copy_as(&library, dir.path(), &tests::library_file_name("unsigned"));
+    let _ = unsigned;
+    xtask::signing::sign(&secret, &library).unwrap();
+    let toml =
+        format!("[security]\nintegrity = \"enforce\"\ntrusted_keys = [\"{}\"]\n", trusted.to_hex());
+    let config = host::ManagerConfig::parse(&toml, &dir.path().join("calcplug.toml")).unwrap();
+    let manager = host::PluginManager::start(config.with_paths(&[dir.path().to_owned()])).unwrap();
+    assert_eq!(manager.get("basic").unwrap().add(1.0, 2.0).unwrap(), 3.0);
+    let status = manager.status();
+    let refused: Vec<_> = status.problems.iter().map(|p| p.reason.clone()).collect();
+    assert!(refused.iter().any(|r| r.contains("unsigned: no signature file")), "{refused:?}");
+}

@@ -1,7 +1,10 @@
 //! A library image for `dlopen` that holds exactly the bytes the caller verified.
 //!
 //! On Linux it is a sealed `memfd` (no write, grow or shrink once sealed), opened through
-//! `/proc/self/fd/N`: nothing on disk can change it between the check and the load. Elsewhere
+//! `/proc/self/fd/N`: nothing on disk can change it between the check and the load. The file
+//! descriptor stays open for the life of the process, like the mapping: the dynamic loader
+//! recognises an already loaded library by the path string, so if `N` were closed and reused
+//! by the next image, `dlopen` would hand back the previous library. Elsewhere
 //! it is a read-only copy in a fresh private (0700) directory, removed when the image drops
 //! (the mapping outlives the file).
 
@@ -15,7 +18,7 @@ use crate::Error;
 pub(crate) struct Image {
     path: PathBuf,
     #[cfg(target_os = "linux")]
-    _file: File,
+    file: Option<File>,
     #[cfg(not(target_os = "linux"))]
     dir: tempfile::TempDir,
 }
@@ -37,7 +40,7 @@ impl Image {
         )
         .map_err(|errno| io(errno.into()))?;
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        Ok(Image { path, _file: file })
+        Ok(Image { path, file: Some(file) })
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -57,5 +60,15 @@ impl Image {
     /// The path `dlopen` should open.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Image {
+    fn drop(&mut self) {
+        // Never close the descriptor: see the module documentation.
+        if let Some(file) = self.file.take() {
+            std::mem::forget(file);
+        }
     }
 }

@@ -1,0 +1,90 @@
+//! [`Backend`]: a plugin the manager serves, in this process or in a runner process.
+//!
+//! An enum rather than `dyn PluginHandle` so that the in-process call path stays a direct,
+//! inlinable call: the match on the variant is one predictable branch.
+
+use interface::{BatchOp, BatchResult, Config, Op, Status};
+use semver::Version;
+
+use crate::remote::RemotePlugin;
+use crate::{Error, Plugin};
+
+/// A plugin, in process or out of process.
+#[derive(Debug)]
+// The in-process variant stays inline so a call reaches it without another pointer hop; the enum
+// lives once per loaded library, inside an `Arc`, so its size costs nothing per call.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Backend {
+    /// Mapped into this process.
+    Local(Plugin),
+    /// Served by a `calcplug-runner` child.
+    Remote(Box<RemotePlugin>),
+}
+
+macro_rules! both {
+    ($self:ident, $plugin:ident => $call:expr) => {
+        match $self {
+            Backend::Local($plugin) => $call,
+            Backend::Remote($plugin) => $call,
+        }
+    };
+}
+
+impl Backend {
+    pub(crate) fn name(&self) -> &str {
+        both!(self, p => p.name())
+    }
+
+    pub(crate) fn version(&self) -> &Version {
+        both!(self, p => p.version())
+    }
+
+    pub(crate) fn is_isolated(&self) -> bool {
+        matches!(self, Backend::Remote(_))
+    }
+
+    pub(crate) fn initialize(&self, config: &Config) -> Result<(), Error> {
+        both!(self, p => p.initialize(config))
+    }
+
+    pub(crate) fn shutdown(&self) -> Result<(), Error> {
+        both!(self, p => p.shutdown())
+    }
+
+    pub(crate) fn status(&self) -> Result<Status, Error> {
+        both!(self, p => p.status())
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, a: f64, b: f64) -> Result<f64, Error> {
+        both!(self, p => p.add(a, b))
+    }
+
+    #[inline]
+    pub(crate) fn subtract(&self, a: f64, b: f64) -> Result<f64, Error> {
+        both!(self, p => p.subtract(a, b))
+    }
+
+    #[inline]
+    pub(crate) fn multiply(&self, a: f64, b: f64) -> Result<f64, Error> {
+        both!(self, p => p.multiply(a, b))
+    }
+
+    #[inline]
+    pub(crate) fn divide(&self, a: f64, b: f64) -> Result<f64, Error> {
+        both!(self, p => p.divide(a, b))
+    }
+
+    #[inline]
+    pub(crate) fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+        both!(self, p => p.call(op, a, b))
+    }
+
+    pub(crate) fn process_batch(
+        &self,
+        ops: &[BatchOp],
+        results: &mut [BatchResult],
+    ) -> Result<(), Error> {
+        both!(self, p => p.process_batch(ops, results))
+    }
+}
