@@ -674,3 +674,24 @@ fn watch_picks_up_a_new_plugin_and_a_rebuilt_one_then_stops_on_ctrl_c() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn out_of_process_plugins_hot_reload_by_starting_a_new_runner() {
+    let dir = scratch();
+    install_as("reload-v1", dir.path(), &lib("reload"));
+    let extra = format!(
+        "auto_scan = true\n[isolation]\nmode = \"out-of-process\"\nrunner = {:?}\n",
+        artifacts().runner.display().to_string()
+    );
+    let manager = manager(dir.path(), &extra);
+    let reload = manager.get("reload").unwrap();
+    assert_eq!(reload.add(0.0, 0.0).unwrap(), 1.0);
+    assert_eq!(manager.status().plugins[0].mode, host::Mode::OutOfProcess);
+    install_as("reload-v2", dir.path(), &lib("reload"));
+    wait_for("the new runner to answer", || {
+        reload.generation() == 2 && reload.add(0.0, 0.0).is_ok_and(|v| v == 2.0)
+    });
+    assert_eq!(reload.version().to_string(), "2.0.0");
+    let report = manager.shutdown();
+    assert!(report.failed.is_empty(), "{report:?}");
+}
