@@ -90,9 +90,9 @@ fn main() {
     let mut c = criterion_config(quick).configure_from_args();
 
     per_call(&mut c, &setup, &mut run);
-    batch(&mut c, &setup, &mut run);
+    batch(&mut c, &setup, quick, &mut run);
     let remote = Remote::start(&setup);
-    out_of_process(&mut c, &setup, &remote, &mut run);
+    out_of_process(&mut c, &setup, &remote, quick, &mut run);
     c.final_summary();
 
     if only_checking {
@@ -115,16 +115,30 @@ fn main() {
 
 /// Criterion's settings: its defaults, or short ones for the report's quick mode.
 ///
-/// Flags given on the command line (`--measurement-time` …) still win.
+/// Quick mode also skips criterion's plots (drawing them took longer than measuring on a busy
+/// 2-core machine; the report draws its own charts) and resamples 10 000 times instead of
+/// 100 000 (it only needs medians). Flags given on the command line (`--measurement-time` …)
+/// still win.
 fn criterion_config(quick: bool) -> Criterion {
     let c = Criterion::default();
     if quick {
         c.warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_millis(1200))
             .sample_size(20)
+            .nresamples(10_000)
+            .without_plots()
     } else {
         c
     }
+}
+
+/// Quick mode's settings for the batch groups, whose large batches take tens of milliseconds
+/// an iteration: 10 samples, 0.2 s warm-up, 0.6 s.
+fn quick_batch_group(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(600));
 }
 
 /// The benchmark filter criterion will apply, if any: the first free-standing argument.
@@ -273,8 +287,11 @@ fn per_call(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
     }
 }
 
-fn batch(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
+fn batch(c: &mut Criterion, setup: &Setup, quick: bool, run: &mut RunFile) {
     let mut group = c.benchmark_group("batch");
+    if quick {
+        quick_batch_group(&mut group);
+    }
     let direct: &dyn Calculator = &setup.direct;
     for n in BATCH_SIZES {
         let ops = batch_ops(n);
@@ -319,7 +336,13 @@ fn remote_options() -> RemoteOptions {
 }
 
 /// The out-of-process rows: the socket ping-pong floor, a call, and batches.
-fn out_of_process(c: &mut Criterion, setup: &Setup, remote: &Remote, run: &mut RunFile) {
+fn out_of_process(
+    c: &mut Criterion,
+    setup: &Setup,
+    remote: &Remote,
+    quick: bool,
+    run: &mut RunFile,
+) {
     let mut group = c.benchmark_group("per_call");
     let mut echo = Echo::start(setup.scratch.path());
     group.bench_function("socket_pingpong", |b| {
@@ -335,6 +358,9 @@ fn out_of_process(c: &mut Criterion, setup: &Setup, remote: &Remote, run: &mut R
     run.criterion("per_call/out_of_process");
 
     let mut group = c.benchmark_group("batch");
+    if quick {
+        quick_batch_group(&mut group);
+    }
     for n in BATCH_SIZES {
         let ops = batch_ops(n);
         let mut results = vec![BatchResult::PENDING; n];
@@ -353,7 +379,7 @@ fn out_of_process(c: &mut Criterion, setup: &Setup, remote: &Remote, run: &mut R
 
 /// [`threads`] out of process: every call is timed (at tens of microseconds, the clock is cheap).
 fn threads_remote(remote: &Remote, quick: bool, run: &mut RunFile) {
-    let duration = if quick { Duration::from_millis(700) } else { Duration::from_secs(3) };
+    let duration = if quick { Duration::from_millis(400) } else { Duration::from_secs(3) };
     for n in THREADS {
         let barrier = Arc::new(Barrier::new(n));
         let workers: Vec<_> = (0..n)
@@ -419,7 +445,7 @@ fn cold_remote(setup: &Setup, quick: bool, run: &mut RunFile) {
 /// so the p99 is that of a call's latency averaged over a block.
 fn threads(setup: &Setup, quick: bool, run: &mut RunFile) {
     const BLOCK: u32 = 1_000;
-    let duration = if quick { Duration::from_millis(700) } else { Duration::from_secs(3) };
+    let duration = if quick { Duration::from_millis(400) } else { Duration::from_secs(3) };
     for n in THREADS {
         let barrier = Arc::new(Barrier::new(n));
         let workers: Vec<_> = (0..n)

@@ -203,7 +203,7 @@ impl RemotePlugin {
         let process = self.process.read().clone();
         match process {
             Some(process) if !process.is_dead() => {
-                match process.roundtrip(&Request::Shutdown, self.options.call_timeout) {
+                match process.roundtrip(&Request::Shutdown) {
                     Ok(response) => self.expect_done("shutdown", response),
                     // The runner died: the plugin is shut down either way.
                     Err(_) => Ok(()),
@@ -364,7 +364,7 @@ impl RemotePlugin {
         let mut attempt = 0;
         loop {
             let process = self.live_process()?;
-            let failure = match process.roundtrip(request, self.options.call_timeout) {
+            let failure = match process.roundtrip(request) {
                 Ok(Response::Error { code, message }) => {
                     let code = ErrorCode::from_u8(code).unwrap_or(ErrorCode::Internal);
                     return Err(self.call_error(op, code, message));
@@ -444,7 +444,7 @@ impl RemotePlugin {
         supervisor.generation += 1;
         if let Some(config) = supervisor.config.clone() {
             let entries = config.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-            match process.roundtrip(&Request::Initialize(entries), self.options.call_timeout) {
+            match process.roundtrip(&Request::Initialize(entries)) {
                 Ok(Response::Done) => {}
                 Ok(other) => return Err(self.unexpected("initialize (replayed)", &other)),
                 Err(_) => {
@@ -509,7 +509,7 @@ fn spawn_plugin(library: &Path, options: RemoteOptions) -> Result<RemotePlugin, 
         .map_or_else(|| "plugin".to_owned(), |n| n.to_string_lossy().into_owned());
     let process = start_process(&runner, &library, &label, &options)?;
     let hello = process.hello.clone();
-    let metadata = match process.roundtrip(&Request::Metadata, options.call_timeout) {
+    let metadata = match process.roundtrip(&Request::Metadata) {
         Ok(Response::Metadata(raw)) => Metadata {
             name: raw.name,
             version: raw.version,
@@ -601,11 +601,12 @@ struct Process {
     call_timeout: Duration,
 }
 
+/// One connection to the runner: one socket for both directions (unbuffered: a request is one
+/// `write`), its receive buffer and its encoding buffer, both reused for every call.
 #[derive(Debug)]
 struct Connection {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    inbuf: Vec<u8>,
+    stream: UnixStream,
+    inbox: wire::Inbox,
     outbuf: Vec<u8>,
 }
 
@@ -686,9 +687,7 @@ fn start_process(
             process.socket.display()
         )));
     }
-    match process
-        .roundtrip(&Request::Hello { wire_version: wire::WIRE_VERSION }, options.call_timeout)
-    {
+    match process.roundtrip(&Request::Hello { wire_version: wire::WIRE_VERSION }) {
         Ok(Response::Hello(hello)) if hello.wire_version == wire::WIRE_VERSION => {
             process.hello = hello
         }
@@ -728,11 +727,9 @@ impl Process {
 
     fn connect(&self) -> Result<Connection, Transport> {
         let stream = UnixStream::connect(&self.socket).map_err(|_| Transport::Closed)?;
+        // Set once per connection: a call on it costs no syscall beyond its `write` and `read`.
         stream.set_read_timeout(Some(self.call_timeout)).map_err(|_| Transport::Closed)?;
-        let reader =
-            BufReader::with_capacity(64 * 1024, stream.try_clone().map_err(|_| Transport::Closed)?);
-        let mut connection =
-            Connection { reader, writer: stream, inbuf: Vec::new(), outbuf: Vec::new() };
+        let mut connection = Connection { stream, inbox: wire::Inbox::new(), outbuf: Vec::new() };
         if !self.hello.interface_version.is_empty() {
             // Every connection but the first (which performs the handshake) greets too.
             match self
@@ -749,7 +746,9 @@ impl Process {
         Ok(connection)
     }
 
-    fn roundtrip(&self, request: &Request, timeout: Duration) -> Result<Response, Transport> {
+    /// One request and its answer, on a pooled connection (a new one if none is idle); the
+    /// answer must come within `call_timeout`.
+    fn roundtrip(&self, request: &Request) -> Result<Response, Transport> {
         if self.is_dead() {
             return Err(Transport::Closed);
         }
@@ -758,9 +757,6 @@ impl Process {
             Some(connection) => connection,
             None => self.connect()?,
         };
-        if timeout != self.call_timeout {
-            connection.writer.set_read_timeout(Some(timeout)).map_err(|_| Transport::Closed)?;
-        }
         let response = self.exchange(&mut connection, request)?;
         if !self.is_dead() {
             self.pool.lock().push(connection);
@@ -775,10 +771,10 @@ impl Process {
     ) -> Result<Response, Transport> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         wire::encode(&mut connection.outbuf, id, request).map_err(Transport::Malformed)?;
-        if wire::write_frame(&mut connection.writer, &connection.outbuf).is_err() {
+        if wire::write_frame(&mut connection.stream, &connection.outbuf).is_err() {
             return Err(Transport::Closed);
         }
-        match wire::read_frame::<Response>(&mut connection.reader, &mut connection.inbuf) {
+        match connection.inbox.read_frame::<Response>(&mut connection.stream) {
             Ok(envelope) if envelope.id == id => Ok(envelope.body),
             Ok(envelope) => {
                 Err(Transport::Malformed(format!("answer {} to request {id}", envelope.id)))

@@ -1,10 +1,14 @@
 //! Per-plugin, per-operation call metrics that cost a few nanoseconds per call.
 //!
-//! Counters are sharded: each thread picks one of [`SHARDS`] cache-line-aligned shards once, so
-//! threads calling at once do not bounce one cache line between cores. A call does two atomic
-//! increments in its thread's shard (`entered` before the call, the operation's `calls` after:
-//! their difference summed over shards is the number of calls in flight, which shutdown and
-//! the `Processing` state read). Errors are counted only when they happen.
+//! Counters are sharded: a thread claims one of [`SHARDS`] cache-line-aligned shards the first
+//! time it calls (the same index in every plugin's metrics) and owns it until it exits, so
+//! threads calling at once do not bounce one cache line between cores. A call counts itself
+//! twice in its thread's shard: `entered` before the call, the operation's `calls` after; their
+//! difference summed over shards is the number of calls in flight, which shutdown and the
+//! `Processing` state read. `entered` is an atomic increment (`SeqCst`, see [`Shard::enter`]);
+//! `calls` has one writer, the owning thread, so it is a plain load and store, not a
+//! read-modify-write (about 3 ns less per call). Threads beyond [`SHARDS`] at once share one
+//! more shard, where both are atomic increments. Errors are counted only when they happen.
 //!
 //! Latency is sampled: a clock read costs about 20 ns here, ten times a call, so one call in
 //! `metrics.sample_every` (a power of two, checked with a mask on the `entered` ticket the call
@@ -18,8 +22,10 @@ use std::time::{Duration, Instant};
 
 use interface::{ErrorCode, Op};
 
-/// How many counter shards each plugin has.
+/// How many threads at once get a counter shard of their own.
 pub(crate) const SHARDS: usize = 16;
+/// The index of the shard that threads beyond [`SHARDS`] share.
+const SHARED: usize = SHARDS;
 /// Metric slots: every operation of [`Op::ALL`], then `process_batch`.
 pub(crate) const OPS: usize = Op::ALL.len() + 1;
 /// The slot of `process_batch`.
@@ -48,6 +54,7 @@ pub(crate) struct Metrics {
     timing: bool,
 }
 
+/// One thread's counters (or, the last one, those of the threads that share it).
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Shard {
@@ -70,46 +77,62 @@ impl Default for Shard {
     }
 }
 
-impl Shard {
+/// The calling thread's shard of one plugin's metrics.
+#[derive(Clone, Copy)]
+pub(crate) struct ThreadShard<'a> {
+    shard: &'a Shard,
+    /// Whether this thread is the shard's only writer (it is not for [`SHARED`]).
+    owned: bool,
+}
+
+impl ThreadShard<'_> {
     /// Counts a call as entered and returns its ticket (the shard's count before it).
     ///
     /// `SeqCst`: shutdown stores the state then reads these counters; a call adds here then
-    /// reads the state. One of the two sees the other (see `Slot::shut_down`).
+    /// reads the state. One of the two sees the other (see `Inner::shutdown`).
     #[inline]
-    pub(crate) fn enter(&self) -> u64 {
-        self.entered.fetch_add(1, Ordering::SeqCst)
+    pub(crate) fn enter(self) -> u64 {
+        self.shard.entered.fetch_add(1, Ordering::SeqCst)
     }
 
     /// Counts a call that was refused after entering.
     #[cold]
-    pub(crate) fn reject(&self) {
-        self.rejected.fetch_add(1, Ordering::SeqCst);
+    pub(crate) fn reject(self) {
+        self.shard.rejected.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Counts a finished call of the operation in slot `op`.
+    ///
+    /// `Release`, so that a reader that sees the call finished also sees what it did.
     #[inline]
-    pub(crate) fn finish(&self, op: usize) {
-        self.calls[op].fetch_add(1, Ordering::Release);
+    pub(crate) fn finish(self, op: usize) {
+        let calls = &self.shard.calls[op];
+        if self.owned {
+            // Nobody else writes this counter: no read-modify-write needed.
+            calls.store(calls.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+        } else {
+            calls.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// Counts an error with `code` (on a finished call).
     #[cold]
-    pub(crate) fn error(&self, op: usize, code: ErrorCode) {
+    pub(crate) fn error(self, op: usize, code: ErrorCode) {
         let code_index = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(CODES - 1);
-        self.errors[op][code_index].fetch_add(1, Ordering::Relaxed);
+        self.shard.errors[op][code_index].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a retry.
     #[cold]
-    pub(crate) fn retry(&self, op: usize) {
-        self.retries[op].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn retry(self, op: usize) {
+        self.shard.retries[op].fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl Metrics {
     pub(crate) fn new(sample_every: u64) -> Metrics {
         Metrics {
-            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            shards: (0..=SHARED).map(|_| Shard::default()).collect(),
             latency: (0..OPS).map(|_| Histogram::default()).collect(),
             sample_mask: sample_every.saturating_sub(1),
             timing: sample_every != 0,
@@ -118,8 +141,9 @@ impl Metrics {
 
     /// This thread's shard.
     #[inline]
-    pub(crate) fn shard(&self) -> &Shard {
-        &self.shards[shard_index()]
+    pub(crate) fn shard(&self) -> ThreadShard<'_> {
+        let index = shard_index();
+        ThreadShard { shard: &self.shards[index], owned: index != SHARED }
     }
 
     /// Whether the call with this ticket is timed.
@@ -315,20 +339,71 @@ impl Histogram {
     }
 }
 
+/// Which shard indexes threads own: bit `i` for index `i`.
+static CLAIMED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard index; `usize::MAX` until its first call.
+    static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Gives the index back when the thread exits.
+    static CLAIM: Claim = const { Claim(Cell::new(SHARED)) };
+}
+
+/// This thread's shard index: its own one, or [`SHARED`].
 #[inline]
 fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    // Only fails during this thread's exit, once `INDEX` is gone: share then.
+    let index = INDEX.try_with(Cell::get).unwrap_or(SHARED);
+    if index == usize::MAX {
+        return claim();
     }
-    INDEX.with(|index| {
-        let mut i = index.get();
-        if i == usize::MAX {
-            i = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            index.set(i);
+    index
+}
+
+/// Claims a free index for this thread (the first call of a thread), or settles for [`SHARED`].
+#[cold]
+#[inline(never)]
+fn claim() -> usize {
+    let mut claimed = CLAIMED.load(Ordering::Relaxed);
+    let mut index = loop {
+        let free = (!claimed).trailing_zeros() as usize;
+        if free >= SHARDS {
+            break SHARED;
         }
-        i
-    })
+        // `Acquire`: the counters' last owner released them (see `Claim::drop`).
+        match CLAIMED.compare_exchange_weak(
+            claimed,
+            claimed | 1 << free,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => break free,
+            Err(now) => claimed = now,
+        }
+    };
+    if index != SHARED && CLAIM.try_with(|claim| claim.0.set(index)).is_err() {
+        // The thread is exiting: nothing would give the index back.
+        CLAIMED.fetch_and(!(1 << index), Ordering::Release);
+        index = SHARED;
+    }
+    let _ = INDEX.try_with(|cell| cell.set(index));
+    index
+}
+
+/// A thread's claim on a shard index, given back when the thread exits.
+struct Claim(Cell<usize>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let index = self.0.get();
+        if index == SHARED {
+            return;
+        }
+        // Calls this thread still makes (from other thread-local destructors) share.
+        let _ = INDEX.try_with(|cell| cell.set(SHARED));
+        // `Release`: the next owner of these counters starts from what this thread wrote.
+        CLAIMED.fetch_and(!(1 << index), Ordering::Release);
+    }
 }
 
 #[cfg(test)]

@@ -124,14 +124,14 @@ fn serve(library: &Path, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn serve_connection(plugin: &Plugin, stream: UnixStream) {
-    let Ok(read_half) = stream.try_clone() else { return };
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    let mut writer = stream;
-    let (mut inbuf, mut outbuf) = (Vec::new(), Vec::new());
+/// Answers the requests of one connection, in order, until it closes: per request one `read`
+/// (when the frame arrives whole), the plugin's call and one `write`, with buffers reused.
+fn serve_connection(plugin: &Plugin, mut stream: UnixStream) {
+    let mut inbox = wire::Inbox::new();
+    let mut outbuf = Vec::new();
     let mut greeted = false;
     loop {
-        let envelope = match wire::read_frame::<Request>(&mut reader, &mut inbuf) {
+        let envelope = match inbox.read_frame::<Request>(&mut stream) {
             Ok(envelope) => envelope,
             Err(FrameError::Closed) => return,
             Err(FrameError::Io(err)) => {
@@ -153,7 +153,7 @@ fn serve_connection(plugin: &Plugin, stream: UnixStream) {
             tracing::error!(%reason, "cannot encode a response");
             return;
         }
-        if wire::write_frame(&mut writer, &outbuf).is_err() || close {
+        if wire::write_frame(&mut stream, &outbuf).is_err() || close {
             return;
         }
     }

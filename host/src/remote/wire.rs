@@ -10,7 +10,7 @@
 //! **Architecture Invariant:** these are the only serializable types of the host: if a type is
 //! serializable, it is part of this process boundary.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,14 +111,107 @@ pub(crate) enum FrameError {
     Malformed(String),
 }
 
-/// Encodes `message` as one frame into `buf` (cleared first).
-pub(crate) fn encode<T: Serialize>(buf: &mut Vec<u8>, id: u64, body: &T) -> Result<(), String> {
+/// A message of the protocol: [`Request`] or [`Response`].
+///
+/// The one message a single call sends each way ([`Request::Call`], [`Response::Value`]) has a
+/// hand-written codec that produces and accepts exactly postcard's bytes (the tests check both
+/// directions), so a call skips serde's generic machinery on both sides. Every other message,
+/// and any frame the fast decoder does not recognize, goes through postcard.
+pub(crate) trait Message: Serialize + for<'de> Deserialize<'de> {
+    /// Appends the postcard bytes of `Envelope { id, body: self }` to `buf` if this is the
+    /// fast-path message.
+    fn encode_fast(&self, id: u64, buf: &mut Vec<u8>) -> bool;
+    /// Decodes `payload` if it is the fast-path message, exactly as postcard would.
+    fn decode_fast(payload: &[u8]) -> Option<Envelope<Self>>;
+}
+
+/// Postcard's tag (variant index) of [`Request::Call`].
+const CALL_TAG: u8 = 5;
+/// Postcard's tag (variant index) of [`Response::Value`].
+const VALUE_TAG: u8 = 3;
+
+impl Message for Request {
+    #[inline]
+    fn encode_fast(&self, id: u64, buf: &mut Vec<u8>) -> bool {
+        let Request::Call { op, a, b } = *self else { return false };
+        let mut body = [0; 18];
+        body[..2].copy_from_slice(&[CALL_TAG, op]);
+        body[2..10].copy_from_slice(&a.to_le_bytes());
+        body[10..].copy_from_slice(&b.to_le_bytes());
+        put_envelope(buf, id, &body);
+        true
+    }
+
+    #[inline]
+    fn decode_fast(payload: &[u8]) -> Option<Envelope<Request>> {
+        let (id, rest) = take_varint(payload)?;
+        let (&[CALL_TAG, op], rest) = rest.split_first_chunk::<2>()? else { return None };
+        let (a, rest) = rest.split_first_chunk::<8>()?;
+        let (b, _) = rest.split_first_chunk::<8>()?;
+        let (a, b) = (f64::from_le_bytes(*a), f64::from_le_bytes(*b));
+        Some(Envelope { id, body: Request::Call { op, a, b } })
+    }
+}
+
+impl Message for Response {
+    #[inline]
+    fn encode_fast(&self, id: u64, buf: &mut Vec<u8>) -> bool {
+        let Response::Value(value) = *self else { return false };
+        let mut body = [VALUE_TAG; 9];
+        body[1..].copy_from_slice(&value.to_le_bytes());
+        put_envelope(buf, id, &body);
+        true
+    }
+
+    #[inline]
+    fn decode_fast(payload: &[u8]) -> Option<Envelope<Response>> {
+        let (id, rest) = take_varint(payload)?;
+        let (&[VALUE_TAG], rest) = rest.split_first_chunk::<1>()? else { return None };
+        let (value, _) = rest.split_first_chunk::<8>()?;
+        Some(Envelope { id, body: Response::Value(f64::from_le_bytes(*value)) })
+    }
+}
+
+/// Appends an envelope of the fast-path messages: `id` as postcard's varint (LEB128: 7 bits a
+/// byte, least significant first), then `body` (at most 18 bytes), in one copy.
+#[inline]
+fn put_envelope(buf: &mut Vec<u8>, id: u64, body: &[u8]) {
+    let mut bytes = [0; 10 + 18];
+    let (mut n, mut id) = (0, id);
+    while id >= 0x80 {
+        bytes[n] = id as u8 | 0x80;
+        id >>= 7;
+        n += 1;
+    }
+    bytes[n] = id as u8;
+    n += 1;
+    bytes[n..n + body.len()].copy_from_slice(body);
+    buf.extend_from_slice(&bytes[..n + body.len()]);
+}
+
+/// Reads a varint of at most 9 bytes (values below 2^63) and returns it with the bytes after
+/// it; `None` for anything else, which the general decoder then handles.
+#[inline]
+fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(9).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// Encodes `body` as one frame into `buf` (cleared first).
+pub(crate) fn encode<T: Message>(buf: &mut Vec<u8>, id: u64, body: &T) -> Result<(), String> {
     buf.clear();
     buf.extend_from_slice(&[0; 4]);
-    let envelope = Envelope { id, body };
-    let mut buf_taken = std::mem::take(buf);
-    buf_taken = postcard::to_extend(&envelope, buf_taken).map_err(|err| err.to_string())?;
-    *buf = buf_taken;
+    if !body.encode_fast(id, buf) {
+        let envelope = Envelope { id, body };
+        let taken = std::mem::take(buf);
+        *buf = postcard::to_extend(&envelope, taken).map_err(|err| err.to_string())?;
+    }
     let len = buf.len() - 4;
     if len > MAX_FRAME {
         return Err(format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"));
@@ -128,43 +221,102 @@ pub(crate) fn encode<T: Serialize>(buf: &mut Vec<u8>, id: u64, body: &T) -> Resu
     Ok(())
 }
 
-/// Writes one already encoded frame.
+/// Writes one already encoded frame: one `write` on an unbuffered stream, no `flush` needed.
 pub(crate) fn write_frame(out: &mut impl Write, frame: &[u8]) -> io::Result<()> {
-    out.write_all(frame)?;
-    out.flush()
+    out.write_all(frame)
 }
 
-/// Reads one frame's payload into `buf` and decodes it.
-pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(
-    input: &mut impl BufRead,
-    buf: &mut Vec<u8>,
-) -> Result<Envelope<T>, FrameError> {
-    let mut header = [0u8; 4];
-    match input.read_exact(&mut header) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return Err(FrameError::Closed),
-        Err(err) => return Err(FrameError::Io(err)),
+/// The receiving side of a connection: a buffer that frames are read into and decoded from in
+/// place, so a frame costs one `read` (when it arrives whole) and no copy.
+///
+/// (A `BufReader` plus a payload buffer would read the header and the payload in two calls and
+/// copy the payload out before decoding it.) Bytes past the frame just read stay for the next.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    buf: Vec<u8>,
+    /// The first byte not yet consumed.
+    start: usize,
+    /// The end of the bytes received.
+    end: usize,
+}
+
+impl Inbox {
+    /// The initial buffer: every frame but a large batch fits. It grows to the largest frame
+    /// received (like the payload buffer it replaces).
+    const INITIAL: usize = 4096;
+
+    pub(crate) fn new() -> Inbox {
+        Inbox { buf: vec![0; Inbox::INITIAL], start: 0, end: 0 }
     }
-    let len = u32::from_le_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::Malformed(format!(
-            "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
-        )));
+
+    /// Reads one frame from `input` and decodes it.
+    pub(crate) fn read_frame<T: Message>(
+        &mut self,
+        input: &mut impl Read,
+    ) -> Result<Envelope<T>, FrameError> {
+        // Usually one `receive`: a frame this small arrives whole.
+        let len = loop {
+            let buffered = &self.buf[self.start..self.end];
+            let Some(header) = buffered.first_chunk::<4>() else {
+                self.receive(input, 4)?;
+                continue;
+            };
+            let len = u32::from_le_bytes(*header) as usize;
+            if len > MAX_FRAME {
+                return Err(FrameError::Malformed(format!(
+                    "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
+                )));
+            }
+            if buffered.len() >= 4 + len {
+                break len;
+            }
+            self.receive(input, 4 + len)?;
+        };
+        let payload = &self.buf[self.start + 4..self.start + 4 + len];
+        let decoded = match T::decode_fast(payload) {
+            Some(envelope) => Ok(envelope),
+            None => postcard::from_bytes(payload)
+                .map_err(|err| FrameError::Malformed(format!("undecodable frame: {err}"))),
+        };
+        self.start += 4 + len;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        decoded
     }
-    buf.clear();
-    buf.resize(len, 0);
-    match input.read_exact(buf) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(err) => return Err(FrameError::Io(err)),
+
+    /// Reads what is available (at least one byte), with room for a frame of `frame` bytes
+    /// (header included) from `start`.
+    fn receive(&mut self, input: &mut impl Read, frame: usize) -> Result<(), FrameError> {
+        if self.buf.len() - self.start < frame {
+            // Move the partial frame to the front, and make room for the whole of it.
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            if self.buf.len() < frame {
+                self.buf.resize(frame, 0);
+            }
+        }
+        loop {
+            match input.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(FrameError::Closed),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(FrameError::Closed)
+                }
+                Err(err) => return Err(FrameError::Io(err)),
+            }
+        }
     }
-    postcard::from_bytes(buf)
-        .map_err(|err| FrameError::Malformed(format!("undecodable frame: {err}")))
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     proptest::proptest! {
@@ -172,48 +324,152 @@ mod tests {
         /// `Closed`/`Malformed`.
         #[test]
         fn fuzz_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            let mut input = io::BufReader::new(&bytes[..]);
-            let mut scratch = Vec::new();
+            let mut input = &bytes[..];
+            let mut inbox = Inbox::new();
             for _ in 0..4 {
-                match read_frame::<Request>(&mut input, &mut scratch) {
+                match inbox.read_frame::<Request>(&mut input) {
                     Ok(_) => {}
                     Err(_) => break,
                 }
             }
-            let mut input = io::BufReader::new(&bytes[..]);
-            let _ = read_frame::<Response>(&mut input, &mut scratch);
+            let mut input = &bytes[..];
+            let _ = Inbox::new().read_frame::<Response>(&mut input);
         }
+    }
+
+    proptest::proptest! {
+        /// The hand-written codec writes postcard's bytes.
+        #[test]
+        fn fast_encoding_is_postcards(id: u64, op: u8, a: f64, b: f64) {
+            let request = Request::Call { op, a, b };
+            let mut fast = Vec::new();
+            prop_assert!(request.encode_fast(id, &mut fast));
+            prop_assert_eq!(&fast, &postcard::to_stdvec(&Envelope { id, body: &request }).unwrap());
+            let response = Response::Value(a);
+            fast.clear();
+            prop_assert!(response.encode_fast(id, &mut fast));
+            prop_assert_eq!(&fast, &postcard::to_stdvec(&Envelope { id, body: &response }).unwrap());
+        }
+
+        /// The hand-written decoder accepts only what postcard decodes, to the same message:
+        /// an id, a tag (mostly the fast-path ones) and arbitrary bytes after it.
+        #[test]
+        fn fast_decoding_agrees_with_postcard(
+            id: u64,
+            tag in prop_oneof![Just(CALL_TAG), Just(VALUE_TAG), any::<u8>()],
+            rest in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let mut bytes = postcard::to_stdvec(&id).unwrap();
+            bytes.push(tag);
+            bytes.extend_from_slice(&rest);
+            if let Some(fast) = Request::decode_fast(&bytes) {
+                let slow: Envelope<Request> = postcard::from_bytes(&bytes).unwrap();
+                prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+            }
+            if let Some(fast) = Response::decode_fast(&bytes) {
+                let slow: Envelope<Response> = postcard::from_bytes(&bytes).unwrap();
+                prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+            }
+        }
+    }
+
+    /// Valid frames of the fast-path messages, with small and large ids, decode on the fast path.
+    #[test]
+    fn fast_path_messages_take_the_fast_path() {
+        for id in [0, 1, 127, 128, 1 << 21, (1 << 63) - 1] {
+            let bytes = postcard::to_stdvec(&Envelope {
+                id,
+                body: Request::Call { op: 2, a: 1.0, b: -0.5 },
+            })
+            .unwrap();
+            let got = Request::decode_fast(&bytes).unwrap();
+            assert!(
+                got.id == id
+                    && matches!(got.body, Request::Call { op: 2, a, b } if a == 1.0 && b == -0.5)
+            );
+            let bytes = postcard::to_stdvec(&Envelope { id, body: Response::Value(3.0) }).unwrap();
+            let got = Response::decode_fast(&bytes).unwrap();
+            assert!(got.id == id && matches!(got.body, Response::Value(v) if v == 3.0));
+        }
+        let other = postcard::to_stdvec(&Envelope { id: 1, body: Request::Status }).unwrap();
+        assert!(Request::decode_fast(&other).is_none());
     }
 
     #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();
         encode(&mut buf, 7, &Request::Call { op: 4, a: 1.5, b: -2.0 }).unwrap();
-        let mut input = io::BufReader::new(&buf[..]);
-        let mut scratch = Vec::new();
-        let got: Envelope<Request> = read_frame(&mut input, &mut scratch).unwrap();
+        let mut input = &buf[..];
+        let mut inbox = Inbox::new();
+        let got: Envelope<Request> = inbox.read_frame(&mut input).unwrap();
         assert_eq!(got.id, 7);
         assert!(matches!(got.body, Request::Call { op: 4, a, b } if a == 1.5 && b == -2.0));
-        assert!(matches!(read_frame::<Request>(&mut input, &mut scratch), Err(FrameError::Closed)));
+        assert!(matches!(inbox.read_frame::<Request>(&mut input), Err(FrameError::Closed)));
+    }
+
+    /// Frames split across reads, several frames in one read, and a frame larger than the
+    /// initial buffer all come out whole and in order.
+    #[test]
+    fn frames_survive_any_chunking() {
+        let mut stream = Vec::new();
+        let mut frame = Vec::new();
+        let big: Vec<(u8, f64, f64)> = (0..1000).map(|i| (1, f64::from(i), 2.0)).collect();
+        for id in 0..5u64 {
+            let request = if id == 2 {
+                Request::Batch(big.clone())
+            } else {
+                Request::Call { op: 1, a: id as f64, b: 0.5 }
+            };
+            encode(&mut frame, id, &request).unwrap();
+            stream.extend_from_slice(&frame);
+        }
+        for chunk in [1, 3, 7, 4096, stream.len()] {
+            let mut input = Chunked { bytes: &stream, chunk };
+            let mut inbox = Inbox::new();
+            for id in 0..5u64 {
+                let got: Envelope<Request> = inbox.read_frame(&mut input).unwrap();
+                assert_eq!(got.id, id, "chunks of {chunk}");
+                match got.body {
+                    Request::Batch(items) => assert_eq!(items, big),
+                    Request::Call { a, .. } => assert_eq!(a, id as f64),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(matches!(inbox.read_frame::<Request>(&mut input), Err(FrameError::Closed)));
+        }
+    }
+
+    /// A reader that hands out at most `chunk` bytes per `read`.
+    struct Chunked<'a> {
+        bytes: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Chunked<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
     }
 
     #[test]
     fn oversized_and_garbage_frames_are_malformed_not_panics() {
-        let mut scratch = Vec::new();
         let huge = (u32::MAX).to_le_bytes();
-        let mut input = io::BufReader::new(&huge[..]);
         assert!(matches!(
-            read_frame::<Request>(&mut input, &mut scratch),
+            Inbox::new().read_frame::<Request>(&mut &huge[..]),
             Err(FrameError::Malformed(_))
         ));
         let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
-        let mut input = io::BufReader::new(&garbage[..]);
         assert!(matches!(
-            read_frame::<Request>(&mut input, &mut scratch),
+            Inbox::new().read_frame::<Request>(&mut &garbage[..]),
             Err(FrameError::Malformed(_))
         ));
         let truncated = [10u8, 0, 0, 0, 1, 2];
-        let mut input = io::BufReader::new(&truncated[..]);
-        assert!(matches!(read_frame::<Request>(&mut input, &mut scratch), Err(FrameError::Closed)));
+        assert!(matches!(
+            Inbox::new().read_frame::<Request>(&mut &truncated[..]),
+            Err(FrameError::Closed)
+        ));
     }
 }
