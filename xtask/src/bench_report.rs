@@ -582,7 +582,7 @@ impl Report<'_> {
             .per_call_rows()
             .into_iter()
             .map(|(id, label, _)| Bar {
-                label: label.split(" (").next().unwrap_or(label).to_owned(),
+                label: chart_label(label),
                 value: self.run.median(id),
                 text: self.run.median(id).map_or_else(|| "not measured".to_owned(), duration),
                 colour: if id.contains("pingpong") || id.contains("out_of") {
@@ -626,6 +626,17 @@ struct Bar {
     value: Option<f64>,
     text: String,
     colour: &'static str,
+}
+
+/// A row label short enough for the chart's label column: without its parenthesised detail,
+/// and without the part after the first comma if it is still long.
+fn chart_label(label: &str) -> String {
+    let short = label.split(" (").next().unwrap_or(label);
+    if short.chars().count() > 40 {
+        short.split(", ").next().unwrap_or(short).to_owned()
+    } else {
+        short.to_owned()
+    }
 }
 
 /// A horizontal bar chart on a log scale, as SVG.
