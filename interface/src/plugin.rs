@@ -327,6 +327,35 @@ impl Lifecycle {
         Ok(self.stats.record(items))
     }
 
+    /// Runs a whole batch as one admitted call: one state check and `ops.len()` requests
+    /// counted, then `compute(op, a, b)` for each item into the slot with the same index
+    /// (`Unsupported` for an operation code this interface version does not know). Before
+    /// `initialize` or after `shutdown`, every slot gets `NotInitialized`.
+    ///
+    /// This is what a `process_batch` override usually is: the per-item cost is `compute`.
+    #[inline]
+    pub fn batch(
+        &self,
+        ops: &[BatchOp],
+        results: &mut [BatchResult],
+        compute: impl Fn(Op, f64, f64) -> Result<f64, ErrorCode>,
+    ) {
+        let _batch = match self.enter_batch(ops.len() as u64) {
+            Ok(guard) => guard,
+            Err(err) => {
+                results.fill(BatchResult::err(err.code()));
+                return;
+            }
+        };
+        for (item, slot) in ops.iter().zip(results.iter_mut()) {
+            let result = match item.op.op() {
+                Some(op) => compute(op, item.a, item.b),
+                None => Err(ErrorCode::Unsupported),
+            };
+            *slot = BatchResult::from_result(result);
+        }
+    }
+
     /// The plugin's status, with the lifecycle's own message.
     pub fn status(&self) -> Status {
         let cold = self.lock_cold();

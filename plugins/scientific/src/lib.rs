@@ -189,20 +189,8 @@ impl Calculator for ScientificCalculator {
     }
 
     fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) {
-        let _batch = match self.life.enter_batch(ops.len() as u64) {
-            Ok(guard) => guard,
-            Err(err) => {
-                results.fill(BatchResult::err(err.code()));
-                return;
-            }
-        };
-        for (item, slot) in ops.iter().zip(results.iter_mut()) {
-            let result = match item.op.op() {
-                Some(op) => self.compute(op, item.a, item.b),
-                None => Err(ErrorCode::Unsupported),
-            };
-            *slot = BatchResult::from_result(result);
-        }
+        // One admission and one count for the whole batch keeps per-item cost to the arithmetic.
+        self.life.batch(ops, results, |op, a, b| self.compute(op, a, b));
     }
 }
 
