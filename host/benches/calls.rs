@@ -379,43 +379,10 @@ fn out_of_process(
 
 /// [`threads`] out of process: every call is timed (at tens of microseconds, the clock is cheap).
 fn threads_remote(remote: &Remote, quick: bool, run: &mut RunFile) {
-    let duration = if quick { Duration::from_millis(400) } else { Duration::from_secs(3) };
-    for n in THREADS {
-        let barrier = Arc::new(Barrier::new(n));
-        let workers: Vec<_> = (0..n)
-            .map(|_| {
-                let plugin = Arc::clone(&remote.plugin);
-                let barrier = Arc::clone(&barrier);
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    let mut calls = Vec::new();
-                    while start.elapsed() < duration {
-                        let t = Instant::now();
-                        let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
-                        calls.push(t.elapsed().as_nanos() as f64);
-                    }
-                    (start.elapsed(), calls)
-                })
-            })
-            .collect();
-        let mut wall = Duration::ZERO;
-        let mut latencies = Vec::new();
-        for worker in workers {
-            let (elapsed, calls) = worker.join().expect("a benchmark thread panicked");
-            wall = wall.max(elapsed);
-            latencies.extend(calls);
-        }
-        let ops_per_sec = latencies.len() as f64 / wall.as_secs_f64();
-        let p99 = percentile(&mut latencies, 0.99);
-        let p50 = percentile(&mut latencies, 0.50);
-        note!("threads/out_of_process/{n}: {ops_per_sec:.3e} calls/s, p50 {p50:.0} ns, p99 {p99:.0} ns");
-        run.extra(
-            &format!("threads/out_of_process/{n}"),
-            json!({ "threads": n, "ops_per_sec": ops_per_sec, "p50_ns": p50, "p99_ns": p99,
-                    "block": 1, "seconds": wall.as_secs_f64() }),
-        );
-    }
+    let add = |plugin: &RemotePlugin| {
+        let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
+    };
+    thread_rows("out_of_process", &remote.plugin, 1, add, quick, run);
 }
 
 /// Out-of-process start-up: spawn a runner, handshake, initialize, until the first call answers.
@@ -439,18 +406,33 @@ fn cold_remote(setup: &Setup, quick: bool, run: &mut RunFile) {
     );
 }
 
-/// Throughput and p99 latency with `n` threads calling one plugin at once.
+/// Throughput and p99 latency with `n` threads calling one plugin in process at once.
 ///
-/// Each thread times blocks of [`BLOCK`] calls (timing every call would cost more than the call),
+/// Each thread times blocks of 1 000 calls (timing every call would cost more than the call),
 /// so the p99 is that of a call's latency averaged over a block.
 fn threads(setup: &Setup, quick: bool, run: &mut RunFile) {
-    const BLOCK: u32 = 1_000;
+    let add = |plugin: &Plugin| {
+        let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
+    };
+    thread_rows("in_process", &setup.plugin, 1_000, add, quick, run);
+}
+
+/// For 1, 2, 4 and 8 threads calling `call` on `plugin` for a fixed time: throughput and the
+/// p50/p99 of a call's latency averaged over blocks of `block` calls, as `threads/<mode>/<n>`.
+fn thread_rows<P: Send + Sync + 'static>(
+    mode: &str,
+    plugin: &Arc<P>,
+    block: u32,
+    call: fn(&P),
+    quick: bool,
+    run: &mut RunFile,
+) {
     let duration = if quick { Duration::from_millis(400) } else { Duration::from_secs(3) };
     for n in THREADS {
         let barrier = Arc::new(Barrier::new(n));
         let workers: Vec<_> = (0..n)
             .map(|_| {
-                let plugin = Arc::clone(&setup.plugin);
+                let plugin = Arc::clone(plugin);
                 let barrier = Arc::clone(&barrier);
                 std::thread::spawn(move || {
                     barrier.wait();
@@ -458,10 +440,10 @@ fn threads(setup: &Setup, quick: bool, run: &mut RunFile) {
                     let mut blocks = Vec::new();
                     while start.elapsed() < duration {
                         let t = Instant::now();
-                        for _ in 0..BLOCK {
-                            let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
+                        for _ in 0..block {
+                            call(&plugin);
                         }
-                        blocks.push(t.elapsed().as_nanos() as f64 / f64::from(BLOCK));
+                        blocks.push(t.elapsed().as_nanos() as f64 / f64::from(block));
                     }
                     (start.elapsed(), blocks)
                 })
@@ -474,17 +456,15 @@ fn threads(setup: &Setup, quick: bool, run: &mut RunFile) {
             wall = wall.max(elapsed);
             latencies.extend(blocks);
         }
-        let calls = latencies.len() as f64 * f64::from(BLOCK);
+        let calls = latencies.len() as f64 * f64::from(block);
         let ops_per_sec = calls / wall.as_secs_f64();
         let p99 = percentile(&mut latencies, 0.99);
         let p50 = percentile(&mut latencies, 0.50);
-        note!(
-            "threads/in_process/{n}: {ops_per_sec:.3e} calls/s, p50 {p50:.1} ns, p99 {p99:.1} ns"
-        );
+        note!("threads/{mode}/{n}: {ops_per_sec:.3e} calls/s, p50 {p50:.1} ns, p99 {p99:.1} ns");
         run.extra(
-            &format!("threads/in_process/{n}"),
+            &format!("threads/{mode}/{n}"),
             json!({ "threads": n, "ops_per_sec": ops_per_sec, "p50_ns": p50, "p99_ns": p99,
-                    "block": BLOCK, "seconds": wall.as_secs_f64() }),
+                    "block": block, "seconds": wall.as_secs_f64() }),
         );
     }
 }
