@@ -101,6 +101,9 @@ fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> 
             p.generation,
             p.source.display()
         )?;
+        if let Some(pid) = p.runner_pid {
+            writeln!(out, "  runner: pid {pid}")?;
+        }
         if let Some(err) = &p.last_error {
             writeln!(out, "  last error: {err}")?;
         }
@@ -141,6 +144,7 @@ fn status_json(status: &ManagerStatus) -> serde_json::Value {
                 "path": p.source.display().to_string(),
                 "state": p.state.name(),
                 "mode": p.mode.name(),
+                "runner_pid": p.runner_pid,
                 "generation": p.generation,
                 "uptime_seconds": p.uptime.as_secs_f64(),
                 "in_flight": p.in_flight,

@@ -244,6 +244,14 @@ pub enum Error {
         state: LifecycleState,
     },
 
+    /// An out-of-process plugin whose runner was stopped on purpose
+    /// ([`RemotePlugin::stop`](crate::RemotePlugin::stop)) was called.
+    #[error("{plugin}: its runner was stopped (the plugin was replaced or shut down)")]
+    Stopped {
+        /// The plugin called.
+        plugin: String,
+    },
+
     /// Waiting for calls in flight took longer than the configured timeout.
     #[error(
         "{plugin}: timed out after {waited:?} waiting for {in_flight} call(s) in flight to finish"

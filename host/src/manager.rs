@@ -25,41 +25,32 @@
 //! # The call path
 //!
 //! A [`Handle`] call is: this thread's counter shard (a thread-local index; the thread owns the
-//! shard), one atomic increment (`entered`), an `arc_swap` load of the serving library, one
-//! atomic load of its state, the plugin's own call, and a plain store counting it (`calls` of
-//! that operation: the shard has one writer). No lock, no allocation, no syscall unless the
-//! plugin fails; one call in `metrics.sample_every` also reads the clock twice.
+//! shard), a plain store counting it entered, a compiler fence, the serving library (one atomic
+//! load: see `manager/generations.rs`), one atomic load of its state, the
+//! plugin's own call, and a plain store counting it done. No lock, no allocation, no syscall
+//! and no locked instruction unless the plugin fails; one call in `metrics.sample_every` also
+//! reads the clock twice. The compiler fence is enough because shutdown and reload, the rare
+//! side, pay for a process-wide `membarrier(2)` instead (see `manager/fence.rs`).
 //!
 //! `cargo bench -p host --bench manager` compares `Plugin::add` on a release build of `basic`
 //! with `Handle::add` (timing off, 1 call in 64 timed, every call timed) and
-//! `PluginManager::call` by name. Measured on the 2-core dev machine **while other builds were
-//! running** (load average 2 to 6), so only the differences that exceed the noise mean much
-//! (criterion medians, ns per call, two runs):
-//!
-//! | path | run 1 | run 2 |
-//! |---|---|---|
-//! | `Plugin::add` directly | 31 | 52 |
-//! | `Handle::add`, timing off | 61 | 51 |
-//! | `Handle::add`, 1 in 64 timed (default) | 82 | 46 |
-//! | `PluginManager::call("basic", ..)` | 152 | 100 |
-//! | `Handle::add`, every call timed | 162 | 147 |
-//!
-//! What is solid: timing every call costs about 100 ns (two clock reads and four histogram
-//! updates), which is why latency is sampled; a lookup by name costs about 50 ns (hashing the
-//! name), which is why [`PluginManager::get`] hands out a [`Handle`]. The handle's own cost
-//! (one atomic increment, one plain store, an `arc_swap` load: three atomic read-modify-writes
-//! in all, about 3 ns each on this machine) was within the noise here; `cargo xtask
-//! bench-report` measures it against the ~10 ns budget.
+//! `PluginManager::call` by name; `cargo xtask bench-report` records the default (1 in 64)
+//! against `Plugin::add` as the `metrics on` row of `BENCHMARKS.md`, whose goal is under 10 ns.
+//! Timing every call costs about 100 ns (two clock reads and four histogram updates), which is
+//! why latency is sampled; a lookup by name costs about 50 ns (hashing the name), which is why
+//! [`PluginManager::get`] hands out a [`Handle`].
 //!
 //! # Hot reload
 //!
 //! With `discovery.auto_scan`, a thread watches the directories (`notify`, with
 //! `scan_interval` polling as a fallback). A new library is loaded; a changed library (new
 //! size, modification time or inode) is loaded and initialized *first*, then swapped in
-//! atomically (`arc_swap`): calls already running finish on the old library, new calls go to the
-//! new one, and none fails because of the reload. The old library is shut down once its last
-//! call returns (waiting at most `manager.shutdown_timeout`). A replacement that fails to load
-//! or initialize leaves the old one serving, with the error recorded.
+//! atomically: calls already running finish on the old library, new calls go to the new one,
+//! and none fails because of the reload. The old library is shut down (and an out-of-process
+//! one's runner stopped) once the calls that started before the swap have returned, waiting
+//! at most `manager.shutdown_timeout`; calls that outlast that keep it until the manager shuts
+//! down. A replacement that fails to load or initialize leaves the old one serving, with the
+//! error recorded.
 //!
 //! # Platform-specific behaviour
 //!
@@ -77,6 +68,8 @@
 //! A process meant to reload thousands of times should be restarted now and then.
 
 mod backend;
+mod fence;
+mod generations;
 mod metrics;
 mod state;
 mod watch;
@@ -103,7 +96,8 @@ use crate::remote::RemotePlugin;
 use crate::security::LoadPolicy;
 use crate::Error;
 use backend::Backend;
-use metrics::{op_index, Metrics, BATCH};
+use generations::Generations;
+use metrics::{op_index, Metrics, ThreadShard, BATCH};
 
 /// Many plugins, loaded from the configured directories, addressed by name.
 ///
@@ -187,6 +181,8 @@ pub struct PluginStatus {
     pub state: LifecycleState,
     /// Where it runs: in this process, or in a `calcplug-runner` child.
     pub mode: Mode,
+    /// The process id of its runner, out of process while one runs.
+    pub runner_pid: Option<u32>,
     /// How many libraries have served it (1 until the first reload).
     pub generation: u64,
     /// How long the serving library has been loaded.
@@ -271,7 +267,8 @@ impl FileStamp {
 /// One plugin name: stable across reloads, so handles follow them.
 struct Slot {
     name: String,
-    current: ArcSwap<Generation>,
+    /// Every library that served the name, and the one serving now.
+    generations: Generations,
     metrics: Metrics,
     retry: RetryPolicy,
     on_panic: PanicPolicy,
@@ -287,6 +284,9 @@ struct Generation {
     source: PathBuf,
     state: StateMachine,
     loaded_at: Instant,
+    /// Calls running on it from threads without a counter shard of their own (beyond
+    /// `metrics::SHARDS` at once), which a reload waits for separately.
+    shared: AtomicU64,
 }
 
 impl PluginManager {
@@ -304,6 +304,8 @@ impl PluginManager {
         let _span =
             tracing::info_span!("manager_start", config = %config.origin().display()).entered();
         config.check_paths()?;
+        // Before any call: calls skip a full fence only once this has registered.
+        fence::enable();
         let copies = copies_dir()?;
         let policy = config.security().load_policy()?;
         let inner = Arc::new(Inner {
@@ -490,7 +492,7 @@ impl Inner {
             let winner = match &slot {
                 None => true,
                 Some(slot) => {
-                    let current = slot.current.load();
+                    let current = slot.generation();
                     let serving_changed = current.source == path
                         || loaded.as_slice().iter().any(|(p, _)| *p == current.source);
                     serving_changed || best.plugin.version() > current.plugin.version()
@@ -499,7 +501,7 @@ impl Inner {
             let (winner_path, winner_version) = if winner {
                 (path.clone(), best.plugin.version().clone())
             } else {
-                let current = slot.as_ref().map(|s| s.current.load_full());
+                let current = slot.as_ref().map(|s| s.generation());
                 match current {
                     Some(current) => (current.source.clone(), current.plugin.version().clone()),
                     None => (path.clone(), best.plugin.version().clone()),
@@ -535,7 +537,7 @@ impl Inner {
     }
 
     fn slot_served_from(&self, path: &Path) -> Option<Arc<Slot>> {
-        self.registry.load().values().find(|slot| slot.current.load().source == path).cloned()
+        self.registry.load().values().find(|slot| slot.generation().source == path).cloned()
     }
 
     /// Initializes `generation` and makes it serve `name`: a new slot, or a reload.
@@ -553,7 +555,7 @@ impl Inner {
             None => {
                 let slot = Arc::new(Slot {
                     name: name.to_owned(),
-                    current: ArcSwap::from_pointee(generation),
+                    generations: Generations::new(generation),
                     metrics: Metrics::new(self.config.sample_every()),
                     retry: self.config.retry().clone(),
                     on_panic: self.config.security().on_panic(),
@@ -586,11 +588,11 @@ impl Inner {
                     report.failed.push(err);
                     return;
                 }
-                let old = slot.current.swap(Arc::new(generation));
+                let old = slot.generations.replace(generation);
                 slot.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(old = %old.plugin.version(), "reloaded");
                 report.reloaded.push(name.to_owned());
-                retire(old, self.config.shutdown_timeout());
+                slot.retire(old, self.config.shutdown_timeout());
             }
         }
     }
@@ -634,6 +636,7 @@ impl Inner {
                     source: source.to_owned(),
                     state,
                     loaded_at: Instant::now(),
+                    shared: AtomicU64::new(0),
                 })
             }
             Err(err) => {
@@ -699,13 +702,13 @@ impl Inner {
         let _control = self.control.lock();
         let mut report = ShutdownReport::default();
         let slots: Vec<Arc<Slot>> = self.registry.load().values().cloned().collect();
-        // Stop accepting calls: a call that entered before this sees it in the counters below,
-        // a call entering after it sees the state (both are `SeqCst`).
-        let generations: Vec<Arc<Generation>> =
-            slots.iter().map(|s| s.current.load_full()).collect();
-        for generation in &generations {
-            let _ = generation.state.transition(LifecycleState::ShuttingDown);
+        // Stop accepting calls: a call that entered before this is in the counters below, a
+        // call entering after it sees the state (`fence::heavy` pairs with the call's
+        // `fence::light`).
+        for slot in &slots {
+            let _ = slot.generation().state.transition(LifecycleState::ShuttingDown);
         }
+        fence::heavy();
         let timeout = self.config.shutdown_timeout();
         let deadline = Instant::now() + timeout;
         for slot in &slots {
@@ -719,10 +722,17 @@ impl Inner {
                 report.failed.push(err);
             }
         }
-        for generation in generations {
-            match generation.close() {
-                Ok(()) => report.closed.push(generation.plugin.name().to_owned()),
+        for slot in &slots {
+            let serving = slot.generation();
+            match serving.close() {
+                Ok(()) => report.closed.push(serving.plugin.name().to_owned()),
                 Err(err) => report.failed.push(err),
+            }
+            // Replaced libraries whose calls outlasted the reload's wait (see `Slot::retire`).
+            for replaced in slot.generations.iter() {
+                if !std::ptr::eq(replaced, serving) && replaced.close().is_ok() {
+                    replaced.plugin.release();
+                }
             }
         }
         report.closed.sort();
@@ -749,23 +759,6 @@ fn failed_step(err: &Error) -> LifecycleState {
         | Error::BadMetadata { .. }
         | Error::Setup { .. } => LifecycleState::Handshaking,
         _ => LifecycleState::Validating,
-    }
-}
-
-/// Waits (at most `timeout`) for the calls still holding a replaced library, then shuts it
-/// down. If calls still hold it then, the last one to finish shuts it down (see
-/// `Generation::drop`).
-fn retire(old: Arc<Generation>, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    if Arc::strong_count(&old) > 1 {
-        tracing::warn!(plugin = %old.plugin.name(), "calls still run on the replaced library; it shuts down when the last one returns");
-        return;
-    }
-    if let Err(err) = old.close() {
-        tracing::warn!(error = %err, "the replaced library's shutdown failed");
     }
 }
 
@@ -825,8 +818,37 @@ impl Drop for Generation {
 }
 
 impl Slot {
+    /// The library serving the name now.
+    #[inline(always)]
+    fn generation(&self) -> &Generation {
+        self.generations.serving()
+    }
+
+    /// Waits (at most `timeout`) for the calls that may run on `old`, a library just replaced,
+    /// then shuts it down. Calls that started after the swap run on the new library and are
+    /// not waited for, so a busy plugin does not hold a reload up. If calls still run on `old`
+    /// when the time is up, it is shut down with the manager instead.
+    fn retire(&self, old: &Generation, timeout: Duration) {
+        // The swap is written; after this every call that read the old index is counted.
+        fence::heavy();
+        let marks = self.metrics.marks();
+        let done = || self.metrics.passed(&marks) && old.shared.load(Ordering::SeqCst) == 0;
+        let deadline = Instant::now() + timeout;
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if !done() {
+            tracing::warn!(plugin = %self.name, "calls still run on the replaced library; it shuts down with the manager");
+            return;
+        }
+        if let Err(err) = old.close() {
+            tracing::warn!(error = %err, "the replaced library's shutdown failed");
+        }
+        old.plugin.release();
+    }
+
     fn state(&self) -> LifecycleState {
-        let state = self.current.load().state.state();
+        let state = self.generation().state.state();
         if state == LifecycleState::Ready && self.metrics.in_flight() > 0 {
             LifecycleState::Processing
         } else {
@@ -842,9 +864,62 @@ impl Slot {
         name: &'static str,
         f: &impl Fn(&Backend) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        if let Some(shard) = self.metrics.own_shard() {
+            let ticket = shard.enter();
+            return self.call_on(self.generation(), shard, ticket, op, name, f);
+        }
+        self.try_slow(op, name, f)
+    }
+
+    /// [`Slot::try_once`] for every thread but those on the fast path: a thread's first call,
+    /// threads beyond the shards, no `membarrier`.
+    #[cold]
+    #[inline(never)]
+    fn try_slow<T>(
+        &self,
+        op: usize,
+        name: &'static str,
+        f: &impl Fn(&Backend) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let shard = self.metrics.shard();
         let ticket = shard.enter();
-        let generation = self.current.load();
+        let pinned = if shard.is_owned() { None } else { Some(self.pin_shared()) };
+        let generation = pinned.unwrap_or_else(|| self.generation());
+        let result = self.call_on(generation, shard, ticket, op, name, f);
+        if let Some(pinned) = pinned {
+            pinned.shared.fetch_sub(1, Ordering::Release);
+        }
+        result
+    }
+
+    /// The serving library, counted in its `shared` calls, for a thread without a counter shard
+    /// of its own: a reload cannot tell that thread's calls apart from the other threads' in the
+    /// shared shard, so it waits for the library's own count instead.
+    #[cold]
+    #[inline(never)]
+    fn pin_shared(&self) -> &Generation {
+        loop {
+            let generation = self.generation();
+            generation.shared.fetch_add(1, Ordering::SeqCst);
+            // A reload that swapped in between may have found no call on this one: check.
+            if std::ptr::eq(self.generation(), generation) {
+                return generation;
+            }
+            generation.shared.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The call itself, on `generation`, counted in `shard`.
+    #[inline(always)]
+    fn call_on<T>(
+        &self,
+        generation: &Generation,
+        shard: ThreadShard<'_>,
+        ticket: u64,
+        op: usize,
+        name: &'static str,
+        f: &impl Fn(&Backend) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         if !generation.state.is_ready() {
             shard.reject();
             return Err(self.refused(name, generation.state.state()));
@@ -865,7 +940,7 @@ impl Slot {
                 if let Some(code) = err.code() {
                     shard.error(op, code);
                     if code == ErrorCode::PluginPanicked {
-                        self.panicked(&generation, &err);
+                        self.panicked(generation, &err);
                     }
                 }
                 shard.finish(op);
@@ -948,7 +1023,7 @@ impl Slot {
 
     fn health(&self) -> Health {
         let state = self.state();
-        let generation = self.current.load();
+        let generation = self.generation();
         let (status, mut problem) = match generation.plugin.status() {
             Ok(status) => {
                 let problem = (status.state != PluginState::Ready).then(|| {
@@ -967,7 +1042,7 @@ impl Slot {
     }
 
     fn status(&self) -> PluginStatus {
-        let generation = self.current.load_full();
+        let generation = self.generation();
         PluginStatus {
             name: self.name.clone(),
             version: generation.plugin.version().clone(),
@@ -978,6 +1053,7 @@ impl Slot {
             } else {
                 Mode::InProcess
             },
+            runner_pid: generation.plugin.runner_pid(),
             generation: self.reloads.load(Ordering::Relaxed) + 1,
             uptime: generation.loaded_at.elapsed(),
             in_flight: self.metrics.in_flight(),
@@ -999,12 +1075,12 @@ impl Handle {
 
     /// The version of the library serving the name now.
     pub fn version(&self) -> Version {
-        self.slot.current.load().plugin.version().clone()
+        self.slot.generation().plugin.version().clone()
     }
 
     /// The library file serving the name now.
     pub fn source(&self) -> PathBuf {
-        self.slot.current.load().source.clone()
+        self.slot.generation().source.clone()
     }
 
     /// Which load of this name serves now: 1 for the first library, +1 per reload.

@@ -113,6 +113,8 @@ struct Supervisor {
     config: Option<Config>,
     failures: Vec<Instant>,
     next_start: Option<Instant>,
+    /// Set by [`RemotePlugin::stop`]: no runner is started again.
+    stopped: bool,
     backoff: Duration,
     generation: u64,
 }
@@ -410,6 +412,24 @@ impl RemotePlugin {
         }
     }
 
+    /// Ends the runner now rather than when this is dropped, and starts no other: calls made
+    /// after this fail with [`Error::Stopped`]. Calls already running keep their connection
+    /// until they return. The plugin manager stops the runner of a library it replaced once the
+    /// last call on it returned.
+    pub fn stop(&self) {
+        let process = {
+            let mut supervisor = self.supervisor.lock();
+            supervisor.stopped = true;
+            supervisor.config = None;
+            self.process.write().take()
+        };
+        if let Some(process) = process {
+            tracing::info!(plugin = %self.name, pid = process.pid, "runner stopped");
+            // Dropped here unless a call still holds it: the last holder ends the process.
+            drop(process);
+        }
+    }
+
     /// The running process, or a new one (respecting the backoff and the circuit).
     fn live_process(&self) -> Result<Arc<Process>, Error> {
         if let Some(process) = self.process.read().as_ref() {
@@ -418,6 +438,9 @@ impl RemotePlugin {
             }
         }
         let mut supervisor = self.supervisor.lock();
+        if supervisor.stopped {
+            return Err(Error::Stopped { plugin: self.name.clone() });
+        }
         // Another thread may have restarted it while we waited for the lock.
         if let Some(process) = self.process.read().as_ref() {
             if !process.is_dead() {

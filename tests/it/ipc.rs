@@ -335,7 +335,25 @@ fn dropping_the_handle_stops_the_runner_and_removes_its_directory() {
     assert!(!process_alive(pid), "runner {pid} survived its handle");
 }
 
-fn process_alive(pid: u32) -> bool {
+#[test]
+fn a_stopped_runner_is_gone_and_never_restarted() {
+    let plugin = remote("basic", options());
+    plugin.initialize(&Config::new()).unwrap();
+    assert_eq!(plugin.call(Op::Add, 2.0, 3.0).unwrap(), 5.0);
+    let pid = plugin.runner_pid().unwrap();
+    plugin.stop();
+    assert!(!process_alive(pid), "runner {pid} survived stop()");
+    assert_eq!(plugin.runner_pid(), None);
+    let err = plugin.call(Op::Add, 2.0, 3.0).unwrap_err();
+    assert!(matches!(err, Error::Stopped { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "basic: its runner was stopped (the plugin was replaced or shut down)"
+    );
+    assert_eq!(plugin.generation(), 1, "no runner was started after stop()");
+}
+
+pub(crate) fn process_alive(pid: u32) -> bool {
     // A zombie counts as gone: /proc/PID/stat's state field is `Z`.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),

@@ -415,6 +415,37 @@ fn hot_reload_under_load_loses_no_call() {
     assert!(manager.shutdown().failed.is_empty());
 }
 
+#[test]
+fn a_reload_waits_for_the_calls_on_the_replaced_library_from_every_thread() {
+    let (dir, manager) =
+        manager_for_reload("[retry]\nmax_retries = 0\n[plugins.reload]\ndelay_ms = 300\n");
+    let reload = manager.get("reload").unwrap();
+    // First one caller (a thread with a counter shard of its own, unless 16 other threads hold
+    // all of them), then 20: more than there are shards, so calls are tracked both ways a
+    // reload has to wait for.
+    for (threads, next, old_answer) in [(1, "reload-v2", 1.0), (20, "reload-v1", 2.0)] {
+        let callers: Vec<_> = (0..threads)
+            .map(|_| {
+                let reload = reload.clone();
+                thread::spawn(move || reload.add(0.0, 0.0))
+            })
+            .collect();
+        wait_for("every call in flight", || reload.status().in_flight == threads);
+        install_as(next, dir.path(), &lib("reload"));
+        let report = manager.scan();
+        assert_eq!(report.reloaded, ["reload"], "{report:?}");
+        // `scan` returns once the old library is shut down, which waits for the calls on it.
+        assert_eq!(reload.status().in_flight, 0, "{threads} thread(s): the reload did not wait");
+        for caller in callers {
+            let answer = caller.join().unwrap().unwrap();
+            assert_eq!(answer, old_answer, "calls in flight finish on the old library");
+        }
+        assert_eq!(reload.add(0.0, 0.0).unwrap(), 3.0 - old_answer, "new calls, new library");
+    }
+    assert_eq!(reload.status().rejected, 0);
+    assert!(manager.shutdown().failed.is_empty());
+}
+
 /// This process's resident memory, from /proc (0 where there is none).
 fn resident_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -581,6 +612,31 @@ fn prometheus_output_follows_the_exposition_format() {
 }
 
 #[test]
+fn calls_work_with_full_fences_where_membarrier_is_not_used() {
+    // The fallback of `host/src/manager/fence.rs`, which this machine would not take by itself.
+    let dir = artifacts().plugin_dir.to_str().unwrap().to_owned();
+    let out = Command::new(&artifacts().calcplug)
+        .args(["--plugin-dir", &dir, "status", "--json"])
+        .args(["--call", "basic:add:2:3", "--call", "basic:add:1:1", "--call", "basic:divide:1:0"])
+        .env("CALCPLUG_FENCE", "full")
+        .env("CALCPLUG_LOG", "host::manager=debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run calcplug");
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("asymmetric=false"), "{log}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let basic = json["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "basic").unwrap();
+    let ops = basic["operations"].as_array().unwrap();
+    let add = ops.iter().find(|o| o["op"] == "add").unwrap();
+    assert_eq!(add["calls"], 2, "{json:#}");
+    let divide = ops.iter().find(|o| o["op"] == "divide").unwrap();
+    assert_eq!(divide["errors"]["DivisionByZero"], 1, "{json:#}");
+    assert_eq!(basic["in_flight"], 0);
+}
+
+#[test]
 fn status_command_prints_metrics_as_text_json_and_prometheus() {
     let dir = &artifacts().plugin_dir;
     let dir = dir.to_str().unwrap();
@@ -687,11 +743,17 @@ fn out_of_process_plugins_hot_reload_by_starting_a_new_runner() {
     let reload = manager.get("reload").unwrap();
     assert_eq!(reload.add(0.0, 0.0).unwrap(), 1.0);
     assert_eq!(manager.status().plugins[0].mode, host::Mode::OutOfProcess);
+    let old_runner = reload.status().runner_pid.expect("a runner serves it");
     install_as("reload-v2", dir.path(), &lib("reload"));
     wait_for("the new runner to answer", || {
         reload.generation() == 2 && reload.add(0.0, 0.0).is_ok_and(|v| v == 2.0)
     });
     assert_eq!(reload.version().to_string(), "2.0.0");
+    let new_runner = reload.status().runner_pid.expect("a runner serves it");
+    assert_ne!(new_runner, old_runner);
+    // The replaced library's runner is stopped once its calls are done, not at shutdown.
+    wait_for("the replaced runner to exit", || !crate::ipc::process_alive(old_runner));
+    assert!(crate::ipc::process_alive(new_runner));
     let report = manager.shutdown();
     assert!(report.failed.is_empty(), "{report:?}");
 }

@@ -39,8 +39,24 @@ impl Backend {
         both!(self, p => p.version())
     }
 
+    pub(crate) fn runner_pid(&self) -> Option<u32> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Remote(plugin) => plugin.runner_pid(),
+        }
+    }
+
     pub(crate) fn is_isolated(&self) -> bool {
         matches!(self, Backend::Remote(_))
+    }
+
+    /// Frees what a replaced library holds besides memory: the runner process of an
+    /// out-of-process plugin. (An in-process library stays mapped for good: abi_stable never
+    /// unloads one.)
+    pub(crate) fn release(&self) {
+        if let Backend::Remote(plugin) = self {
+            plugin.stop();
+        }
     }
 
     pub(crate) fn initialize(&self, config: &Config) -> Result<(), Error> {

@@ -4,11 +4,12 @@
 //! time it calls (the same index in every plugin's metrics) and owns it until it exits, so
 //! threads calling at once do not bounce one cache line between cores. A call counts itself
 //! twice in its thread's shard: `entered` before the call, the operation's `calls` after; their
-//! difference summed over shards is the number of calls in flight, which shutdown and the
-//! `Processing` state read. `entered` is an atomic increment (`SeqCst`, see [`Shard::enter`]);
-//! `calls` has one writer, the owning thread, so it is a plain load and store, not a
-//! read-modify-write (about 3 ns less per call). Threads beyond [`SHARDS`] at once share one
-//! more shard, where both are atomic increments. Errors are counted only when they happen.
+//! difference summed over shards is the number of calls in flight, which shutdown, reload and
+//! the `Processing` state read. Both counters have one writer, the owning thread, so both are a
+//! plain load and store, not a locked read-modify-write; `entered` is followed by
+//! [`fence::light`], which pairs with the manager's [`fence::heavy`]. Threads beyond [`SHARDS`]
+//! at once share one more shard, where both are atomic increments. Errors are counted only when
+//! they happen.
 //!
 //! Latency is sampled: a clock read costs about 20 ns here, ten times a call, so one call in
 //! `metrics.sample_every` (a power of two, checked with a mask on the `entered` ticket the call
@@ -21,6 +22,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use interface::{ErrorCode, Op};
+
+use super::fence;
 
 /// How many threads at once get a counter shard of their own.
 pub(crate) const SHARDS: usize = 16;
@@ -47,7 +50,7 @@ pub(crate) fn op_name(index: usize) -> &'static str {
 /// One plugin's counters and histograms.
 #[derive(Debug)]
 pub(crate) struct Metrics {
-    shards: Box<[Shard]>,
+    shards: Box<[Shard; SHARED + 1]>,
     latency: Box<[Histogram]>,
     /// `sample_every - 1`; a call is timed if its ticket has none of these bits.
     sample_mask: u64,
@@ -63,6 +66,14 @@ pub(crate) struct Shard {
     calls: [AtomicU64; OPS],
     errors: [[AtomicU64; CODES]; OPS],
     retries: [AtomicU64; OPS],
+}
+
+impl Shard {
+    /// Calls that finished or were refused.
+    fn left(&self) -> u64 {
+        let calls = self.calls.iter().map(|c| c.load(Ordering::SeqCst));
+        calls.fold(self.rejected.load(Ordering::SeqCst), u64::wrapping_add)
+    }
 }
 
 impl Default for Shard {
@@ -83,16 +94,39 @@ pub(crate) struct ThreadShard<'a> {
     shard: &'a Shard,
     /// Whether this thread is the shard's only writer (it is not for [`SHARED`]).
     owned: bool,
+    /// Whether a compiler fence is enough after `entered` ([`fence::light`]); a full fence if
+    /// not. Decided when the thread claims its shard.
+    light: bool,
 }
 
 impl ThreadShard<'_> {
     /// Counts a call as entered and returns its ticket (the shard's count before it).
     ///
-    /// `SeqCst`: shutdown stores the state then reads these counters; a call adds here then
-    /// reads the state. One of the two sees the other (see `Inner::shutdown`).
-    #[inline]
+    /// The count is written before the call reads which library serves it: the fence here
+    /// pairs with [`fence::heavy`] in shutdown and reload, so either they see this call counted
+    /// or it sees what they wrote (see `Inner::shutdown` and `Slot::retire`).
+    #[inline(always)]
     pub(crate) fn enter(self) -> u64 {
-        self.shard.entered.fetch_add(1, Ordering::SeqCst)
+        let entered = &self.shard.entered;
+        if self.owned {
+            // Nobody else writes this counter: no read-modify-write needed.
+            let ticket = entered.load(Ordering::Relaxed);
+            entered.store(ticket.wrapping_add(1), Ordering::Relaxed);
+            if self.light {
+                fence::light();
+            } else {
+                std::sync::atomic::fence(Ordering::SeqCst);
+            }
+            ticket
+        } else {
+            entered.fetch_add(1, Ordering::SeqCst)
+        }
+    }
+
+    /// Whether this thread is its shard's only writer (false for threads beyond [`SHARDS`]).
+    #[inline]
+    pub(crate) fn is_owned(self) -> bool {
+        self.owned
     }
 
     /// Counts a call that was refused after entering.
@@ -132,18 +166,35 @@ impl ThreadShard<'_> {
 impl Metrics {
     pub(crate) fn new(sample_every: u64) -> Metrics {
         Metrics {
-            shards: (0..=SHARED).map(|_| Shard::default()).collect(),
+            shards: Box::new(std::array::from_fn(|_| Shard::default())),
             latency: (0..OPS).map(|_| Histogram::default()).collect(),
             sample_mask: sample_every.saturating_sub(1),
             timing: sample_every != 0,
         }
     }
 
-    /// This thread's shard.
-    #[inline]
+    /// This thread's shard if it owns one and a compiler fence is enough after `entered`: the
+    /// common case, where all the checks are one comparison. `None` for the others (a thread's
+    /// first call, a thread beyond [`SHARDS`], no `membarrier`): [`Metrics::shard`] then.
+    #[inline(always)]
+    pub(crate) fn own_shard(&self) -> Option<ThreadShard<'_>> {
+        // Every other value of the index (unclaimed, `SHARED`, flagged) is out of this range.
+        let shard = self.shards[..SHARDS].get(shard_index())?;
+        Some(ThreadShard { shard, owned: true, light: true })
+    }
+
+    /// This thread's shard, whatever it is (claiming one on the thread's first call).
     pub(crate) fn shard(&self) -> ThreadShard<'_> {
-        let index = shard_index();
-        ThreadShard { shard: &self.shards[index], owned: index != SHARED }
+        let mut raw = shard_index();
+        if raw == UNCLAIMED {
+            raw = claim();
+        }
+        let index = (raw & !FULL_FENCE).min(SHARED);
+        ThreadShard {
+            shard: &self.shards[index],
+            owned: index != SHARED,
+            light: raw & FULL_FENCE == 0,
+        }
     }
 
     /// Whether the call with this ticket is timed.
@@ -165,12 +216,23 @@ impl Metrics {
         let mut left = 0u64;
         for shard in self.shards.iter() {
             entered = entered.wrapping_add(shard.entered.load(Ordering::SeqCst));
-            left = left.wrapping_add(shard.rejected.load(Ordering::SeqCst));
-            for calls in &shard.calls {
-                left = left.wrapping_add(calls.load(Ordering::SeqCst));
-            }
+            left = left.wrapping_add(shard.left());
         }
         entered.saturating_sub(left)
+    }
+
+    /// Each thread-owned shard's `entered` count now: with [`Metrics::passed`], a way to wait
+    /// for the calls that started before a point without waiting for the calls that start
+    /// after it. Calls from threads beyond [`SHARDS`] are not in it (see `Generation::shared`).
+    pub(crate) fn marks(&self) -> Vec<u64> {
+        self.shards[..SHARDS].iter().map(|s| s.entered.load(Ordering::SeqCst)).collect()
+    }
+
+    /// Whether every call counted in `marks` has finished or been refused. An owned shard has
+    /// one writer, which finishes its calls in order, so its count of calls that left reaching
+    /// the mark means the calls before the mark are done.
+    pub(crate) fn passed(&self, marks: &[u64]) -> bool {
+        self.shards.iter().zip(marks).all(|(shard, mark)| shard.left() >= *mark)
     }
 
     /// Calls refused by the manager (shutting down, not ready).
@@ -342,25 +404,28 @@ impl Histogram {
 /// Which shard indexes threads own: bit `i` for index `i`.
 static CLAIMED: AtomicUsize = AtomicUsize::new(0);
 
+/// `INDEX` before the thread's first call.
+const UNCLAIMED: usize = usize::MAX;
+/// Set in `INDEX` on an owned index when [`fence::light`] is not enough (no `membarrier`).
+const FULL_FENCE: usize = 1 << 8;
+
 thread_local! {
-    /// This thread's shard index; `usize::MAX` until its first call.
-    static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's shard index (with [`FULL_FENCE`] where it applies); [`UNCLAIMED`] until
+    /// its first call.
+    static INDEX: Cell<usize> = const { Cell::new(UNCLAIMED) };
     /// Gives the index back when the thread exits.
     static CLAIM: Claim = const { Claim(Cell::new(SHARED)) };
 }
 
-/// This thread's shard index: its own one, or [`SHARED`].
-#[inline]
+/// This thread's `INDEX`.
+#[inline(always)]
 fn shard_index() -> usize {
     // Only fails during this thread's exit, once `INDEX` is gone: share then.
-    let index = INDEX.try_with(Cell::get).unwrap_or(SHARED);
-    if index == usize::MAX {
-        return claim();
-    }
-    index
+    INDEX.try_with(Cell::get).unwrap_or(SHARED)
 }
 
-/// Claims a free index for this thread (the first call of a thread), or settles for [`SHARED`].
+/// Claims a free index for this thread (the first call of a thread), or settles for [`SHARED`];
+/// returns the new `INDEX`.
 #[cold]
 #[inline(never)]
 fn claim() -> usize {
@@ -386,8 +451,11 @@ fn claim() -> usize {
         CLAIMED.fetch_and(!(1 << index), Ordering::Release);
         index = SHARED;
     }
-    let _ = INDEX.try_with(|cell| cell.set(index));
-    index
+    // Whether calls may skip the full fence is settled here, once per thread: a manager
+    // registered `membarrier` (or found it missing) before any call reached this.
+    let raw = if index != SHARED && !fence::is_asymmetric() { index | FULL_FENCE } else { index };
+    let _ = INDEX.try_with(|cell| cell.set(raw));
+    raw
 }
 
 /// A thread's claim on a shard index, given back when the thread exits.
