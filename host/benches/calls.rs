@@ -17,7 +17,10 @@
 //!   validated arithmetic called directly, the floor.
 //!
 //! What criterion's model does not fit is measured by hand after it and written to a JSON run
-//! file (see [`RunFile`]): `threads` (throughput and p99 with 1, 2, 4, 8 threads calling at
+//! file (see [`RunFile`]): `paired/metrics_overhead` (what the manager adds to a call, measured
+//! by alternating blocks of `Plugin::add` and `Handle::add` and taking the median of the
+//! per-block differences, so that the VM's slow drifts in speed, which move the separate
+//! criterion medians by more than the overhead itself, cancel out), `threads` (throughput and p99 with 1, 2, 4, 8 threads calling at
 //! once, in process and out of process), `cold` (a load, handshake and initialize of a library
 //! never mapped before, the discovery of a directory of 100 such copies, both repeated a fixed
 //! small number of times since each maps one more library for good; and an out-of-process
@@ -99,6 +102,9 @@ fn main() {
         return;
     }
     let wanted = |section: &str| filter.as_deref().is_none_or(|f| section.contains(f));
+    if wanted("paired") {
+        metrics_overhead(&setup, quick, &mut run);
+    }
     if wanted("threads") {
         threads(&setup, quick, &mut run);
         threads_remote(&remote, quick, &mut run);
@@ -271,15 +277,15 @@ fn per_call(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
     let direct: &dyn Calculator = &setup.direct;
     group.bench_function("direct_dyn", |b| {
         // `black_box` on the reference keeps the compiler from seeing the concrete type.
-        b.iter(|| black_box(direct).add(black_box(1.0), black_box(2.0)));
+        b.iter(|| value(black_box(direct).add(black_box(1.0), black_box(2.0))));
     });
     let plugin = &setup.plugin;
     group.bench_function("in_process", |b| {
-        b.iter(|| plugin.add(black_box(1.0), black_box(2.0)));
+        b.iter(|| value(plugin.add(black_box(1.0), black_box(2.0))));
     });
     let handle = setup.manager.get("basic").expect("the manager serves basic");
     group.bench_function("in_process_metrics", |b| {
-        b.iter(|| handle.add(black_box(1.0), black_box(2.0)));
+        b.iter(|| value(handle.add(black_box(1.0), black_box(2.0))));
     });
     group.finish();
     for name in ["direct_dyn", "in_process", "in_process_metrics"] {
@@ -350,7 +356,7 @@ fn out_of_process(
     });
     let plugin = &remote.plugin;
     group.bench_function("out_of_process", |b| {
-        b.iter(|| plugin.add(black_box(1.0), black_box(2.0)));
+        b.iter(|| value(plugin.add(black_box(1.0), black_box(2.0))));
     });
     group.finish();
     drop(echo);
@@ -380,7 +386,7 @@ fn out_of_process(
 /// [`threads`] out of process: every call is timed (at tens of microseconds, the clock is cheap).
 fn threads_remote(remote: &Remote, quick: bool, run: &mut RunFile) {
     let add = |plugin: &RemotePlugin| {
-        let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
+        black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
     };
     thread_rows("out_of_process", &remote.plugin, 1, add, quick, run);
 }
@@ -410,9 +416,60 @@ fn cold_remote(setup: &Setup, quick: bool, run: &mut RunFile) {
 ///
 /// Each thread times blocks of 1 000 calls (timing every call would cost more than the call),
 /// so the p99 is that of a call's latency averaged over a block.
+/// The manager's cost per call: `Plugin::add` and `Handle::add` on the same library, in
+/// alternating blocks (which goes first alternates too), as `paired/metrics_overhead`.
+fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
+    const BLOCK: u32 = 2_000;
+    let handle = setup.manager.get("basic").expect("the manager serves basic");
+    let plugin = &setup.plugin;
+    let time = |call: &dyn Fn()| {
+        let t = Instant::now();
+        for _ in 0..BLOCK {
+            call();
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(BLOCK)
+    };
+    let direct = || {
+        black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
+    };
+    let managed = || {
+        black_box(value(handle.add(black_box(1.0), black_box(2.0))));
+    };
+    let duration = if quick { Duration::from_secs(2) } else { Duration::from_secs(10) };
+    let (mut plugin_ns, mut handle_ns, mut deltas) = (Vec::new(), Vec::new(), Vec::new());
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let (p, h) = if deltas.len() % 2 == 0 {
+            let p = time(&direct);
+            (p, time(&managed))
+        } else {
+            let h = time(&managed);
+            (time(&direct), h)
+        };
+        plugin_ns.push(p);
+        handle_ns.push(h);
+        deltas.push(h - p);
+    }
+    let rounds = deltas.len();
+    let (p25, p75) = (percentile(&mut deltas, 0.25), percentile(&mut deltas, 0.75));
+    let delta = percentile(&mut deltas, 0.5);
+    let plugin_median = percentile(&mut plugin_ns, 0.5);
+    let handle_median = percentile(&mut handle_ns, 0.5);
+    note!(
+        "paired/metrics_overhead: {delta:+.1} ns per call (p25 {p25:+.1}, p75 {p75:+.1}; \
+         Plugin::add {plugin_median:.1} ns, Handle::add {handle_median:.1} ns, {rounds} rounds)"
+    );
+    run.extra(
+        "paired/metrics_overhead",
+        json!({ "delta_ns": delta, "delta_p25_ns": p25, "delta_p75_ns": p75,
+                "plugin_ns": plugin_median, "handle_ns": handle_median,
+                "rounds": rounds, "block": BLOCK }),
+    );
+}
+
 fn threads(setup: &Setup, quick: bool, run: &mut RunFile) {
     let add = |plugin: &Plugin| {
-        let _ = black_box(plugin.add(black_box(1.0), black_box(2.0)));
+        black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
     };
     thread_rows("in_process", &setup.plugin, 1_000, add, quick, run);
 }
@@ -585,6 +642,16 @@ fn page_size() -> Option<u64> {
     let line = smaps.lines().find(|l| l.starts_with("KernelPageSize:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// What a caller keeps of a call: its value (NaN for an error). Every per-call row hands this
+/// to `black_box`, not the whole `Result`: with `host::Error` in it that is over 100 bytes,
+/// which the compiler then copies for `black_box` alone, and whether that copy stalls the CPU
+/// (a wide load of what was just written in parts) depends on inlining luck, not on the code
+/// measured: up to 4 ns per call here.
+#[inline(always)]
+fn value<E>(result: Result<f64, E>) -> f64 {
+    result.unwrap_or(f64::NAN)
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

@@ -310,18 +310,31 @@ impl Report<'_> {
                 on two sides of a non-inlinable boundary; at a few nanoseconds per call, each of \
                 these is a visible fraction",
         });
-        let delta = (|| {
-            Some(run.median("per_call/in_process_metrics")? - run.median("per_call/in_process")?)
-        })();
+        // The paired measurement (alternating blocks, median of the differences) when the run
+        // has it: the difference of two separate criterion medians moves with the VM's drift.
+        let paired = "paired/metrics_overhead";
+        let delta = match run.extra(paired, "delta_ns") {
+            Some(d) => {
+                let p25 = run.extra(paired, "delta_p25_ns").unwrap_or(f64::NAN);
+                let p75 = run.extra(paired, "delta_p75_ns").unwrap_or(f64::NAN);
+                Some((format!("{d:+.1} ns (paired; middle half {p25:+.1} to {p75:+.1})"), d))
+            }
+            None => (|| {
+                let d = run.median("per_call/in_process_metrics")?
+                    - run.median("per_call/in_process")?;
+                Some((format!("{d:+.1} ns"), d))
+            })(),
+        };
         goals.push(Goal {
             name: "metrics on vs in-process call",
             target: "≤ +10 ns",
-            measured: delta.map(|d| (format!("{d:+.1} ns"), d <= 10.0)),
+            measured: delta.map(|(text, d)| (text, d <= 10.0)),
             missing: "per_call/in_process_metrics",
-            why_missed: "a managed call does three atomic read-modify-write instructions on top \
-                of the plugin call (the in-flight count, and the two of the `arc_swap` load that \
-                keeps the serving library alive during the call; about 3 ns each here), and a \
-                sampled call reads the clock",
+            why_missed: "on top of the plugin call a managed call finds its thread's counter \
+                shard (a thread-local), writes two counters, reads the serving library's address \
+                and state and checks whether to time the call: about 50 instructions, none of \
+                them locked, so the cost follows the CPU's clock (this VM's speed changes by \
+                half from run to run)",
         });
         goals.push(Goal {
             name: "out-of-process call vs socket ping-pong",
@@ -786,6 +799,21 @@ mod tests {
             "out-of-process mode not built yet".into(),
         );
         run
+    }
+
+    #[test]
+    fn the_metrics_goal_prefers_the_paired_measurement() {
+        let mut run = sample_run();
+        run.extras.insert(
+            "paired/metrics_overhead".to_owned(),
+            serde_json::json!({ "delta_ns": 12.5, "delta_p25_ns": 11.0, "delta_p75_ns": 14.25 }),
+        );
+        let machine = Machine { cpus: 2, ..Machine::default() };
+        let report = Report { run: &run, machine: &machine, command: "c", quick: true };
+        let md = report.markdown();
+        let row = "| metrics on vs in-process call | ≤ +10 ns | +12.5 ns (paired; middle half \
+                   +11.0 to +14.2) | **no** |";
+        assert!(md.contains(row), "{md}");
     }
 
     #[test]
