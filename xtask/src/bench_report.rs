@@ -404,6 +404,17 @@ impl Report<'_> {
             };
             let _ = writeln!(w, "| {} | {} | {} | {} |", goal.name, goal.target, measured, met);
         }
+        let paired = "paired/metrics_overhead";
+        if let (Some(rounds), Some(block)) =
+            (run.extra(paired, "rounds"), run.extra(paired, "block"))
+        {
+            let plugin = run.extra(paired, "plugin_ns").unwrap_or(f64::NAN);
+            let handle = run.extra(paired, "handle_ns").unwrap_or(f64::NAN);
+            let _ = writeln!(
+                w,
+                "\n\"Paired\": {rounds:.0} rounds of one block of {block:.0} `Plugin::add` calls and one of `Handle::add` (which goes first alternates); the figure is the median of the per-round differences (medians of the blocks: {plugin:.1} ns and {handle:.1} ns). Two separate medians, as in the table below, drift apart with this VM's speed by more than the difference itself."
+            );
+        }
         let missed: Vec<&Goal> =
             goals.iter().filter(|g| matches!(g.measured, Some((_, false)))).collect();
         if !missed.is_empty() {
@@ -814,6 +825,16 @@ mod tests {
         let row = "| metrics on vs in-process call | ≤ +10 ns | +12.5 ns (paired; middle half \
                    +11.0 to +14.2) | **no** |";
         assert!(md.contains(row), "{md}");
+        assert!(!md.contains("\"Paired\": "), "no rounds in the run, no explanation: {md}");
+        run.extras.insert(
+            "paired/metrics_overhead".to_owned(),
+            serde_json::json!({ "delta_ns": 8.0, "delta_p25_ns": 7.5, "delta_p75_ns": 9.0,
+                                "rounds": 1500, "block": 2000, "plugin_ns": 16.0, "handle_ns": 24.0 }),
+        );
+        let report = Report { run: &run, machine: &machine, command: "c", quick: true };
+        let md = report.markdown();
+        assert!(md.contains("| +8.0 ns (paired; middle half +7.5 to +9.0) | yes |"), "{md}");
+        assert!(md.contains("\"Paired\": 1500 rounds of one block of 2000"), "{md}");
     }
 
     #[test]
