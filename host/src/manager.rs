@@ -728,11 +728,13 @@ impl Inner {
                 Ok(()) => report.closed.push(serving.plugin.name().to_owned()),
                 Err(err) => report.failed.push(err),
             }
-            // Replaced libraries whose calls outlasted the reload's wait (see `Slot::retire`).
-            for replaced in slot.generations.iter() {
-                if !std::ptr::eq(replaced, serving) && replaced.close().is_ok() {
-                    replaced.plugin.release();
+            // Replaced libraries whose calls outlasted the reload's wait (see `Slot::retire`);
+            // for the others, already closed, this does nothing.
+            for replaced in slot.generations.iter().filter(|g| !std::ptr::eq(*g, serving)) {
+                if let Err(err) = replaced.close() {
+                    report.failed.push(err);
                 }
+                replaced.plugin.release();
             }
         }
         report.closed.sort();
@@ -829,7 +831,7 @@ impl Slot {
     /// not waited for, so a busy plugin does not hold a reload up. If calls still run on `old`
     /// when the time is up, it is shut down with the manager instead.
     fn retire(&self, old: &Generation, timeout: Duration) {
-        // The swap is written; after this every call that read the old index is counted.
+        // The swap is written; after this, every call that read the old library is counted.
         fence::heavy();
         let marks = self.metrics.marks();
         let done = || self.metrics.passed(&marks) && old.shared.load(Ordering::SeqCst) == 0;
