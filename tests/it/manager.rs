@@ -446,6 +446,30 @@ fn a_reload_waits_for_the_calls_on_the_replaced_library_from_every_thread() {
     assert!(manager.shutdown().failed.is_empty());
 }
 
+#[test]
+fn a_replaced_library_whose_calls_outlast_the_wait_shuts_down_with_the_manager() {
+    let (dir, manager) = manager_for_reload(
+        "[manager]\nshutdown_timeout = \"10ms\"\n[retry]\nmax_retries = 0\n\
+         [plugins.reload]\ndelay_ms = 400\nfail_shutdown = true\n",
+    );
+    let reload = manager.get("reload").unwrap();
+    let caller = {
+        let reload = reload.clone();
+        thread::spawn(move || reload.add(0.0, 0.0))
+    };
+    wait_for("a call in flight", || reload.status().in_flight == 1);
+    install_as("reload-v2", dir.path(), &lib("reload"));
+    // The reload waits 10 ms for the call, gives up, and leaves the old library running.
+    assert_eq!(manager.scan().reloaded, ["reload"]);
+    assert_eq!(caller.join().unwrap().unwrap(), 1.0, "the call finishes on the old library");
+    let report = manager.shutdown();
+    // Both libraries are shut down now, and both say so (`fail_shutdown`): the serving one and
+    // the replaced one, whose shutdown was put off.
+    let messages: Vec<String> = report.failed.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages.iter().all(|m| m.contains("fail_shutdown is set")), "{messages:?}");
+}
+
 /// This process's resident memory, from /proc (0 where there is none).
 fn resident_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
