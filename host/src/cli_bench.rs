@@ -62,8 +62,8 @@ pub(crate) fn bench(
     if seconds == 0 {
         bail!("--seconds must be at least 1");
     }
-    // Twelve figures share the time: four per-call ones and four batch sizes in and out of
-    // process.
+    // Twelve figures share the time: four per-call ones (the in-process pair, timed in
+    // alternating slices, takes two slots) and four batch sizes in and out of process.
     let slot = Duration::from_secs(seconds).div_f64(12.0);
     let plugin = super::find_plugin(dirs, name)?;
     let plugin_config = config.plugin(name);
@@ -89,18 +89,21 @@ pub(crate) fn bench(
             black_box(value(black_box(reference).add(black_box(1.0), black_box(2.0))));
         }
     });
-    progress("in-process call");
-    let in_process = per_iteration(slot, |n| {
-        for _ in 0..n {
-            black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
-        }
-    });
-    progress("in-process call, metrics on");
-    let metrics = per_iteration(slot, |n| {
-        for _ in 0..n {
-            black_box(value(handle.add(black_box(1.0), black_box(2.0))));
-        }
-    });
+    progress("in-process call, without and with metrics, in alternating slices");
+    let paired = paired(
+        slot * 2,
+        |n| {
+            for _ in 0..n {
+                black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
+            }
+        },
+        |n| {
+            for _ in 0..n {
+                black_box(value(handle.add(black_box(1.0), black_box(2.0))));
+            }
+        },
+    );
+    let (in_process, metrics) = (paired.a, paired.b);
 
     let out_of_process = match &remote {
         Ok(remote) => {
@@ -170,6 +173,7 @@ pub(crate) fn bench(
                 "direct_dyn_reference": direct,
                 "in_process": in_process,
                 "in_process_metrics": metrics,
+                "metrics_overhead_paired": paired.difference,
                 "out_of_process": out_of_process,
             },
             "batch_items_per_sec": batches.iter().map(|(size, rate, failed, remote)| json!({
@@ -198,9 +202,9 @@ pub(crate) fn bench(
     )?;
     writeln!(
         out,
-        "  in-process, metrics on                  {:>10}  {:+.1} ns for metrics",
+        "  in-process, metrics on                  {:>10}  {:+.1} ns for metrics (paired)",
         nanos(metrics),
-        metrics - in_process
+        paired.difference
     )?;
     match (out_of_process, &no_ipc) {
         (Some(ns), _) => writeln!(
@@ -248,16 +252,7 @@ fn value<E>(result: Result<f64, E>) -> f64 {
 /// `run(n)` performs `n` iterations. `n` is first grown until a slice takes 10 ms, then slices
 /// of that size are timed until the budget is spent; the first fifth of the budget warms up.
 fn per_iteration(budget: Duration, mut run: impl FnMut(u64)) -> f64 {
-    let slice = Duration::from_millis(10);
-    let mut n = 1u64;
-    loop {
-        let start = Instant::now();
-        run(n);
-        if start.elapsed() >= slice || n >= 1 << 40 {
-            break;
-        }
-        n *= 2;
-    }
+    let n = iterations_per(Duration::from_millis(10), &mut run);
     let warm_up = Instant::now();
     while warm_up.elapsed() < budget / 5 {
         run(n);
@@ -271,6 +266,69 @@ fn per_iteration(budget: Duration, mut run: impl FnMut(u64)) -> f64 {
     }
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// Two ways of doing the same thing timed in alternating slices (which goes first alternates
+/// too), so that the machine's drifts in speed hit both alike.
+struct Paired {
+    /// The median time of one iteration of `a`, in nanoseconds.
+    a: f64,
+    /// The same for `b`.
+    b: f64,
+    /// The median of the per-round differences `b - a`.
+    difference: f64,
+}
+
+/// Times `a` and `b` in alternating slices for about `budget` (slices sized on `a` as in
+/// [`per_iteration`]; the first fifth warms up).
+fn paired(budget: Duration, mut a: impl FnMut(u64), mut b: impl FnMut(u64)) -> Paired {
+    let n = iterations_per(Duration::from_millis(2), &mut a);
+    let time = |run: &mut dyn FnMut(u64)| {
+        let start = Instant::now();
+        run(n);
+        start.elapsed().as_nanos() as f64 / n as f64
+    };
+    let (mut times_a, mut times_b, mut differences) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    let mut round = 0u64;
+    while started.elapsed() < budget || differences.len() < 5 {
+        let (ta, tb) = if round.is_multiple_of(2) {
+            let ta = time(&mut a);
+            (ta, time(&mut b))
+        } else {
+            let tb = time(&mut b);
+            (time(&mut a), tb)
+        };
+        round += 1;
+        if started.elapsed() < budget / 5 {
+            continue;
+        }
+        times_a.push(ta);
+        times_b.push(tb);
+        differences.push(tb - ta);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    Paired {
+        a: median(&mut times_a),
+        b: median(&mut times_b),
+        difference: median(&mut differences),
+    }
+}
+
+/// How many iterations of `run` take at least `slice` (a power of two).
+fn iterations_per(slice: Duration, run: &mut impl FnMut(u64)) -> u64 {
+    let mut n = 1u64;
+    loop {
+        let start = Instant::now();
+        run(n);
+        if start.elapsed() >= slice || n >= 1 << 40 {
+            return n;
+        }
+        n *= 2;
+    }
 }
 
 fn nanos(ns: f64) -> String {

@@ -145,3 +145,26 @@ fn no_plugin_directory_is_a_clear_error() {
         "{out:?}"
     );
 }
+
+#[test]
+fn bench_measures_every_figure_it_prints() {
+    let dir = &artifacts().plugin_dir;
+    let out = calcplug(&[dir], &["bench", "--plugin", "basic", "--json", "--seconds", "1"]);
+    let json: serde_json::Value = serde_json::from_str(&succeeded(&out)).expect("JSON");
+    assert_eq!(json["plugin"], "basic");
+    let per_call = &json["per_call_ns"];
+    for figure in ["direct_dyn_reference", "in_process", "in_process_metrics", "out_of_process"] {
+        let ns = per_call[figure].as_f64().unwrap_or(f64::NAN);
+        assert!(ns.is_finite() && ns > 0.0, "{figure}: {per_call:#}");
+    }
+    // A difference of two noisy medians can be slightly negative, never absurd.
+    let overhead = per_call["metrics_overhead_paired"].as_f64().unwrap_or(f64::NAN);
+    assert!(overhead.is_finite() && overhead.abs() < 1e6, "{per_call:#}");
+    let batches = json["batch_items_per_sec"].as_array().expect("batch rows");
+    assert_eq!(batches.len(), 4);
+    for row in batches {
+        assert_eq!(row["failed_items"], 0, "{row}");
+        assert!(row["in_process"].as_f64().is_some_and(|r| r > 0.0), "{row}");
+        assert!(row["out_of_process"].as_f64().is_some_and(|r| r > 0.0), "{row}");
+    }
+}
