@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 
 use anyhow::{bail, Context};
+use host::remote::Circuit;
 use host::{ManagerConfig, ManagerStatus, Op, PluginManager, CONFIG_FILE_NAME};
 use serde_json::json;
 
@@ -101,8 +102,11 @@ fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> 
             p.generation,
             p.source.display()
         )?;
-        if let Some(pid) = p.runner_pid {
-            writeln!(out, "  runner: pid {pid}")?;
+        match (p.runner_pid, p.circuit) {
+            (Some(pid), Some(circuit)) => writeln!(out, "  runner: pid {pid}, circuit {circuit}")?,
+            (Some(pid), None) => writeln!(out, "  runner: pid {pid}")?,
+            (None, Some(circuit)) => writeln!(out, "  runner: none running, circuit {circuit}")?,
+            (None, None) => {}
         }
         if let Some(err) = &p.last_error {
             writeln!(out, "  last error: {err}")?;
@@ -145,6 +149,11 @@ fn status_json(status: &ManagerStatus) -> serde_json::Value {
                 "state": p.state.name(),
                 "mode": p.mode.name(),
                 "runner_pid": p.runner_pid,
+                "circuit": p.circuit.map(|c| match c {
+                    Circuit::Closed => json!({ "state": "closed" }),
+                    Circuit::Open { next_trial_in } => json!({ "state": "open", "next_trial_in_seconds": next_trial_in.as_secs_f64() }),
+                    Circuit::HalfOpen => json!({ "state": "half-open" }),
+                }),
                 "generation": p.generation,
                 "uptime_seconds": p.uptime.as_secs_f64(),
                 "in_flight": p.in_flight,

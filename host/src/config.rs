@@ -236,7 +236,8 @@ impl IsolationConfig {
         self.mode
     }
 
-    /// `call_timeout`, `start_timeout`, `retries`, `max_failures`, `failure_window`, `runner`.
+    /// `call_timeout`, `start_timeout`, `retries`, `max_failures`, `failure_window`,
+    /// `circuit_cooldown`, `max_circuit_cooldown`, `runner`.
     pub fn options(&self) -> &crate::remote::RemoteOptions {
         &self.options
     }
@@ -508,6 +509,16 @@ impl ManagerConfig {
                     isolation_raw.failure_window,
                     "isolation.failure_window",
                     default_options.failure_window,
+                )?,
+                circuit_cooldown: duration(
+                    isolation_raw.circuit_cooldown,
+                    "isolation.circuit_cooldown",
+                    default_options.circuit_cooldown,
+                )?,
+                max_circuit_cooldown: duration(
+                    isolation_raw.max_circuit_cooldown,
+                    "isolation.max_circuit_cooldown",
+                    default_options.max_circuit_cooldown,
                 )?,
                 ..default_options
             },
@@ -790,6 +801,8 @@ struct RawIsolation {
     retries: Option<u32>,
     max_failures: Option<u32>,
     failure_window: Option<Spanned<String>>,
+    circuit_cooldown: Option<Spanned<String>>,
+    max_circuit_cooldown: Option<Spanned<String>>,
     runner: Option<String>,
 }
 

@@ -245,7 +245,7 @@ pub enum Error {
     },
 
     /// An out-of-process plugin whose runner was stopped on purpose
-    /// ([`RemotePlugin::stop`](crate::RemotePlugin::stop)) was called.
+    /// ([`RemotePlugin::stop`](crate::remote::RemotePlugin::stop)) was called.
     #[error("{plugin}: its runner was stopped (the plugin was replaced or shut down)")]
     Stopped {
         /// The plugin called.
@@ -297,7 +297,7 @@ pub enum Error {
     },
 
     /// No runner binary was found for the out-of-process mode.
-    #[error("no `calcplug-runner` binary found (looked at {}); set CALCPLUG_RUNNER or build it with `cargo build --bin calcplug-runner`", display_paths(looked))]
+    #[error("no `calcplug-runner` binary found (looked at {}); build it with `cargo build --bin calcplug-runner`, set CALCPLUG_RUNNER or `RemoteOptions::runner`, or call `host::remote::serve_if_runner()` first in `main` to be your own runner", display_paths(looked))]
     RunnerNotFound {
         /// Where it was looked for.
         looked: Vec<PathBuf>,
@@ -343,8 +343,12 @@ pub enum Error {
         reason: String,
     },
 
-    /// The runner failed too often recently: calls are refused until the window has passed.
-    #[error("{plugin}: circuit open: the runner failed {failures} times within {window:?}")]
+    /// The runner failed too often recently: calls are refused, and no runner is started,
+    /// until a trial runner may start.
+    #[error(
+        "{plugin}: circuit open: the runner failed {failures} times within {window:?}; next trial in {:.1}s",
+        next_trial_in.as_secs_f64()
+    )]
     CircuitOpen {
         /// The plugin.
         plugin: String,
@@ -352,6 +356,8 @@ pub enum Error {
         failures: usize,
         /// The window.
         window: Duration,
+        /// The time left before a call may start a trial runner.
+        next_trial_in: Duration,
     },
     /// The library failed an integrity check (allowlist or signature).
     #[error("{}: integrity check failed: {reason}", path.display())]

@@ -9,7 +9,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::env;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -114,6 +114,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `calcplug --isolate` starts this same binary as its runner.
+    #[cfg(unix)]
+    if let Some(code) = host::remote::serve_if_runner() {
+        return code;
+    }
     let cli = Cli::parse();
     // `watch` is a log to follow: it logs loads and reloads (info) by default.
     let watching = matches!(cli.command, Command::Watch);
@@ -146,7 +151,13 @@ fn init_tracing(verbose: u8) {
             _ => "trace",
         }),
     };
-    tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(filter).init();
+    // Colour only for a person at a terminal, and never under NO_COLOR (no-color.org).
+    let colour = io::stderr().is_terminal() && env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(colour)
+        .with_env_filter(filter)
+        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -110,7 +110,7 @@ pub struct PluginManager {
 /// A cheap, cloneable handle to one managed plugin, usable from many threads at once.
 ///
 /// It follows hot reloads: a call always goes to the library serving the name at that moment.
-/// Its methods mirror [`Plugin`]'s, with the retry policy applied.
+/// Its methods mirror [`Plugin`](crate::Plugin)'s, with the retry policy applied.
 #[derive(Clone)]
 pub struct Handle {
     slot: Arc<Slot>,
@@ -183,6 +183,8 @@ pub struct PluginStatus {
     pub mode: Mode,
     /// The process id of its runner, out of process while one runs.
     pub runner_pid: Option<u32>,
+    /// Its runner's circuit breaker, out of process.
+    pub circuit: Option<crate::remote::Circuit>,
     /// How many libraries have served it (1 until the first reload).
     pub generation: u64,
     /// How long the serving library has been loaded.
@@ -728,6 +730,8 @@ impl Inner {
                 Ok(()) => report.closed.push(serving.plugin.name().to_owned()),
                 Err(err) => report.failed.push(err),
             }
+            // Its runner ends now, not when the last `Handle` to it is dropped.
+            serving.plugin.release();
             // Replaced libraries whose calls outlasted the reload's wait (see `Slot::retire`);
             // for the others, already closed, this does nothing.
             for replaced in slot.generations.iter().filter(|g| !std::ptr::eq(*g, serving)) {
@@ -1000,10 +1004,10 @@ impl Slot {
         *self.last_error.lock() = Some(err.to_string());
         match self.on_panic {
             PanicPolicy::KeepServing => {
-                tracing::error!(plugin = %self.name, error = %err, "plugin panicked; it keeps serving (on_panic = keep-serving)");
+                tracing::warn!(plugin = %self.name, error = %err, "plugin panicked; it keeps serving (on_panic = keep-serving)");
             }
             PanicPolicy::Disable => {
-                tracing::error!(plugin = %self.name, error = %err, "plugin panicked; disabled until it is reloaded (on_panic = disable)");
+                tracing::warn!(plugin = %self.name, error = %err, "plugin panicked; disabled until it is reloaded (on_panic = disable)");
                 let _ = generation.state.transition(LifecycleState::Error);
             }
         }
@@ -1056,6 +1060,7 @@ impl Slot {
                 Mode::InProcess
             },
             runner_pid: generation.plugin.runner_pid(),
+            circuit: generation.plugin.circuit(),
             generation: self.reloads.load(Ordering::Relaxed) + 1,
             uptime: generation.loaded_at.elapsed(),
             in_flight: self.metrics.in_flight(),
@@ -1156,11 +1161,11 @@ impl Handle {
         self.slot.call(op, a, b)
     }
 
-    /// [`Plugin::process_batch`] through the manager (counted as one `process_batch` call).
+    /// [`Plugin::process_batch`](crate::Plugin::process_batch) through the manager (counted as one `process_batch` call).
     ///
     /// # Errors
     ///
-    /// As [`Plugin::process_batch`], and as [`Handle::call`].
+    /// As [`Plugin::process_batch`](crate::Plugin::process_batch), and as [`Handle::call`].
     pub fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
         let results = std::cell::RefCell::new(results);
         self.slot.run(BATCH, "process_batch", |plugin| {

@@ -380,7 +380,7 @@ impl Plugin {
     fn ffi_error(&self, op: &'static str, err: FfiError) -> Error {
         let (code, message) = decode_error(err);
         if code == ErrorCode::PluginPanicked {
-            tracing::error!(plugin = %self.name, op, %message, "plugin panicked");
+            tracing::warn!(plugin = %self.name, op, %message, "plugin panicked");
         }
         self.call_error(op, code, message)
     }

@@ -22,7 +22,7 @@ mod wire;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +36,7 @@ use interface::{
 use parking_lot::{Mutex, RwLock};
 use semver::Version;
 
-pub use runner::runner_main;
+pub use runner::{runner_main, serve_if_runner};
 use wire::{FrameError, Request, Response};
 
 use crate::{Error, Extension};
@@ -50,8 +50,9 @@ pub const RUNNER_NAME: &str = "calcplug-runner";
 /// How an out-of-process plugin is run and supervised.
 #[derive(Debug, Clone)]
 pub struct RemoteOptions {
-    /// The runner binary. `None`: `$CALCPLUG_RUNNER`, else `calcplug-runner` next to the current
-    /// executable (or one directory up, for test binaries in `deps/`).
+    /// The runner binary. `None`: `$CALCPLUG_RUNNER`; else this program itself if its `main`
+    /// called [`serve_if_runner`] (as `calcplug` does); else `calcplug-runner` next to the
+    /// current executable (or one directory up, for test binaries in `deps/`).
     pub runner: Option<PathBuf>,
     /// How long one call may take before the runner is declared hung, killed and restarted.
     pub call_timeout: Duration,
@@ -65,15 +66,22 @@ pub struct RemoteOptions {
     /// The longest delay between restarts.
     pub max_backoff: Duration,
     /// After this many runner failures within `failure_window`, the circuit opens: calls fail
-    /// with [`Error::CircuitOpen`] without starting a runner until the window has passed.
+    /// at once with [`Error::CircuitOpen`], and no runner is started, for `circuit_cooldown`.
+    /// A runner that dies is one failure however many callers noticed it.
     pub max_failures: u32,
     /// See `max_failures`.
     pub failure_window: Duration,
+    /// How long an open circuit stays open before one trial runner is started (half-open).
+    /// The trial's first answered call closes the circuit; its failure opens it again for
+    /// twice as long, up to `max_circuit_cooldown`.
+    pub circuit_cooldown: Duration,
+    /// The longest an open circuit waits before a trial.
+    pub max_circuit_cooldown: Duration,
 }
 
 impl Default for RemoteOptions {
     /// 5 s per call, 10 s to start, 3 retries, backoff from 50 ms to 5 s, circuit open after 5
-    /// failures in 60 s.
+    /// failures in 60 s, a trial after 1 s, then 2 s, then every 4 s while trials fail.
     fn default() -> RemoteOptions {
         RemoteOptions {
             runner: None,
@@ -84,6 +92,8 @@ impl Default for RemoteOptions {
             max_backoff: Duration::from_secs(5),
             max_failures: 5,
             failure_window: Duration::from_secs(60),
+            circuit_cooldown: Duration::from_secs(1),
+            max_circuit_cooldown: Duration::from_secs(4),
         }
     }
 }
@@ -111,12 +121,65 @@ pub struct RemotePlugin {
 struct Supervisor {
     /// The config of the last successful `initialize`, replayed on a new runner.
     config: Option<Config>,
+    /// When runners failed (one entry per runner, or per failed start), within the window.
     failures: Vec<Instant>,
+    /// No restart before this (the backoff), while the circuit is closed.
     next_start: Option<Instant>,
     /// Set by [`RemotePlugin::stop`]: no runner is started again.
     stopped: bool,
+    /// The delay before the next restart; back to zero once a runner has answered a call.
     backoff: Duration,
+    breaker: Breaker,
     generation: u64,
+}
+
+/// The circuit breaker's own state (what [`Circuit`] shows, plus when and how long).
+#[derive(Debug, Clone, Copy, Default)]
+enum Breaker {
+    #[default]
+    Closed,
+    /// No runner is started before `until`; `cooldown` is how long this opening lasts.
+    Open { until: Instant, cooldown: Duration },
+    /// A trial runner was started; `cooldown` is the opening that preceded it.
+    HalfOpen { cooldown: Duration },
+}
+
+/// The state of a [`RemotePlugin`]'s circuit breaker, as `calcplug status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Circuit {
+    /// Runners are started (and restarted) as calls need them.
+    Closed,
+    /// The runner failed too often: calls fail with [`Error::CircuitOpen`] until a trial runner
+    /// may start, `next_trial_in` from now.
+    Open {
+        /// The time left before a call may start the trial runner.
+        next_trial_in: Duration,
+    },
+    /// A trial runner is serving: its first answered call closes the circuit, its failure
+    /// opens it again.
+    HalfOpen,
+}
+
+impl std::fmt::Display for Circuit {
+    /// `closed`, `open (next trial in 1.2s)`, `half-open`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Circuit::Closed => f.write_str("closed"),
+            Circuit::Open { next_trial_in } => {
+                write!(f, "open (next trial in {:.1}s)", next_trial_in.as_secs_f64())
+            }
+            Circuit::HalfOpen => f.write_str("half-open"),
+        }
+    }
+}
+
+/// Why [`RemotePlugin::live_process`] has no runner to offer.
+enum Unavailable {
+    /// Refused without trying (circuit open, stopped): final.
+    Refused(Error),
+    /// A start was tried and failed; it counts as a failure, and an idempotent call may try
+    /// again.
+    StartFailed(Error),
 }
 
 impl RemotePlugin {
@@ -180,6 +243,17 @@ impl RemotePlugin {
     /// How many runners have been started for this plugin (1 until the first restart).
     pub fn generation(&self) -> u64 {
         self.supervisor.lock().generation
+    }
+
+    /// The circuit breaker's state.
+    pub fn circuit(&self) -> Circuit {
+        match self.supervisor.lock().breaker {
+            Breaker::Closed => Circuit::Closed,
+            Breaker::Open { until, .. } => {
+                Circuit::Open { next_trial_in: until.saturating_duration_since(Instant::now()) }
+            }
+            Breaker::HalfOpen { .. } => Circuit::HalfOpen,
+        }
     }
 
     /// Initializes the plugin; the config is replayed on every restarted runner.
@@ -365,50 +439,69 @@ impl RemotePlugin {
     ) -> Result<Response, Error> {
         let mut attempt = 0;
         loop {
-            let process = self.live_process()?;
-            let failure = match process.roundtrip(request) {
-                Ok(Response::Error { code, message }) => {
-                    let code = ErrorCode::from_u8(code).unwrap_or(ErrorCode::Internal);
-                    return Err(self.call_error(op, code, message));
-                }
-                Ok(response) => return Ok(response),
-                Err(failure) => failure,
-            };
-            let error = match failure {
-                Transport::Timeout => {
-                    tracing::error!(plugin = %self.name, op, timeout = ?self.options.call_timeout, "call timed out: killing the runner");
-                    process.kill();
-                    self.record_failure(&process);
-                    return Err(Error::CallTimeout {
-                        plugin: self.name.clone(),
-                        op,
-                        after: self.options.call_timeout,
-                    });
-                }
-                Transport::Malformed(reason) => {
-                    self.record_failure(&process);
-                    process.kill();
-                    return Err(Error::Wire { plugin: self.name.clone(), reason });
-                }
-                Transport::Closed => {
-                    let status = process.wait_for_exit(Duration::from_secs(2));
-                    self.record_failure(&process);
-                    let status = match status {
-                        Some(status) => describe_exit(status),
-                        None => {
-                            process.kill();
-                            "closed the connection and did not exit (killed)".to_owned()
+            let error = match self.live_process() {
+                Ok(process) => match process.roundtrip(request) {
+                    Ok(response) => {
+                        if !process.answered.load(Ordering::Relaxed) {
+                            self.record_answer(&process);
                         }
-                    };
-                    tracing::error!(plugin = %self.name, op, %status, "runner died");
-                    Error::PluginCrashed { plugin: self.name.clone(), status }
-                }
+                        if let Response::Error { code, message } = response {
+                            let code = ErrorCode::from_u8(code).unwrap_or(ErrorCode::Internal);
+                            return Err(self.call_error(op, code, message));
+                        }
+                        return Ok(response);
+                    }
+                    Err(failure) => match self.fail(&process, op, failure) {
+                        Failed::Final(error) => return Err(error),
+                        Failed::Retryable(error) => error,
+                    },
+                },
+                Err(Unavailable::Refused(error)) => return Err(error),
+                Err(Unavailable::StartFailed(error)) => error,
             };
             if !idempotent || attempt >= self.options.retries {
                 return Err(error);
             }
             attempt += 1;
-            tracing::warn!(plugin = %self.name, op, attempt, "retrying on a new runner");
+            tracing::warn!(plugin = %self.name, op, attempt, error = %error, "retrying on a new runner");
+        }
+    }
+
+    /// Turns a failed round trip into the call's error, ending the runner and counting the
+    /// failure once for the runner, whichever caller notices first.
+    #[cold]
+    fn fail(&self, process: &Process, op: &'static str, failure: Transport) -> Failed {
+        match failure {
+            Transport::Timeout => {
+                tracing::error!(plugin = %self.name, op, timeout = ?self.options.call_timeout, "call timed out: killing the runner");
+                self.record_failure(process);
+                process.kill();
+                Failed::Final(Error::CallTimeout {
+                    plugin: self.name.clone(),
+                    op,
+                    after: self.options.call_timeout,
+                })
+            }
+            Transport::Malformed(reason) => {
+                self.record_failure(process);
+                process.kill();
+                Failed::Final(Error::Wire { plugin: self.name.clone(), reason })
+            }
+            Transport::Closed => {
+                let status = process.wait_for_exit(Duration::from_secs(2));
+                let first = self.record_failure(process);
+                let status = match status {
+                    Some(status) => describe_exit(status),
+                    None => {
+                        process.kill();
+                        "closed the connection and did not exit (killed)".to_owned()
+                    }
+                };
+                if first {
+                    tracing::error!(plugin = %self.name, op, %status, pid = process.pid, "runner died");
+                }
+                Failed::Retryable(Error::PluginCrashed { plugin: self.name.clone(), status })
+            }
         }
     }
 
@@ -431,7 +524,7 @@ impl RemotePlugin {
     }
 
     /// The running process, or a new one (respecting the backoff and the circuit).
-    fn live_process(&self) -> Result<Arc<Process>, Error> {
+    fn live_process(&self) -> Result<Arc<Process>, Unavailable> {
         if let Some(process) = self.process.read().as_ref() {
             if !process.is_dead() {
                 return Ok(Arc::clone(process));
@@ -439,33 +532,59 @@ impl RemotePlugin {
         }
         let mut supervisor = self.supervisor.lock();
         if supervisor.stopped {
-            return Err(Error::Stopped { plugin: self.name.clone() });
+            return Err(Unavailable::Refused(Error::Stopped { plugin: self.name.clone() }));
         }
-        // Another thread may have restarted it while we waited for the lock.
+        // Another thread may have restarted it while we waited for the lock (a runner is only
+        // marked dead with this lock held, so this check is final).
         if let Some(process) = self.process.read().as_ref() {
             if !process.is_dead() {
                 return Ok(Arc::clone(process));
             }
         }
         let now = Instant::now();
-        let window = self.options.failure_window;
-        supervisor.failures.retain(|t| now.duration_since(*t) < window);
-        if supervisor.failures.len() >= self.options.max_failures as usize {
-            return Err(Error::CircuitOpen {
-                plugin: self.name.clone(),
-                failures: supervisor.failures.len(),
-                window,
-            });
-        }
-        if let Some(next) = supervisor.next_start {
-            if next > now {
-                std::thread::sleep(next - now);
+        match supervisor.breaker {
+            Breaker::Open { until, .. } if now < until => {
+                let window = self.options.failure_window;
+                supervisor.failures.retain(|t| now.duration_since(*t) < window);
+                return Err(Unavailable::Refused(Error::CircuitOpen {
+                    plugin: self.name.clone(),
+                    failures: supervisor.failures.len(),
+                    window,
+                    next_trial_in: until - now,
+                }));
+            }
+            Breaker::Open { cooldown, .. } => {
+                tracing::info!(plugin = %self.name, "circuit half-open: starting a trial runner");
+                supervisor.breaker = Breaker::HalfOpen { cooldown };
+            }
+            // The backoff applies between restarts while the circuit is closed; a trial
+            // waited out its cooldown already.
+            Breaker::Closed | Breaker::HalfOpen { .. } => {
+                if let Some(next) = supervisor.next_start {
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
+                }
             }
         }
-        let process =
-            Arc::new(start_process(&self.runner, &self.library, &self.name, &self.options)?);
         supervisor.generation += 1;
-        if let Some(config) = supervisor.config.clone() {
+        let process = match self.start_replaying(&supervisor) {
+            Ok(process) => Arc::new(process),
+            Err(error) => {
+                tracing::error!(plugin = %self.name, error = %error, "the runner did not start");
+                self.count_failure(&mut supervisor);
+                return Err(Unavailable::StartFailed(error));
+            }
+        };
+        tracing::info!(plugin = %self.name, pid = process.pid, generation = supervisor.generation, "runner started");
+        *self.process.write() = Some(Arc::clone(&process));
+        Ok(process)
+    }
+
+    /// Starts a runner and replays the last `initialize` on it.
+    fn start_replaying(&self, supervisor: &Supervisor) -> Result<Process, Error> {
+        let process = start_process(&self.runner, &self.library, &self.name, &self.options)?;
+        if let Some(config) = &supervisor.config {
             let entries = config.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
             match process.roundtrip(&Request::Initialize(entries)) {
                 Ok(Response::Done) => {}
@@ -478,15 +597,27 @@ impl RemotePlugin {
                 }
             }
         }
-        tracing::info!(plugin = %self.name, pid = process.pid, generation = supervisor.generation, "runner started");
-        *self.process.write() = Some(Arc::clone(&process));
         Ok(process)
     }
 
-    fn record_failure(&self, process: &Process) {
-        process.mark_dead();
+    /// Marks `process` dead and counts its failure, once per runner however many callers saw
+    /// it fail. Returns whether this caller was the first.
+    fn record_failure(&self, process: &Process) -> bool {
         let mut supervisor = self.supervisor.lock();
+        let first = !process.failed.swap(true, Ordering::AcqRel);
+        process.mark_dead();
+        if first {
+            self.count_failure(&mut supervisor);
+        }
+        first
+    }
+
+    /// One runner failure: it grows the backoff, and opens the circuit after `max_failures`
+    /// within the window, or again when a trial runner fails.
+    fn count_failure(&self, supervisor: &mut Supervisor) {
         let now = Instant::now();
+        let window = self.options.failure_window;
+        supervisor.failures.retain(|t| now.duration_since(*t) < window);
         supervisor.failures.push(now);
         supervisor.backoff = if supervisor.backoff.is_zero() {
             self.options.initial_backoff
@@ -494,6 +625,42 @@ impl RemotePlugin {
             (supervisor.backoff * 2).min(self.options.max_backoff)
         };
         supervisor.next_start = Some(now + supervisor.backoff);
+        let cooldown = match supervisor.breaker {
+            Breaker::HalfOpen { cooldown } => {
+                Some((cooldown * 2).min(self.options.max_circuit_cooldown))
+            }
+            Breaker::Closed if supervisor.failures.len() >= self.options.max_failures as usize => {
+                Some(self.options.circuit_cooldown.min(self.options.max_circuit_cooldown))
+            }
+            Breaker::Closed | Breaker::Open { .. } => None,
+        };
+        if let Some(cooldown) = cooldown {
+            tracing::error!(
+                plugin = %self.name,
+                failures = supervisor.failures.len(),
+                ?window,
+                ?cooldown,
+                "circuit open: no runner is started until the next trial"
+            );
+            supervisor.breaker = Breaker::Open { until: now + cooldown, cooldown };
+        }
+    }
+
+    /// The first answer from a runner: it works, so the backoff starts over, and a trial
+    /// runner closes the circuit.
+    #[cold]
+    fn record_answer(&self, process: &Process) {
+        let mut supervisor = self.supervisor.lock();
+        if process.answered.swap(true, Ordering::Relaxed) || process.is_dead() {
+            return;
+        }
+        supervisor.backoff = Duration::ZERO;
+        supervisor.next_start = None;
+        if let Breaker::HalfOpen { .. } = supervisor.breaker {
+            tracing::info!(plugin = %self.name, pid = process.pid, "circuit closed: the trial runner answered");
+            supervisor.breaker = Breaker::Closed;
+            supervisor.failures.clear();
+        }
     }
 
     fn expect_done(&self, op: &'static str, response: Response) -> Result<(), Error> {
@@ -584,6 +751,11 @@ fn find_runner(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("CALCPLUG_RUNNER") {
         return Ok(PathBuf::from(path));
     }
+    if runner::self_runner_enabled() {
+        if let Ok(exe) = std::env::current_exe() {
+            return Ok(exe);
+        }
+    }
     let mut looked = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(2) {
@@ -595,6 +767,14 @@ fn find_runner(explicit: Option<&Path>) -> Result<PathBuf, Error> {
         }
     }
     Err(Error::RunnerNotFound { looked })
+}
+
+/// What a failed round trip means for the call.
+enum Failed {
+    /// The call fails with this error (a timeout, a broken runner).
+    Final(Error),
+    /// The runner died: an idempotent call may be retried on a new one.
+    Retryable(Error),
 }
 
 /// Why a round trip failed.
@@ -619,6 +799,10 @@ struct Process {
     socket: PathBuf,
     pool: Mutex<Vec<Connection>>,
     dead: AtomicBool,
+    /// Its failure was counted (see [`RemotePlugin::record_failure`]).
+    failed: AtomicBool,
+    /// It answered a call (see [`RemotePlugin::record_answer`]).
+    answered: AtomicBool,
     next_id: AtomicU64,
     hello: wire::Hello,
     call_timeout: Duration,
@@ -641,6 +825,8 @@ fn start_process(
 ) -> Result<Process, Error> {
     let dir = private_dir().map_err(|source| Error::Io { path: std::env::temp_dir(), source })?;
     let mut child = Command::new(runner)
+        // What `serve_if_runner` recognises; `ps` shows the process as a runner either way.
+        .arg0(RUNNER_NAME)
         .arg("serve")
         .arg(library)
         .arg(&dir)
@@ -669,6 +855,8 @@ fn start_process(
         socket: PathBuf::new(),
         pool: Mutex::new(Vec::new()),
         dead: AtomicBool::new(false),
+        failed: AtomicBool::new(false),
+        answered: AtomicBool::new(false),
         next_id: AtomicU64::new(1),
         hello: wire::Hello {
             wire_version: 0,

@@ -167,10 +167,10 @@ fn unsupported(op: &str) -> CalcError {
     CalcError::new(ErrorCode::Unsupported, format!("this plugin does not implement `{op}`"))
 }
 
-/// Exports a [`Calculator`](plugin::Calculator) implementation as this library's root module.
+/// Exports a [`Calculator`](crate::plugin::Calculator) implementation as this library's root module.
 ///
 /// Call it once, at the root of a `cdylib` crate, with a type that implements
-/// [`Calculator`](plugin::Calculator) and `Default`: `interface::export_plugin!(MyCalculator);`
+/// [`Calculator`](crate::plugin::Calculator) and `Default`: `interface::export_plugin!(MyCalculator);`
 /// (the crate documentation has a whole plugin).
 ///
 /// The expansion is the only place with `unsafe` attributes (`#[export_name]`), and it allows them
@@ -559,6 +559,7 @@ impl<T: Calculator + Default, H: HandshakeSource> Export<T, H> {
     }
 
     extern "C" fn constructor() -> RootModuleResult {
+        quiet_panics();
         abi_stable::library::__call_root_module_loader(Self::root_module)
     }
 
@@ -734,6 +735,31 @@ fn error_to_ffi(err: CalcError) -> FfiError {
     FfiError { code: err.code().as_u8(), message: RString::from(err.message()) }
 }
 
+std::thread_local! {
+    /// Where the panic being caught was raised, as the hook of [`quiet_panics`] saw it.
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Replaces the panic hook of this library's copy of `std` with one that prints nothing and
+/// remembers where the panic was raised, for [`panic_to_ffi`] to add to the error.
+///
+/// A `cdylib` carries its own `std`, with its own hook, so this never touches the host's. It
+/// runs from the root module's loader, which only a host loading the library calls: a test
+/// that links a plugin crate as an `rlib` keeps its own hook. Without it the default hook
+/// would print every panic (with a backtrace under `RUST_BACKTRACE`) on the host's stderr,
+/// beside the error the host already reports.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let location =
+                info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let _ = PANIC_LOCATION.try_with(|slot| *slot.borrow_mut() = location);
+        }));
+    });
+}
+
 #[cold]
 fn panic_to_ffi(op: &str, payload: Box<dyn std::any::Any + Send>) -> FfiError {
     let message = if let Some(text) = payload.downcast_ref::<&str>() {
@@ -745,9 +771,14 @@ fn panic_to_ffi(op: &str, payload: Box<dyn std::any::Any + Send>) -> FfiError {
     };
     // Dropping a payload may itself panic; leak it rather than risk unwinding out of here.
     std::mem::forget(payload);
+    let at = PANIC_LOCATION
+        .try_with(|slot| slot.borrow_mut().take())
+        .ok()
+        .flatten()
+        .map_or_else(String::new, |location| format!(" at {location}"));
     FfiError {
         code: ErrorCode::PluginPanicked.as_u8(),
-        message: RString::from(format!("panicked in `{op}`: {message}")),
+        message: RString::from(format!("panicked in `{op}`{at}: {message}")),
     }
 }
 

@@ -1,17 +1,13 @@
 //! The `calcplug` binary, run as a child process against the built libraries.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::util::{artifacts, copy_as, scratch};
 
 fn calcplug(dirs: &[&Path], args: &[&str]) -> Output {
-    let mut command = Command::new(&artifacts().calcplug);
-    for dir in dirs {
-        command.arg("--plugin-dir").arg(dir);
-    }
-    command.args(args).env_remove("CALCPLUG_LOG").env_remove("CALCPLUG_PLUGIN_PATH");
-    command.output().expect("run calcplug")
+    calcplug_with(dirs, args, &[])
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -167,4 +163,94 @@ fn bench_measures_every_figure_it_prints() {
         assert!(row["in_process"].as_f64().is_some_and(|r| r > 0.0), "{row}");
         assert!(row["out_of_process"].as_f64().is_some_and(|r| r > 0.0), "{row}");
     }
+}
+
+#[test]
+fn a_panicking_plugin_prints_one_error_line_and_nothing_else() {
+    let dir = &artifacts().fixture_dir;
+    let expected = "error: panicky: divide: plugin panicked: panicked in `divide` at \
+                    tests/fixtures/panicky/src/lib.rs:29:9: divide panics on purpose\n";
+    for isolate in [false, true] {
+        let mut args = vec!["call", "panicky", "divide", "1", "2"];
+        if isolate {
+            args.insert(0, "--isolate");
+        }
+        // The plugin's own copy of std would print the panic (and, here, a backtrace).
+        let out = calcplug_with(&[dir], &args, &[("RUST_BACKTRACE", "1")]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(text(&out.stdout), "");
+        assert_eq!(text(&out.stderr), expected, "isolate: {isolate}");
+    }
+    // At -v, one log line says so too.
+    let out = calcplug_with(&[dir], &["-v", "call", "panicky", "divide", "1", "2"], &[]);
+    let stderr = text(&out.stderr);
+    let panicked: Vec<&str> = stderr.lines().filter(|l| l.contains("panics on purpose")).collect();
+    assert_eq!(panicked.len(), 2, "{stderr}");
+    assert!(panicked[0].contains(" WARN host::plugin: plugin panicked plugin=panicky"), "{stderr}");
+    assert_eq!(format!("{}\n", panicked[1]), expected);
+}
+
+#[test]
+fn logs_are_coloured_only_on_a_terminal_and_never_under_no_color() {
+    let dir = artifacts().plugin_dir.to_str().unwrap().to_owned();
+    let args = ["--plugin-dir", &dir, "-vv", "call", "basic", "add", "2", "3"];
+    // Piped: plain text.
+    let out = calcplug_with(&[], &args, &[]);
+    let stderr = succeeded_stderr(&out);
+    assert!(stderr.contains(" INFO "), "-vv logs at info: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "escape bytes in piped stderr: {stderr:?}");
+    // On a terminal (`script` gives it a pseudo-terminal): colour, unless NO_COLOR is set.
+    let on_a_terminal = |no_color: Option<&str>| {
+        let line = std::iter::once(artifacts().calcplug.to_str().unwrap())
+            .chain(args.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut command = Command::new("script");
+        command.args(["-qec", &line, "/dev/null"]).env_remove("CALCPLUG_LOG");
+        match no_color {
+            Some(value) => command.env("NO_COLOR", value),
+            None => command.env_remove("NO_COLOR"),
+        };
+        let out = command.output().expect("script(1), from util-linux");
+        assert!(out.status.success(), "{out:?}");
+        text(&out.stdout)
+    };
+    let coloured = on_a_terminal(None);
+    assert!(coloured.contains("\u{1b}["), "no colour on a terminal: {coloured:?}");
+    let plain = on_a_terminal(Some("1"));
+    assert!(plain.contains(" INFO ") && !plain.contains('\u{1b}'), "{plain:?}");
+}
+
+#[test]
+fn calcplug_is_its_own_runner() {
+    // A calcplug binary alone in a directory: no calcplug-runner beside it.
+    let bin = scratch();
+    let alone = copy_as(&artifacts().calcplug, bin.path(), "calcplug");
+    let out = Command::new(&alone)
+        .arg("--plugin-dir")
+        .arg(&artifacts().plugin_dir)
+        .args(["--isolate", "call", "basic", "add", "2", "3"])
+        .env_remove("CALCPLUG_RUNNER")
+        .output()
+        .unwrap();
+    assert_eq!(succeeded(&out), "5\n");
+    // Started by hand under the runner's name, it refuses like the runner does.
+    let out = Command::new(&alone).arg0("calcplug-runner").arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("This binary is a calcplug plugin runner."), "{out:?}");
+}
+
+fn calcplug_with(dirs: &[&Path], args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(&artifacts().calcplug);
+    for dir in dirs {
+        command.arg("--plugin-dir").arg(dir);
+    }
+    command.args(args).env_remove("CALCPLUG_LOG").env_remove("CALCPLUG_PLUGIN_PATH");
+    command.envs(env.iter().copied()).output().expect("run calcplug")
+}
+
+#[track_caller]
+fn succeeded_stderr(output: &Output) -> String {
+    succeeded(output);
+    text(&output.stderr)
 }

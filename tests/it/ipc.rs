@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use host::remote::{RemoteOptions, RemotePlugin};
+use host::remote::{Circuit, RemoteOptions, RemotePlugin};
 use host::{BatchOp, BatchResult, Config, Error, ErrorCode, Op, PluginHandle, PluginState};
 
 use crate::util::artifacts;
@@ -179,20 +179,56 @@ fn a_hanging_call_times_out_and_the_runner_is_replaced() {
 }
 
 #[test]
-fn crashes_are_retried_then_the_circuit_opens() {
-    let options = RemoteOptions { retries: 2, max_failures: 4, ..options() };
+fn crashes_are_retried_then_the_circuit_opens_then_a_trial_closes_it() {
+    let cooldown = Duration::from_millis(400);
+    let options = RemoteOptions {
+        retries: 2,
+        max_failures: 4,
+        circuit_cooldown: cooldown,
+        max_circuit_cooldown: cooldown * 2,
+        ..options()
+    };
     let plugin = remote("crashy", options);
     plugin.initialize(&Config::new().with("crash", "abort")).unwrap();
     // 1 try + 2 retries, each on a new runner, each crashing.
     let err = plugin.divide(1.0, 2.0).unwrap_err();
     assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
     assert_eq!(plugin.generation(), 3);
-    // The fourth failure opens the circuit: calls fail at once without a new runner.
+    assert_eq!(plugin.circuit(), Circuit::Closed);
+    // The fourth failure opens the circuit: the retry is refused, and so is every call until
+    // the cool-down has passed, without a new runner.
     let err = plugin.divide(1.0, 2.0).unwrap_err();
-    assert!(matches!(err, Error::PluginCrashed { .. } | Error::CircuitOpen { .. }), "{err:?}");
-    let err = plugin.add(1.0, 2.0).unwrap_err();
     assert!(matches!(err, Error::CircuitOpen { failures: 4, .. }), "{err:?}");
-    assert!(err.to_string().contains("circuit open"), "{err}");
+    assert_eq!(plugin.generation(), 4);
+    let err = plugin.add(1.0, 2.0).unwrap_err();
+    let Error::CircuitOpen { failures: 4, next_trial_in, .. } = err else { panic!("{err:?}") };
+    assert!(next_trial_in > Duration::ZERO && next_trial_in <= cooldown, "{next_trial_in:?}");
+    assert!(
+        err.to_string().starts_with(
+            "crashy: circuit open: the runner failed 4 times within 60s; next trial in "
+        ),
+        "{err}"
+    );
+    let Circuit::Open { next_trial_in } = plugin.circuit() else {
+        panic!("{:?}", plugin.circuit())
+    };
+    assert_eq!(plugin.runner_pid(), None);
+    assert_eq!(plugin.generation(), 4, "no runner starts while the circuit is open");
+    // After the cool-down, one trial runner: a crash reopens the circuit for twice as long.
+    std::thread::sleep(next_trial_in + Duration::from_millis(20));
+    let err = plugin.divide(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::CircuitOpen { failures: 5, .. }), "{err:?}");
+    assert_eq!(plugin.generation(), 5, "exactly one trial runner");
+    let Circuit::Open { next_trial_in } = plugin.circuit() else {
+        panic!("{:?}", plugin.circuit())
+    };
+    assert!(next_trial_in > cooldown && next_trial_in <= cooldown * 2, "{next_trial_in:?}");
+    // The next trial answers a call: the circuit closes and calls flow again.
+    std::thread::sleep(next_trial_in + Duration::from_millis(20));
+    assert_eq!(plugin.add(1.0, 2.0).unwrap(), 3.0);
+    assert_eq!(plugin.generation(), 6);
+    assert_eq!(plugin.circuit(), Circuit::Closed);
+    assert_eq!(plugin.add(2.0, 2.0).unwrap(), 4.0);
 }
 
 #[test]

@@ -46,6 +46,13 @@ impl Backend {
         }
     }
 
+    pub(crate) fn circuit(&self) -> Option<crate::remote::Circuit> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Remote(plugin) => Some(plugin.circuit()),
+        }
+    }
+
     pub(crate) fn is_isolated(&self) -> bool {
         matches!(self, Backend::Remote(_))
     }

@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -34,10 +35,45 @@ const NOT_BY_HAND: &str = "This binary is a calcplug plugin runner. It is not me
 executed directly: run the program that uses the plugins (for example `calcplug --isolate`), \
 which starts runners itself.";
 
+/// Whether this program may serve as its own runner: set by [`serve_if_runner`].
+static SELF_RUNNER: AtomicBool = AtomicBool::new(false);
+
+/// Lets a host program be its own runner, as go-plugin plugins are their own servers: call it
+/// first thing in `main`, and return its exit code when it gives one.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     if let Some(code) = host::remote::serve_if_runner() {
+///         return code; // this process was started as a runner, and has served
+///     }
+///     // ... the host program, which may now use `RemotePlugin` with no runner binary beside it
+///     # std::process::ExitCode::SUCCESS
+/// }
+/// ```
+///
+/// The host side starts every runner with `argv[0]` set to [`RUNNER_NAME`](super::RUNNER_NAME);
+/// started so, this serves as the runner and returns its exit code. Otherwise it returns `None`
+/// and records that this executable can serve: [`RemotePlugin`](super::RemotePlugin) then
+/// re-executes it as the runner unless an explicit runner is configured (see
+/// [`RemoteOptions::runner`](super::RemoteOptions::runner)).
+pub fn serve_if_runner() -> Option<ExitCode> {
+    let arg0 = std::env::args_os().next()?;
+    if Path::new(&arg0).file_name() == Some(super::RUNNER_NAME.as_ref()) {
+        return Some(runner_main());
+    }
+    SELF_RUNNER.store(true, Ordering::Relaxed);
+    None
+}
+
+/// Whether [`serve_if_runner`] ran in this process and found it is not a runner.
+pub(super) fn self_runner_enabled() -> bool {
+    SELF_RUNNER.load(Ordering::Relaxed)
+}
+
 /// Runs the runner with this process's arguments and environment; returns its exit code.
 ///
-/// A host application that wants to be its own runner (instead of shipping `calcplug-runner`)
-/// can call this when it is started with the `serve` argument.
+/// The `calcplug-runner` binary is this function; a host program that wants to be its own
+/// runner calls [`serve_if_runner`] instead.
 pub fn runner_main() -> ExitCode {
     if std::env::var_os(MAGIC_COOKIE_KEY).as_deref() != Some(MAGIC_COOKIE_VALUE.as_ref()) {
         let _ = writeln!(io::stderr(), "{NOT_BY_HAND}");
