@@ -41,7 +41,7 @@ impl flags::BuildPlugins {
             },
         )?;
 
-        let dir = xtask::plugin_dir(&root, self.release);
+        let dir = xtask::plugin_dir(&xtask::target_directory(&root)?, self.release);
         let count = install_set(&root, &plugins, &artifacts, &dir)?;
         if let Some(key) = &self.sign {
             let key = xtask::signing::read_secret_key(key)?;

@@ -1,31 +1,48 @@
-//! `cargo xtask ci`: runs the same checks as CI, in the same order.
+//! `cargo xtask ci`: runs the same checks as CI, in the same order; and `cargo xtask test`, the
+//! whole test suite.
 
 use anyhow::Context;
 
 use crate::{flags, ChildFailed};
 
-/// The cargo invocations CI runs, in order.
-const STEPS: &[&[&str]] = &[
-    &["test", "--workspace"],
-    &["fmt", "--all", "--check"],
-    &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+/// A cargo invocation: its arguments and its extra environment.
+type Step = (&'static [&'static str], &'static [(&'static str, &'static str)]);
+
+/// The cargo invocations CI runs, in order. `.ci/run` runs the same list.
+const STEPS: &[Step] = &[
+    (&["xtask", "test"], &[]),
+    (&["fmt", "--all", "--check"], &[]),
+    (&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[]),
+    (&["doc", "--workspace", "--all-features", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")]),
 ];
 
 impl flags::Ci {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
-        let root = xtask::workspace_root();
-        for (index, args) in STEPS.iter().enumerate() {
-            let what = format!("cargo {}", args.join(" "));
-            eprintln!("==> [{}/{}] {what}", index + 1, STEPS.len());
-            let status = xtask::cargo_command(&root)
-                .args(args.iter())
-                .status()
-                .with_context(|| format!("failed to run `{what}`"))?;
-            if !status.success() {
-                return Err(ChildFailed { what, status }.into());
-            }
-        }
-        eprintln!("==> all {} CI steps passed", STEPS.len());
-        Ok(())
+        run_steps(STEPS)
     }
+}
+
+impl flags::Test {
+    pub(crate) fn run(&self) -> anyhow::Result<()> {
+        run_steps(&[(&["test", "--workspace"], &[])])?;
+        flags::WalkReadme {}.run()
+    }
+}
+
+fn run_steps(steps: &[Step]) -> anyhow::Result<()> {
+    let root = xtask::workspace_root();
+    for (index, (args, env)) in steps.iter().enumerate() {
+        let what = format!("cargo {}", args.join(" "));
+        eprintln!("==> [{}/{}] {what}", index + 1, steps.len());
+        let status = xtask::cargo_command(&root)
+            .args(args.iter())
+            .envs(env.iter().copied())
+            .status()
+            .with_context(|| format!("failed to run `{what}`"))?;
+        if !status.success() {
+            return Err(ChildFailed { what, status }.into());
+        }
+    }
+    eprintln!("==> all {} steps passed", steps.len());
+    Ok(())
 }

@@ -9,15 +9,17 @@ impl flags::Demo {
         flags::BuildPlugins { release: true, fixtures: false, sign: None }.run()?;
 
         let root = xtask::workspace_root();
-        let dir = xtask::plugin_dir(&root, true);
+        let dir = xtask::plugin_dir(&xtask::target_directory(&root)?, true);
         let mut command = xtask::cargo_command(&root);
         command
-            .args(["run", "--quiet", "--release", "--package", "host", "--bin", "calcplug", "--"])
+            // The README's own command, so the calcplug it builds is the one the README's next
+            // commands run, with no rebuild (`--package host` would resolve features apart).
+            .args(["run", "--quiet", "--release", "--bin", "calcplug", "--"])
             .arg("--plugin-dir")
             .arg(&dir)
             .arg("demo");
         let what = format!(
-            "cargo run --release -p host --bin calcplug -- --plugin-dir {} demo",
+            "cargo run --release --bin calcplug -- --plugin-dir {} demo",
             display_relative(&root, &dir)
         );
         let status = command.status().with_context(|| format!("failed to run `{what}`"))?;

@@ -17,6 +17,8 @@ pub(crate) enum XtaskCmd {
     BuildPlugins(BuildPlugins),
     Demo(Demo),
     Ci(Ci),
+    Test(Test),
+    WalkReadme(WalkReadme),
     BenchReport(BenchReport),
     Keygen(Keygen),
     Sign(Sign),
@@ -78,6 +80,16 @@ pub(crate) struct Demo {}
 /// Run the checks CI runs: tests, formatting and clippy, stopping at the first failure.
 #[derive(Debug, Args)]
 pub(crate) struct Ci {}
+
+/// The whole test suite, the README's test command: `cargo test --workspace`, then
+/// `walk-readme`.
+#[derive(Debug, Args)]
+pub(crate) struct Test {}
+
+/// Run README.md's commands exactly as written on fresh copies of the repository, with the
+/// default target directory and with `CARGO_TARGET_DIR` set, and check what each prints.
+#[derive(Debug, Args)]
+pub(crate) struct WalkReadme {}
 
 /// Run the benchmarks (`cargo bench -p host --bench calls`) and write BENCHMARKS.md with its
 /// charts in benchmarks/.

@@ -40,7 +40,7 @@ use std::{
 pub use crate::{
     build::{build, parse_artifacts, Artifact, ArtifactKind, BuildRequest},
     install::install,
-    metadata::{plugin_packages, Package, PackageSet},
+    metadata::{plugin_packages, target_directory, Package, PackageSet},
 };
 
 /// Returns the root of the calcplug workspace.
@@ -77,10 +77,12 @@ pub fn cargo_command(root: &Path) -> Command {
 }
 
 /// Returns the directory that `cargo xtask build-plugins` installs plugins into:
-/// `<root>/target/plugins/release` or `<root>/target/plugins/debug`.
-pub fn plugin_dir(root: &Path, release: bool) -> PathBuf {
+/// `<target>/plugins/release` or `<target>/plugins/debug`, where `<target>` is cargo's target
+/// directory ([`target_directory`]). `calcplug` looks there, next to its own binary's profile
+/// directory, so the two agree whatever `CARGO_TARGET_DIR` says.
+pub fn plugin_dir(target_directory: &Path, release: bool) -> PathBuf {
     let profile = if release { "release" } else { "debug" };
-    root.join("target").join("plugins").join(profile)
+    target_directory.join("plugins").join(profile)
 }
 
 #[cfg(test)]
@@ -96,8 +98,8 @@ mod tests {
 
     #[test]
     fn plugin_dir_is_per_profile() {
-        let root = Path::new("/ws");
-        assert_eq!(plugin_dir(root, true), Path::new("/ws/target/plugins/release"));
-        assert_eq!(plugin_dir(root, false), Path::new("/ws/target/plugins/debug"));
+        let target = Path::new("/cache/target");
+        assert_eq!(plugin_dir(target, true), Path::new("/cache/target/plugins/release"));
+        assert_eq!(plugin_dir(target, false), Path::new("/cache/target/plugins/debug"));
     }
 }

@@ -9,8 +9,11 @@
 //!   deliberately broken plugins under `tests/fixtures/` into `target/plugins/<profile>/fixtures/`.
 //! - `cargo xtask demo` runs `build-plugins --release`, then `calcplug demo` against the installed
 //!   plugins, and exits with the demo's status.
-//! - `cargo xtask ci` runs what CI runs, in order: `cargo test --workspace`,
-//!   `cargo fmt --all --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
+//! - `cargo xtask test` is the whole test suite: `cargo test --workspace`, then `walk-readme`.
+//! - `cargo xtask walk-readme` runs the README's commands as written on fresh copies of the
+//!   repository, with the default target directory and with `CARGO_TARGET_DIR` set.
+//! - `cargo xtask ci` runs what CI runs, in order: `cargo xtask test`, `cargo fmt --all --check`,
+//!   `cargo clippy --workspace --all-targets -- -D warnings` and the docs with `-D warnings`.
 //! - `cargo xtask bench-report [--quick]` runs the benchmarks (`host/benches/calls.rs`) and writes
 //!   `BENCHMARKS.md` with its charts in `benchmarks/`.
 //!
@@ -28,6 +31,7 @@ mod ci;
 mod demo;
 mod flags;
 mod keys;
+mod walk_readme;
 
 use std::{fmt, path::Path, process::ExitCode, process::ExitStatus};
 
@@ -39,6 +43,8 @@ fn main() -> ExitCode {
         flags::XtaskCmd::BuildPlugins(cmd) => cmd.run(),
         flags::XtaskCmd::Demo(cmd) => cmd.run(),
         flags::XtaskCmd::Ci(cmd) => cmd.run(),
+        flags::XtaskCmd::Test(cmd) => cmd.run(),
+        flags::XtaskCmd::WalkReadme(cmd) => cmd.run(),
         flags::XtaskCmd::BenchReport(cmd) => cmd.run(),
         flags::XtaskCmd::Keygen(cmd) => cmd.run(),
         flags::XtaskCmd::Sign(cmd) => cmd.run(),

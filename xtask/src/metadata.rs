@@ -43,6 +43,23 @@ pub enum PackageSet {
 /// Fails if `cargo metadata --no-deps` cannot be run in `root`, exits with an error, or prints
 /// output that is not the JSON this function expects.
 pub fn plugin_packages(root: &Path, set: PackageSet) -> anyhow::Result<Vec<Package>> {
+    select_packages(&metadata_json(root)?, set)
+}
+
+/// Returns cargo's target directory for the workspace at `root`: `CARGO_TARGET_DIR`,
+/// `build.target-dir` from a cargo config, or `<root>/target`, as cargo itself resolves it.
+///
+/// # Errors
+///
+/// As [`plugin_packages`].
+pub fn target_directory(root: &Path) -> anyhow::Result<PathBuf> {
+    let metadata: TargetDirectory = serde_json::from_str(&metadata_json(root)?)
+        .context("failed to parse cargo metadata output")?;
+    Ok(metadata.target_directory)
+}
+
+/// `cargo metadata --no-deps --format-version 1`, run in `root`.
+fn metadata_json(root: &Path) -> anyhow::Result<String> {
     let output = crate::cargo_command(root)
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .stderr(Stdio::inherit())
@@ -51,9 +68,12 @@ pub fn plugin_packages(root: &Path, set: PackageSet) -> anyhow::Result<Vec<Packa
     if !output.status.success() {
         bail!("cargo metadata failed in {} ({})", root.display(), output.status);
     }
-    let json =
-        std::str::from_utf8(&output.stdout).context("cargo metadata printed invalid UTF-8")?;
-    select_packages(json, set)
+    String::from_utf8(output.stdout).context("cargo metadata printed invalid UTF-8")
+}
+
+#[derive(Deserialize)]
+struct TargetDirectory {
+    target_directory: PathBuf,
 }
 
 /// The parts of `cargo metadata --format-version 1` output that xtask reads.

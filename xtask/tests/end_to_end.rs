@@ -102,7 +102,8 @@ fn finds_builds_and_installs_plugins() {
     );
     assert!(artifacts.iter().all(|a| a.path.starts_with(&target_dir) && a.path.is_file()));
 
-    let dir = xtask::plugin_dir(root, false);
+    assert_eq!(xtask::target_directory(root).unwrap(), cargo_target_dir(root));
+    let dir = xtask::plugin_dir(&target_dir, false);
     let installed = xtask::install(&artifacts, &dir).unwrap();
     assert_eq!(
         installed,
@@ -124,4 +125,9 @@ fn reports_failed_builds_by_package() {
     };
     let error = xtask::build(root, &request).unwrap_err();
     assert!(error.to_string().starts_with("failed to build no-such-package: "), "{error:#}");
+}
+
+/// Where cargo puts `root`'s builds: `CARGO_TARGET_DIR` when this test runs with it set.
+fn cargo_target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
