@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::ManagerConfig;
+use crate::{Error, ManagerConfig};
 
 proptest::proptest! {
     /// Any text gives a config or an error naming the file, never a panic.
@@ -18,14 +18,27 @@ proptest::proptest! {
         }
     }
 
-    /// Config-shaped text with arbitrary keys and values, which reaches the key and type checks.
+    /// Config-shaped text with arbitrary keys and values, which reaches the key and type
+    /// checks: it parses, or the error names the line and the dotted key at fault.
     #[test]
-    fn fuzz_config_shaped_text_never_panics(
+    fn fuzz_config_shaped_text_is_parsed_or_blamed_on_its_line_and_key(
         section in "(discovery|security|plugins\\.basic|metrics|retry|[a-z]{1,8})",
         key in "[a-z_]{1,16}",
         value in "(\"[ -~]{0,20}\"|[0-9]{1,12}|true|false|\\[\\]|[0-9.e+-]{1,10})",
     ) {
-        let text = format!("[{section}]\\n{key} = {value}\\n");
-        let _ = ManagerConfig::parse(&text, Path::new("calcplug.toml"));
+        let text = format!("[{section}]\n{key} = {value}\n");
+        match ManagerConfig::parse(&text, Path::new("calcplug.toml")) {
+            Ok(_) => {}
+            Err(Error::Config { line, key: at, message, .. }) => {
+                let dotted = format!("{section}.{key}");
+                proptest::prop_assert!(
+                    // A value that is not TOML (`1e`, `-`) is a syntax error on its line.
+                    (line == 2 && (at == dotted || at == "(syntax)"))
+                        || (line == 1 && at == section),
+                    "{text:?}: line {line}, key {at:?}: {message}"
+                );
+            }
+            Err(other) => proptest::prop_assert!(false, "{text:?}: not a config error: {other}"),
+        }
     }
 }

@@ -165,7 +165,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config_dirs: Vec<PathBuf> = config.paths().map(PathBuf::from).collect();
     let dirs = match (cli.plugin_dirs.is_empty(), config_dirs.is_empty()) {
         (false, _) => cli.plugin_dirs,
-        (true, false) => config_dirs,
+        (true, false) => {
+            // A bad `discovery.paths` entry is the config's error, for every command, with
+            // its file, line and key.
+            config.check_paths()?;
+            config_dirs
+        }
         (true, true) => default_plugin_dirs()?,
     };
     let config = config.with_paths(&dirs);

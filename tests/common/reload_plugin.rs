@@ -8,6 +8,9 @@
 //! - `fail_every`: every N-th calculation fails with `Internal` (the retry policy);
 //! - `fail_initialize`: `initialize` fails with `InvalidInput`;
 //! - `fail_shutdown`: `shutdown` fails with `Internal`.
+//!
+//! `shutdown` also fails if calculations are still running when it runs: a host that shuts a
+//! plugin down under its calls gets an error saying so.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,6 +27,17 @@ pub(crate) struct Reload {
     fail_every: AtomicU64,
     fail_shutdown: AtomicBool,
     calls: AtomicU64,
+    /// Calculations running now.
+    running: AtomicU64,
+}
+
+/// Counts a calculation as running while it lives.
+struct Running<'a>(&'a AtomicU64);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Reload {
@@ -33,6 +47,8 @@ impl Reload {
         value: impl FnOnce() -> Result<f64, CalcError>,
     ) -> Result<f64, CalcError> {
         let _call = self.life.enter()?;
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let _running = Running(&self.running);
         let delay = self.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
@@ -77,7 +93,13 @@ impl Calculator for Reload {
             if self.fail_shutdown.load(Ordering::Relaxed) {
                 return Err(CalcError::new(ErrorCode::Internal, "fail_shutdown is set"));
             }
-            Ok(())
+            match self.running.load(Ordering::SeqCst) {
+                0 => Ok(()),
+                n => Err(CalcError::new(
+                    ErrorCode::Internal,
+                    format!("{n} calculations still running when shutdown ran"),
+                )),
+            }
         })
     }
 

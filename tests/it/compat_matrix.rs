@@ -106,11 +106,22 @@ fn check_old_host(package: &str, expect: Expect) {
         }
         Expect::RefusedVersion => {
             assert_eq!(output.status.code(), Some(3), "{context}");
-            assert!(stdout.contains("refused:") && stdout.contains("version"), "{context}");
+            assert!(stdout.starts_with("refused: "), "{context}");
+            assert!(
+                stdout.contains("library version mismatch: user:1.0.0 library:2."),
+                "{context}"
+            );
         }
         Expect::RefusedLayout => {
             assert_eq!(output.status.code(), Some(3), "{context}");
-            assert!(stdout.contains("refused:"), "{context}");
+            // abi_stable's layout report, on one line: the inserted field is named.
+            assert!(stdout.starts_with("refused: "), "{context}");
+            assert!(
+                stdout.contains(
+                    "Error:unexpected field Expected: field_name:new_instance type:AFunctionPointer"
+                ) && stdout.contains("Found: field_name:inserted_without_major_bump type:u64"),
+                "{context}"
+            );
         }
     }
 }

@@ -235,17 +235,28 @@ fn crashes_are_retried_then_the_circuit_opens_then_a_trial_closes_it() {
 fn kill_9_during_a_stream_of_calls_from_four_threads() {
     let plugin = Arc::new(remote("basic", options()));
     plugin.initialize(&Config::new()).unwrap();
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
     let victim = plugin.runner_pid().unwrap();
+    let done = AtomicUsize::new(0);
+    let after_restart = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wait_for = |what: &str, condition: &dyn Fn() -> bool| {
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
     std::thread::scope(|scope| {
         for t in 0..4u32 {
-            let (plugin, done, failed) =
-                (Arc::clone(&plugin), Arc::clone(&done), Arc::clone(&failed));
+            let (plugin, done, after_restart, failed, stop) =
+                (&plugin, &done, &after_restart, &failed, &stop);
             scope.spawn(move || {
-                for i in 0..400u32 {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let a = f64::from(t * 1000 + i);
+                    let a = f64::from(t * 100_000 + i % 100_000);
+                    i += 1;
                     match plugin.add(a, 1.0) {
                         Ok(v) => assert_eq!(v, a + 1.0),
                         Err(err) => {
@@ -255,20 +266,24 @@ fn kill_9_during_a_stream_of_calls_from_four_threads() {
                     }
                     assert!(started.elapsed() < Duration::from_secs(5), "a call hung");
                     done.fetch_add(1, Ordering::Relaxed);
+                    if plugin.generation() == 2 {
+                        after_restart.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             });
         }
-        // Kill the runner once the stream is under way.
-        while done.load(Ordering::Relaxed) < 200 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // Kill the runner once the stream is under way, then keep calling until the new
+        // runner has served a good number of calls.
+        wait_for("200 calls", &|| done.load(Ordering::Relaxed) >= 200);
         let status = Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
         assert!(status.success());
+        wait_for("400 calls on the new runner", &|| after_restart.load(Ordering::Relaxed) >= 400);
+        stop.store(true, Ordering::Relaxed);
     });
-    assert_eq!(done.load(Ordering::Relaxed), 1600);
-    // Calculations are retried on the new runner: none should have failed.
+    // Calculations are retried on the new runner: none failed, and one kill is one restart.
     assert_eq!(failed.load(Ordering::Relaxed), 0);
-    assert!(plugin.generation() >= 2);
+    assert_eq!(plugin.generation(), 2);
+    assert!(!process_alive(victim));
     assert_ne!(plugin.runner_pid(), Some(victim));
     assert_eq!(plugin.add(20.0, 22.0).unwrap(), 42.0);
 }
@@ -324,30 +339,34 @@ fn raw_runner() -> RawRunner {
 #[test]
 fn malformed_frames_close_that_connection_and_nothing_else() {
     use std::os::unix::fs::PermissionsExt;
-    let mut runner = raw_runner();
-    let mode = std::fs::metadata(&runner.socket).unwrap().permissions().mode();
+    // A host with a connection open to its runner (pooled after the first call) ...
+    let plugin = remote("basic", options());
+    plugin.initialize(&Config::new()).unwrap();
+    assert_eq!(plugin.add(1.0, 1.0).unwrap(), 2.0);
+    let pid = plugin.runner_pid().unwrap();
+    let socket = crate::supervision::socket_dir(pid).unwrap().join("plugin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode");
+    // ... while other connections to the same runner send garbage.
     let garbage: [&[u8]; 3] = [
         &[0xff, 0xff, 0xff, 0x7f], // a frame of 2 GiB: over the limit
         &[5, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0x99], // undecodable
         b"GET / HTTP/1.1\r\n\r\n", // another protocol
     ];
     for bytes in garbage {
-        let mut stream = UnixStream::connect(&runner.socket).unwrap();
+        let mut stream = UnixStream::connect(&socket).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         stream.write_all(bytes).unwrap();
+        // The runner closes that connection (end of file, not a timeout) without answering.
         let mut rest = Vec::new();
-        // The runner closes the connection (EOF) without answering.
-        let n = stream.read_to_end(&mut rest).unwrap_or(0);
-        assert_eq!(n, 0, "{bytes:?}");
+        let read = stream.read_to_end(&mut rest);
+        assert!(matches!(read, Ok(0)), "{bytes:?}: {read:?}, {rest:?}");
     }
-    assert!(runner.child.try_wait().unwrap().is_none(), "the runner must survive");
-    // And it still serves well-formed clients.
-    let plugin = remote("basic", options());
-    plugin.initialize(&Config::new()).unwrap();
-    assert_eq!(plugin.add(1.0, 1.0).unwrap(), 2.0);
-    runner.child.kill().unwrap();
-    runner.child.wait().unwrap();
+    // The runner lives, and the host's connection, open all along, still serves.
+    assert!(process_alive(pid), "the runner must survive");
+    assert_eq!(plugin.add(2.0, 3.0).unwrap(), 5.0);
+    assert_eq!(plugin.runner_pid(), Some(pid));
+    assert_eq!(plugin.generation(), 1, "no restart");
 }
 
 #[test]
@@ -367,8 +386,11 @@ fn the_runner_exits_when_its_host_goes_away() {
 fn dropping_the_handle_stops_the_runner_and_removes_its_directory() {
     let plugin = remote("basic", options());
     let pid = plugin.runner_pid().unwrap();
+    let dir = crate::supervision::socket_dir(pid).unwrap();
+    assert!(dir.join("plugin.sock").exists(), "{}", dir.display());
     drop(plugin);
     assert!(!process_alive(pid), "runner {pid} survived its handle");
+    assert!(!dir.exists(), "{} was left behind", dir.display());
 }
 
 #[test]

@@ -278,20 +278,30 @@ fn metrics_count_every_call_made_from_8_threads() {
 
 #[test]
 fn retryable_errors_are_retried_with_backoff_and_business_errors_are_not() {
-    // Every second call fails with Internal: with retries every call succeeds.
+    // Every second calculation fails with Internal: each call after the first fails once and
+    // succeeds on its retry, after the backoff.
     let (_dir, manager) =
-        manager_for_reload("[retry]\nbackoff = \"1ms\"\n[plugins.reload]\nfail_every = 2\n");
+        manager_for_reload("[retry]\nbackoff = \"40ms\"\n[plugins.reload]\nfail_every = 2\n");
+    let started = Instant::now();
     for _ in 0..10 {
         assert_eq!(manager.call("reload", Op::Multiply, 2.0, 3.0).unwrap(), 6.0);
     }
-    let add = manager.status().plugins[0].ops[0].clone();
-    assert_eq!(add.op, "multiply");
-    assert_eq!(add.errors, [(ErrorCode::Internal, add.retries)]);
-    assert!(add.retries >= 4, "{add:?}");
+    let elapsed = started.elapsed();
+    let multiply = manager.status().plugins[0].ops[0].clone();
+    assert_eq!(multiply.op, "multiply");
+    assert_eq!(multiply.retries, 9, "{multiply:?}");
+    assert_eq!(multiply.errors, [(ErrorCode::Internal, 9)]);
+    assert!(elapsed >= Duration::from_millis(9 * 40), "9 backoffs of 40 ms took {elapsed:?}");
+
+    // A business error is the answer: never retried.
+    let (_dir, manager) = manager_for_reload("[retry]\nbackoff = \"1ms\"\n");
     assert!(matches!(
         manager.call("reload", Op::Divide, 1.0, 0.0),
         Err(Error::Call { code: ErrorCode::DivisionByZero, .. })
     ));
+    let divide = manager.status().plugins[0].ops[0].clone();
+    assert_eq!((divide.op, divide.calls, divide.retries), ("divide", 1, 0));
+    assert_eq!(divide.errors, [(ErrorCode::DivisionByZero, 1)]);
 
     // Without retries, the failures reach the caller.
     let (_dir, manager) =
@@ -353,10 +363,11 @@ fn hot_reload_under_load_loses_no_call() {
     let rss_before = resident_kib();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let calls = Arc::new(AtomicU64::new(0));
+    // Calls made by each caller.
+    let calls: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
     let (errors_tx, errors_rx) = mpsc::channel();
     let callers: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|t| {
             let (reload, stop, calls, errors) =
                 (reload.clone(), stop.clone(), calls.clone(), errors_tx.clone());
             thread::spawn(move || {
@@ -365,11 +376,12 @@ fn hot_reload_under_load_loses_no_call() {
                         Ok(answer) => assert!(answer == 1.0 || answer == 2.0, "{answer}"),
                         Err(err) => errors.send(err.to_string()).unwrap(),
                     }
-                    calls.fetch_add(1, Ordering::Relaxed);
+                    calls[t].fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
         .collect();
+    let made = |t: usize| calls[t].load(Ordering::Relaxed);
     drop(errors_tx);
 
     const RELOADS: u64 = 20;
@@ -378,6 +390,11 @@ fn hot_reload_under_load_loses_no_call() {
         install_as(package, dir.path(), &lib("reload"));
         wait_for(&format!("reload {} to answer", i + 1), || {
             reload.generation() == i + 2 && reload.add(0.0, 0.0).is_ok_and(|v| v == major)
+        });
+        // Every caller goes on calling on the new build: none is stuck in the swap.
+        let before: Vec<u64> = (0..4).map(made).collect();
+        wait_for(&format!("every caller to call after reload {}", i + 1), || {
+            (0..4).all(|t| made(t) >= before[t] + 20)
         });
     }
     stop.store(true, Ordering::Relaxed);
@@ -399,7 +416,7 @@ fn hot_reload_under_load_loses_no_call() {
     eprintln!(
         "hot reload: {} calls from 4 threads over {RELOADS} reloads, none failed; resident memory \
          {rss_before} KiB -> {rss_after} KiB ({} KiB per reload)",
-        calls.load(Ordering::Relaxed),
+        (0..4).map(made).sum::<u64>(),
         (rss_after.saturating_sub(rss_before)) / RELOADS,
     );
 
@@ -508,12 +525,15 @@ fn the_example_config_parses_and_bad_configs_name_line_and_key() {
         let shown = err.to_string();
         assert!(shown.starts_with(&format!("{}:{line}: `{key}`: ", path.display())), "{shown}");
 
-        // The CLI shows the same line, on every command.
-        let out = calcplug(&["--config", path.to_str().unwrap(), "list"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if key != "discovery.paths" {
-            assert_eq!(out.status.code(), Some(1));
-            assert!(stderr.contains(&format!(":{line}: `{key}`")), "{stderr}");
+        // The CLI shows the same line, on every command, and nothing on stdout.
+        for command in [&["list"][..], &["info", "basic"], &["call", "basic", "add", "1", "2"]] {
+            let mut args = vec!["--config", path.to_str().unwrap()];
+            args.extend_from_slice(command);
+            let out = calcplug(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+            assert_eq!(stderr, format!("error: {shown}\n"), "{command:?}");
+            assert!(out.stdout.is_empty(), "{command:?}: {out:?}");
         }
     }
 }
@@ -747,7 +767,7 @@ fn watch_picks_up_a_new_plugin_and_a_rebuilt_one_then_stops_on_ctrl_c() {
     install_as("reload-v1", dir.path(), &lib("reload"));
     expect(&["loaded", "reload"]);
     install_as("reload-v2", dir.path(), &lib("reload"));
-    expect(&["reloaded", "old=1.0.0"]);
+    expect(&["reloaded", "version=2.0.0", "old=1.0.0"]);
     let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     expect(&["shut down", "closed=reload"]);

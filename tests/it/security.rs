@@ -39,8 +39,24 @@ fn flip_one_byte(path: &Path) {
     fs::write(path, bytes).unwrap();
 }
 
-fn mapped(path: &Path) -> bool {
-    fs::read_to_string("/proc/self/maps").unwrap().contains(&*path.to_string_lossy())
+/// Whether `library` is mapped into this process: from its file, or from the sealed in-memory
+/// copy the loader names after it (`/memfd:calcplug:<file name>`).
+fn mapped(library: &Path) -> bool {
+    mapped_from_file(library) || mapped_from_memory(library)
+}
+
+fn mapped_from_file(library: &Path) -> bool {
+    maps().lines().any(|line| line.ends_with(&*library.to_string_lossy()))
+}
+
+fn mapped_from_memory(library: &Path) -> bool {
+    let name = library.file_name().unwrap().to_string_lossy();
+    let memfd = format!("/memfd:calcplug:{name} (deleted)");
+    maps().lines().any(|line| line.ends_with(&memfd))
+}
+
+fn maps() -> String {
+    fs::read_to_string("/proc/self/maps").unwrap()
 }
 
 #[test]
@@ -54,7 +70,8 @@ fn enforce_loads_a_signed_plugin_and_refuses_tampered_unsigned_and_foreign_ones(
     plugin.initialize(&host::Config::new()).unwrap();
     assert_eq!(plugin.add(2.0, 3.0).unwrap(), 5.0);
     assert_eq!(plugin.path(), library, "errors and listings name the file, not the memory image");
-    assert!(!mapped(&library), "the verified bytes are mapped from memory, not from the file");
+    assert!(!mapped_from_file(&library), "the verified bytes are mapped, not the file");
+    assert!(mapped_from_memory(&library), "the verified bytes are mapped from memory");
 
     // Tampered: one byte flipped after signing.
     let tampered = copy_as(&library, dir.path(), &tests::library_file_name("tampered"));
@@ -69,6 +86,7 @@ fn enforce_loads_a_signed_plugin_and_refuses_tampered_unsigned_and_foreign_ones(
     let unsigned = copy_as(&library, dir.path(), &tests::library_file_name("unsigned"));
     let err = load_with(&unsigned, &policy).unwrap_err();
     assert!(err.to_string().contains("unsigned: no signature file"), "{err}");
+    assert!(!mapped(&unsigned), "a refused library is never mapped");
 
     // Signed by a key the host does not trust.
     let other_dir = scratch();
@@ -77,10 +95,12 @@ fn enforce_loads_a_signed_plugin_and_refuses_tampered_unsigned_and_foreign_ones(
     xtask::signing::sign(&other_secret, &foreign).unwrap();
     let err = load_with(&foreign, &policy).unwrap_err();
     assert!(err.to_string().contains("bad signature"), "{err}");
+    assert!(!mapped(&foreign), "a refused library is never mapped");
 
     // `warn` loads it anyway (and logs); `off` does not check.
     let warn = LoadPolicy { enforcement: Enforcement::Warn, ..policy.clone() };
     assert!(load_with(&unsigned, &warn).is_ok());
+    assert!(mapped_from_memory(&unsigned), "the check would see a mapping");
     assert!(load_with(&unsigned, &LoadPolicy::development()).is_ok());
 }
 

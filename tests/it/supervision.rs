@@ -153,7 +153,7 @@ fn circuit_name(circuit: Circuit) -> &'static str {
 }
 
 /// The runner's socket directory, from its command line (`calcplug-runner serve LIB DIR`).
-fn socket_dir(pid: u32) -> Option<PathBuf> {
+pub(crate) fn socket_dir(pid: u32) -> Option<PathBuf> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
     match args.as_slice() {

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
+/// The start of a verified image's `memfd` name; the library's file name follows.
+#[cfg(target_os = "linux")]
+pub(crate) const MEMFD_PREFIX: &str = "calcplug:";
+
 /// The bytes to map, and the path to map them from; valid until dropped.
 pub(crate) struct Image {
     path: PathBuf,
@@ -30,7 +34,11 @@ impl Image {
         use std::os::fd::AsRawFd;
 
         let io = |source: std::io::Error| Error::Io { path: origin.to_owned(), source };
-        let fd = memfd_create("calcplug-plugin", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        // `/proc/PID/maps` shows it as `/memfd:calcplug:libbasic.so (deleted)`: which plugin
+        // a mapping holds stays visible (the kernel keeps 249 bytes of a name).
+        let file_name = origin.file_name().map_or_else(|| "plugin".into(), |n| n.to_string_lossy());
+        let name: String = format!("{MEMFD_PREFIX}{file_name}").chars().take(200).collect();
+        let fd = memfd_create(name.as_str(), MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(|errno| io(errno.into()))?;
         let mut file = File::from(fd);
         file.write_all(bytes).map_err(io)?;

@@ -3,7 +3,8 @@
 //!
 //! `host-v1_0 LIBRARY` loads the library the way a 1.0 host would (abi_stable's version and
 //! layout checks, then the handshake), initializes it, and prints one line per step:
-//! `loaded NAME VERSION`, `add 2 3 = 5`, `batch add 1 2 = 3`, …, or `refused: REASON` (exit 3).
+//! `loaded NAME VERSION`, `add 2 3 = 5`, `batch add 1 2 = 3`, …, or `refused: REASON` on one
+//! line (exit 3).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,9 @@ fn main() -> ExitCode {
     match run(&path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
-            println!("refused: {}", reason.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or(""));
+            // abi_stable's reports span many lines: one line, for the matrix to check.
+            let reason: Vec<&str> = reason.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            println!("refused: {}", reason.join(" "));
             ExitCode::from(3)
         }
     }
