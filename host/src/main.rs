@@ -323,7 +323,10 @@ fn find_handle(
                     }
                 }
                 Ok(plugin) => available.push(plugin.name().to_owned()),
-                Err(err @ host::Error::RunnerNotFound { .. }) => return Err(err.into()),
+                // No runner can start at all: that is the answer, not a refused library.
+                Err(err @ (host::Error::RunnerNotFound { .. } | host::Error::Spawn { .. })) => {
+                    return Err(err.into())
+                }
                 Err(err) => tracing::warn!(error = %err, "refused"),
             }
         }

@@ -29,6 +29,9 @@ mod security;
 /// The `calcplug` binary, run as a user would.
 mod cli;
 
+/// What the README promises of the CLI that no other module covers.
+mod readme_claims;
+
 /// House rules over the sources (module docs, `unsafe`, printing, test attributes, docs).
 mod tidy;
 

@@ -335,6 +335,49 @@ mod tests {
             let mut input = &bytes[..];
             let _ = Inbox::new().read_frame::<Response>(&mut input);
         }
+
+        /// A whole frame whose body is arbitrary, or a real message with bytes changed or cut:
+        /// the decoder is reached, and answers a message or `Malformed`, never `Closed` (the
+        /// frame is all there) and never a panic.
+        #[test]
+        fn fuzz_well_framed_bodies_decode_or_are_malformed(
+            message in 0usize..5,
+            id: u64,
+            a: f64,
+            text in "\\PC{0,12}",
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..4),
+            cut in proptest::option::of(proptest::prelude::any::<usize>()),
+            raw in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)),
+        ) {
+            let mut frame = Vec::new();
+            let request = match message {
+                0 => Request::Call { op: 1, a, b: a },
+                1 => Request::Hello { wire_version: WIRE_VERSION },
+                2 => Request::Initialize(vec![(text.clone(), text)]),
+                3 => Request::Batch(vec![(2, a, 1.0); 3]),
+                _ => Request::SetAngleUnit(1),
+            };
+            encode(&mut frame, id, &request).unwrap();
+            let mut body = match raw {
+                Some(raw) => raw,
+                None => frame[4..].to_vec(),
+            };
+            for (at, byte) in edits {
+                if !body.is_empty() {
+                    let at = at % body.len();
+                    body[at] = byte;
+                }
+            }
+            if let Some(cut) = cut {
+                body.truncate(cut % (body.len() + 1));
+            }
+            let mut framed = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+            framed.extend_from_slice(&body);
+            let as_request = Inbox::new().read_frame::<Request>(&mut &framed[..]);
+            prop_assert!(matches!(as_request, Ok(_) | Err(FrameError::Malformed(_))), "{as_request:?}");
+            let as_response = Inbox::new().read_frame::<Response>(&mut &framed[..]);
+            prop_assert!(matches!(as_response, Ok(_) | Err(FrameError::Malformed(_))), "{as_response:?}");
+        }
     }
 
     proptest::proptest! {
