@@ -509,3 +509,40 @@ fn isolate_moves_every_plugin_out_of_process_and_status_says_so() {
     assert!(!plugins.is_empty());
     assert!(plugins.iter().all(|p| p["mode"] == "out-of-process"), "{status:#}");
 }
+
+#[test]
+fn restarts_back_off_exponentially_and_an_answer_resets_the_backoff() {
+    let backoff = Duration::from_millis(300);
+    let options = RemoteOptions {
+        retries: 0,
+        initial_backoff: backoff,
+        max_backoff: Duration::from_secs(5),
+        ..options()
+    };
+    let plugin = remote("crashy", options);
+    plugin.initialize(&Config::new().with("crash", "abort")).unwrap();
+    // Each crash doubles the wait before the next runner starts: 300 ms, then 600 ms.
+    let restart_after_crash = |plugin: &RemotePlugin| {
+        let err = plugin.divide(1.0, 2.0).unwrap_err();
+        assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
+        let crashed = Instant::now();
+        assert_eq!(plugin.add(1.0, 2.0).unwrap(), 3.0, "a new runner serves");
+        crashed.elapsed()
+    };
+    let first = restart_after_crash(&plugin);
+    assert!(first >= backoff - Duration::from_millis(50), "{first:?}");
+    // The answer above reset it: the next crash waits the initial backoff again, not 600 ms.
+    let again = restart_after_crash(&plugin);
+    assert!(again >= backoff - Duration::from_millis(50), "{again:?}");
+    assert!(again < backoff * 2 - Duration::from_millis(50), "{again:?}");
+    // Two crashes in a row with no answer between: the second restart waits twice as long.
+    let err = plugin.divide(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
+    let err = plugin.divide(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
+    let crashed = Instant::now();
+    assert_eq!(plugin.add(1.0, 2.0).unwrap(), 3.0);
+    let doubled = crashed.elapsed();
+    assert!(doubled >= backoff * 2 - Duration::from_millis(50), "{doubled:?}");
+    assert_eq!(plugin.generation(), 5, "1 + one runner per restart");
+}

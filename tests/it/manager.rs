@@ -801,3 +801,57 @@ fn out_of_process_plugins_hot_reload_by_starting_a_new_runner() {
     let report = manager.shutdown();
     assert!(report.failed.is_empty(), "{report:?}");
 }
+
+#[test]
+fn health_checks_run_every_health_interval() {
+    let (_dir, manager) = manager_for_reload("[manager]\nhealth_interval = \"50ms\"\n");
+    let reload = manager.get("reload").unwrap();
+    wait_for("a health check", || reload.status().health.is_some());
+    let health = reload.status().health.unwrap();
+    assert!(health.is_healthy(), "{health:?}");
+    assert_eq!(health.status.map(|s| s.state), Some(interface::PluginState::Ready));
+    // Without an interval, none runs on its own.
+    let (_dir, manager) = manager_for_reload("");
+    thread::sleep(Duration::from_millis(200));
+    assert!(manager.get("reload").unwrap().status().health.is_none());
+}
+
+#[test]
+fn dropping_the_manager_shuts_it_down_even_with_handles_alive() {
+    let dir = scratch();
+    install_as("reload-v1", dir.path(), &lib("reload"));
+    let toml = format!(
+        "[isolation]\nmode = \"out-of-process\"\nrunner = {:?}\n",
+        artifacts().runner.display().to_string()
+    );
+    let manager = manager(dir.path(), &toml);
+    let reload = manager.get("reload").unwrap();
+    assert_eq!(reload.add(1.0, 1.0).unwrap(), 3.0);
+    let runner = reload.status().runner_pid.expect("a runner serves it");
+    drop(manager);
+    assert!(matches!(reload.add(1.0, 1.0), Err(Error::ShuttingDown { .. })));
+    assert!(!crate::ipc::process_alive(runner), "the runner outlived its manager");
+}
+
+#[test]
+fn metrics_count_every_call_from_more_threads_than_shards() {
+    let (_dir, manager) = manager_for_reload("");
+    let reload = manager.get("reload").unwrap();
+    const THREADS: u64 = 24;
+    const CALLS: u64 = 500;
+    thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let reload = reload.clone();
+            scope.spawn(move || {
+                for _ in 0..CALLS {
+                    reload.multiply(2.0, 3.0).unwrap();
+                }
+            });
+        }
+    });
+    let ops = reload.status().ops;
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!((ops[0].op, ops[0].calls), ("multiply", THREADS * CALLS));
+    assert_eq!(ops[0].error_count(), 0);
+    assert_eq!(reload.status().in_flight, 0);
+}

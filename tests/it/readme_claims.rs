@@ -227,3 +227,84 @@ fn status_lists_refused_and_shadowed_files_and_the_runner() {
         "{text}"
     );
 }
+
+#[test]
+fn integrity_off_warns_once_and_warn_logs_each_failure_but_loads() {
+    // Two plugins, integrity off: one warning for the run, not one per library.
+    let plugins = basic_dir();
+    copy_as(
+        &artifacts().library("scientific"),
+        plugins.path(),
+        &tests::library_file_name("scientific"),
+    );
+    let cwd = scratch();
+    let dir = plugins.path().to_str().unwrap();
+    let out = calcplug_in(cwd.path(), &["--plugin-dir", dir, "-v", "list"], &[]);
+    let text = stderr(&out);
+    let warnings = text.lines().filter(|l| l.contains("plugin integrity checks are off")).count();
+    assert_eq!((stdout(&out).lines().count(), warnings), (2, 1), "{text}");
+
+    // `warn` with a manifest that lists neither: each library is logged, and loads.
+    std::fs::write(plugins.path().join("SHA256SUMS"), format!("{} libother.so\n", "0".repeat(64)))
+        .unwrap();
+    let config = cwd.path().join("calcplug.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[discovery]\npaths = [{dir:?}]\n[security]\nintegrity = \"warn\"\nmanifest = {:?}\n",
+            plugins.path().join("SHA256SUMS").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = calcplug_in(cwd.path(), &["-v", "call", "basic", "add", "2", "3"], &[]);
+    assert_eq!(stdout(&out), "5\n");
+    let text = stderr(&out);
+    for library in ["basic", "scientific"] {
+        let file = tests::library_file_name(library);
+        assert!(
+            text.lines().any(|l| l.contains(" WARN ")
+                && l.contains(&format!("`{file}` is not in the SHA-256 allowlist"))),
+            "{library}: {text}"
+        );
+    }
+    assert!(!text.contains("integrity checks are off"), "{text}");
+}
+
+#[test]
+fn runner_logs_reach_the_host_log_under_calcplug_runner() {
+    let plugins = basic_dir();
+    let cwd = scratch();
+    let dir = plugins.path().to_str().unwrap();
+    let out = calcplug_in(
+        cwd.path(),
+        &["--plugin-dir", dir, "-vv", "--isolate", "call", "basic", "add", "2", "3"],
+        &[],
+    );
+    assert_eq!(stdout(&out), "5\n");
+    let text = stderr(&out);
+    let forwarded: Vec<&str> = text.lines().filter(|l| l.contains(" calcplug::runner: ")).collect();
+    assert!(
+        forwarded.iter().any(|l| l.contains("serving") && l.contains("plugin=\"basic\"")),
+        "the runner's own `serving` line, re-emitted by the host: {text}"
+    );
+}
+
+#[test]
+fn probe_from_the_config_refuses_a_library_that_crashes_when_mapped() {
+    let plugins = basic_dir();
+    let hostile = tests::library_file_name("hostile_ctor_crash");
+    copy_as(&artifacts().hostile_dir.join(&hostile), plugins.path(), &hostile);
+    let cwd = scratch();
+    let dir = plugins.path().to_str().unwrap();
+    std::fs::write(
+        cwd.path().join("calcplug.toml"),
+        format!("[discovery]\npaths = [{dir:?}]\n[security]\nprobe = true\n"),
+    )
+    .unwrap();
+    // Without the probe, this process would die mapping it; with it, the runner dies instead.
+    let text = stdout(&calcplug_in(cwd.path(), &["status", "--call", "basic:add:2:3"], &[]));
+    assert!(text.starts_with("basic          1.0.0    ready"), "{text}");
+    let refused =
+        format!("refused  {}: refused by the probe: ", plugins.path().join(&hostile).display());
+    assert!(text.lines().any(|l| l.starts_with(&refused) && l.contains("SIGSEGV")), "{text}");
+}
