@@ -1,4 +1,4 @@
-//! What a plugin call costs, next to the floor it is compared with (issue 7, "Benchmarks").
+//! What a plugin call costs, next to the floor it is compared with (the figures of `BENCHMARKS.md`).
 //!
 //! `cargo bench -p host --bench calls`, or `cargo xtask bench-report [--quick]`, which runs this
 //! and writes `BENCHMARKS.md`.

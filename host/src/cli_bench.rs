@@ -1,7 +1,7 @@
 //! `calcplug bench [--plugin NAME] [--json] [--seconds N]`: a quick, dependency-free benchmark of
 //! one plugin on the user's own machine.
 //!
-//! It prints the per-call and batch figures of `cargo xtask bench-report` (issue 7) for any
+//! It prints the per-call and batch figures of `cargo xtask bench-report` for any
 //! plugin, without criterion: each figure is the median of many timed slices of about 10 ms.
 //! The per-call floor is a `&dyn` call to an adder compiled into this binary (the same checks as
 //! `basic`'s `add`), since the user's plugin has no plain-Rust twin here.

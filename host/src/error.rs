@@ -47,7 +47,7 @@ pub enum Error {
     /// The file name does not end in this platform's library suffix.
     #[error("{}: not a plugin library: expected a file name ending in `{expected}`", path.display())]
     WrongExtension {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// This platform's suffix: `.so`, `.dylib` or `.dll`.
         expected: &'static str,
@@ -57,7 +57,7 @@ pub enum Error {
     /// at all, one for another platform or architecture, or a truncated copy.
     #[error("{}: not a dynamic library for this platform: {reason}", path.display())]
     NotALibrary {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// What is wrong with it, in one line.
         reason: String,
@@ -66,7 +66,7 @@ pub enum Error {
     /// The system's dynamic loader refused the library.
     #[error("{}: the dynamic loader refused it: {source}", path.display())]
     Open {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// The loader's error (`dlerror`).
         #[source]
@@ -76,7 +76,7 @@ pub enum Error {
     /// The library does not export an abi_stable root module: it is not a calcplug plugin.
     #[error("{}: not a calcplug plugin: it does not export the abi_stable root module (symbol `{symbol}`)", path.display())]
     MissingRootModule {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// The symbol looked for.
         symbol: &'static str,
@@ -85,7 +85,7 @@ pub enum Error {
     /// The library was built with an abi_stable whose ABI differs from this host's.
     #[error("{}: built with an incompatible abi_stable: {detail}", path.display())]
     AbiStableMismatch {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// What differs.
         detail: String,
@@ -94,7 +94,7 @@ pub enum Error {
     /// The plugin was built against an interface version this host cannot talk to.
     #[error("{}: plugin built against interface {found}, this host speaks interface {host}: major versions must match", path.display())]
     IncompatibleVersion {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// The host's interface version.
         host: Version,
@@ -105,7 +105,7 @@ pub enum Error {
     /// abi_stable's layout check found the root module's layout differs from this host's.
     #[error("{}: root module layout differs from this host's interface {host} (a change that needed a major version): {summary}", path.display())]
     AbiMismatch {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// The host's interface version.
         host: Version,
@@ -118,7 +118,7 @@ pub enum Error {
     /// The library's root module constructor failed or panicked.
     #[error("{}: the root module constructor failed: {detail}", path.display())]
     RootModule {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// abi_stable's error.
         detail: String,
@@ -127,7 +127,7 @@ pub enum Error {
     /// The magic cookie is not the one calcplug plugins carry.
     #[error("{}: wrong magic cookie: expected {expected_key}={expected_value:?}, found {found_key}={found_value:?}", path.display())]
     BadCookie {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// The key this host expects.
         expected_key: &'static str,
@@ -142,7 +142,7 @@ pub enum Error {
     /// Host and plugin speak different protocol versions.
     #[error("{}: protocol version mismatch: this host speaks protocol {host}, the plugin speaks {plugin}", path.display())]
     ProtocolMismatch {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// The host's protocol version.
         host: u32,
@@ -153,7 +153,7 @@ pub enum Error {
     /// The plugin's handshake or metadata is malformed (e.g. a version that is not semver).
     #[error("{}: invalid plugin metadata: {reason}", path.display())]
     BadMetadata {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// What is wrong.
         reason: String,
@@ -162,7 +162,7 @@ pub enum Error {
     /// The plugin failed while being set up (creating its instance, reporting its metadata).
     #[error("{}: {op} failed: {code}: {message}", path.display())]
     Setup {
-        /// The file.
+        /// The library file, as the caller named it (never the in-memory image mapped).
         path: PathBuf,
         /// The entry point that failed.
         op: &'static str,

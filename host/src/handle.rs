@@ -151,5 +151,4 @@ macro_rules! delegate_handle {
 }
 
 delegate_handle!(Plugin, isolated = false);
-#[cfg(unix)]
 delegate_handle!(crate::remote::RemotePlugin, isolated = true);

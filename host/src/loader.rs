@@ -134,19 +134,16 @@ fn file_kind(metadata: &fs::Metadata) -> &'static str {
     if metadata.is_dir() {
         return "directory";
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = metadata.file_type();
-        if kind.is_socket() {
-            return "socket";
-        }
-        if kind.is_fifo() {
-            return "fifo";
-        }
-        if kind.is_block_device() || kind.is_char_device() {
-            return "device";
-        }
+    use std::os::unix::fs::FileTypeExt;
+    let kind = metadata.file_type();
+    if kind.is_socket() {
+        return "socket";
+    }
+    if kind.is_fifo() {
+        return "fifo";
+    }
+    if kind.is_block_device() || kind.is_char_device() {
+        return "device";
     }
     "special file"
 }

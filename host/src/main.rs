@@ -107,7 +107,7 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
-        /// The measuring time, shared by the seven figures.
+        /// The measuring time, shared by every figure measured.
         #[arg(long, default_value_t = 45)]
         seconds: u64,
     },
@@ -115,7 +115,6 @@ enum Command {
 
 fn main() -> ExitCode {
     // `calcplug --isolate` starts this same binary as its runner.
-    #[cfg(unix)]
     if let Some(code) = host::remote::serve_if_runner() {
         return code;
     }

@@ -255,13 +255,10 @@ struct FileStamp {
 impl FileStamp {
     fn of(path: &Path) -> Option<FileStamp> {
         let meta = fs::metadata(path).ok()?;
-        #[cfg(unix)]
         let id = {
             use std::os::unix::fs::MetadataExt;
             (meta.dev(), meta.ino())
         };
-        #[cfg(not(unix))]
-        let id = (0, 0);
         Some(FileStamp { len: meta.len(), modified: meta.modified().ok(), id })
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! This is go-plugin's model, offered for crash isolation: a plugin that segfaults, aborts or
 //! hangs takes down its runner, not the host. Calls in flight then fail fast with
-//! [`Error::PluginCrashed`] or [`Error::Timeout`]; the next call restarts the runner (with
+//! [`Error::PluginCrashed`] or [`Error::CallTimeout`]; the next call restarts the runner (with
 //! exponential backoff, and a circuit that opens after too many failures in a window), replays
 //! the last `initialize`, and calculations are retried on the new process up to
 //! [`RemoteOptions::retries`] times (they are idempotent).
@@ -314,7 +314,7 @@ impl RemotePlugin {
     ///
     /// # Errors
     ///
-    /// The plugin's [`Error::Call`], or [`Error::PluginCrashed`], [`Error::Timeout`],
+    /// The plugin's [`Error::Call`], or [`Error::PluginCrashed`], [`Error::CallTimeout`],
     /// [`Error::CircuitOpen`], [`Error::Wire`] when the runner fails.
     pub fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
         let request = Request::Call { op: op.code().as_u8(), a, b };

@@ -333,7 +333,6 @@ pub fn signature_path(library: &Path) -> PathBuf {
 
 /// Refuses a library (or its directory) others could replace, and symlinks that leave the
 /// directory.
-#[cfg(unix)]
 fn check_permissions(path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
 
@@ -378,12 +377,6 @@ fn check_permissions(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-#[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), Error> {
-    Ok(())
-}
-
-#[cfg(unix)]
 fn run_probe(path: &Path, probe: &ProbeSettings) -> Result<(), Error> {
     let _span = tracing::info_span!("probe").entered();
     let options = crate::remote::RemoteOptions {
@@ -404,14 +397,6 @@ fn run_probe(path: &Path, probe: &ProbeSettings) -> Result<(), Error> {
         }
         Err(other) => Err(other),
     }
-}
-
-#[cfg(not(unix))]
-fn run_probe(path: &Path, _probe: &ProbeSettings) -> Result<(), Error> {
-    Err(Error::ProbeFailed {
-        path: path.to_owned(),
-        reason: "probing needs the out-of-process mode, which needs Unix".to_owned(),
-    })
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {

@@ -121,3 +121,59 @@ fn architecture_names_every_crate() {
         );
     }
 }
+
+#[test]
+fn architecture_names_exactly_the_library_files_allowed_unsafe() {
+    let architecture = fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let mut named: Vec<&str> = architecture
+        .lines()
+        .filter(|line| line.contains("Architecture Invariant") && line.contains("`unsafe`"))
+        .flat_map(|line| line.split('`').skip(1).step_by(2))
+        .filter(|word| word.ends_with(".rs"))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let mut allowed: Vec<&str> = UNSAFE_ALLOWED
+        .iter()
+        .copied()
+        .filter(|path| path.starts_with("host/") || path.starts_with("interface/"))
+        .collect();
+    allowed.sort_unstable();
+    assert_eq!(named, allowed, "ARCHITECTURE.md's `unsafe` invariants vs the tidy list");
+}
+
+/// The frozen interface 1.0 is the compatibility matrix's oracle: "fixing" it would make the
+/// matrix test nothing. Its files hash to this (FNV-1a over each path and content, in order).
+const FROZEN_INTERFACE_1_0: u64 = 0x30ff_6b12_3e97_891f;
+
+#[test]
+fn the_frozen_interface_1_0_is_unchanged() {
+    let dir = root().join("tests").join("compat").join("interface-v1_0");
+    let mut files = Vec::new();
+    collect_all(&dir, &mut files);
+    files.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for path in &files {
+        let rel = path.strip_prefix(&dir).unwrap().to_string_lossy().replace('\\', "/");
+        for byte in rel.bytes().chain(fs::read(path).unwrap()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    assert_eq!(
+        hash,
+        FROZEN_INTERFACE_1_0,
+        "tests/compat/interface-v1_0 changed ({} files): it is frozen; restore it",
+        files.len()
+    );
+}
+
+fn collect_all(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_all(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}

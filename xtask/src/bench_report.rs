@@ -246,7 +246,7 @@ fn utc_date(time: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
 }
 
-/// A goal of issue 7, checked against a run.
+/// A goal of `BENCHMARKS.md`, checked against a run.
 struct Goal {
     name: &'static str,
     target: &'static str,

@@ -68,7 +68,6 @@ pub(crate) fn open(path: &Path, image: &Path) -> Result<&'static LibHeader, Erro
     Ok(header)
 }
 
-#[cfg(unix)]
 #[allow(clippy::disallowed_methods)] // This is the one place allowed to map a library.
 fn open_library(path: &Path, image: &Path) -> Result<libloading::Library, Error> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
@@ -80,15 +79,6 @@ fn open_library(path: &Path, image: &Path) -> Result<libloading::Library, Error>
     library
         .map(libloading::Library::from)
         .map_err(|source| Error::Open { path: path.to_owned(), source })
-}
-
-#[cfg(not(unix))]
-#[allow(clippy::disallowed_methods)] // This is the one place allowed to map a library.
-fn open_library(path: &Path, image: &Path) -> Result<libloading::Library, Error> {
-    // SAFETY: as for the Unix variant: the file was checked to be a complete dynamic library for
-    // this platform; its initializers are the library's responsibility.
-    let library = unsafe { libloading::Library::new(image) };
-    library.map_err(|source| Error::Open { path: path.to_owned(), source })
 }
 
 fn describe_abi_header(header: &AbiHeader) -> String {
