@@ -200,7 +200,7 @@ impl Setup {
     fn new() -> Setup {
         let library = match env::var_os("CALCPLUG_BENCH_PLUGIN") {
             Some(path) => PathBuf::from(path),
-            None => build_basic(),
+            None => built().0.clone(),
         };
         let scratch =
             tempfile::Builder::new().prefix("calcplug-bench-").tempdir().expect("temp dir");
@@ -220,25 +220,36 @@ impl Setup {
 }
 
 /// Builds `basic` in release mode into a target directory of its own and returns the library.
-fn build_basic() -> PathBuf {
-    let root = xtask::workspace_root();
-    let target_dir = root.join("target").join("bench-plugins");
-    let packages = ["basic".to_owned()];
-    let built = xtask::build(
-        &root,
-        &xtask::BuildRequest {
-            packages: &packages,
-            release: true,
-            target_dir: Some(&target_dir),
-            quiet: true,
-        },
-    )
-    .expect("building basic (release) for the benchmarks");
-    built
-        .into_iter()
-        .find(|a| a.kind == xtask::ArtifactKind::Cdylib)
-        .map(|a| a.path)
-        .expect("cargo built the basic library")
+/// The release builds of `libbasic` and of `calcplug-runner` (from the `calcplug` package),
+/// built once into `target/bench-plugins`.
+fn built() -> &'static (PathBuf, PathBuf) {
+    static BUILT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = xtask::workspace_root();
+        let target_dir = root.join("target").join("bench-plugins");
+        let packages = ["basic".to_owned(), "calcplug".to_owned()];
+        let built = xtask::build(
+            &root,
+            &xtask::BuildRequest {
+                packages: &packages,
+                release: true,
+                target_dir: Some(&target_dir),
+                quiet: true,
+            },
+        )
+        .expect("building basic and calcplug-runner (release) for the benchmarks");
+        let find = |kind: xtask::ArtifactKind, stem: &str| {
+            built
+                .iter()
+                .find(|a| a.kind == kind && a.path.file_stem().is_some_and(|s| s == stem))
+                .map(|a| a.path.clone())
+                .unwrap_or_else(|| panic!("cargo built no {stem}"))
+        };
+        (
+            find(xtask::ArtifactKind::Cdylib, &format!("{}basic", env::consts::DLL_PREFIX)),
+            find(xtask::ArtifactKind::Bin, "calcplug-runner"),
+        )
+    })
 }
 
 /// `libbasic.so` (or `.dylib`).
@@ -333,10 +344,10 @@ impl Remote {
     }
 }
 
-/// The runner this benchmark's package built (cargo builds a package's binaries for its benches).
+/// The runner built with the plugin, in release.
 fn remote_options() -> RemoteOptions {
     RemoteOptions {
-        runner: Some(PathBuf::from(env!("CARGO_BIN_EXE_calcplug-runner"))),
+        runner: Some(built().1.clone()),
         ..RemoteOptions::default()
     }
 }

@@ -36,7 +36,7 @@ use interface::{
 use parking_lot::{Mutex, RwLock};
 use semver::Version;
 
-pub use runner::{runner_main, serve_if_runner};
+pub use runner::{runner_main, serve_if_runner, started_as_runner};
 use wire::{FrameError, Request, Response};
 
 use crate::{Error, Extension};

@@ -78,7 +78,8 @@ fn build_all() -> anyhow::Result<Artifacts> {
     let plugins = names(&root, PackageSet::Plugins)?;
     let fixtures = names(&root, PackageSet::Fixtures)?;
     let mut packages: Vec<String> = plugins.iter().chain(&fixtures).cloned().collect();
-    packages.push("host".to_owned());
+    // The `calcplug` package: the CLI and the calcplug-runner binary.
+    packages.push("calcplug".to_owned());
     let built = xtask::build(
         &root,
         &BuildRequest { packages: &packages, release: false, target_dir: Some(&out), quiet: true },

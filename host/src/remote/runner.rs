@@ -57,12 +57,20 @@ static SELF_RUNNER: AtomicBool = AtomicBool::new(false);
 /// re-executes it as the runner unless an explicit runner is configured (see
 /// [`RemoteOptions::runner`](super::RemoteOptions::runner)).
 pub fn serve_if_runner() -> Option<ExitCode> {
-    let arg0 = std::env::args_os().next()?;
-    if Path::new(&arg0).file_name() == Some(super::RUNNER_NAME.as_ref()) {
+    if started_as_runner() {
         return Some(runner_main());
     }
     SELF_RUNNER.store(true, Ordering::Relaxed);
     None
+}
+
+/// Whether this process was started as a runner (`argv[0]` names
+/// [`RUNNER_NAME`](super::RUNNER_NAME)): a program that is its own runner installs the
+/// runner's log subscriber then, before [`serve_if_runner`].
+pub fn started_as_runner() -> bool {
+    std::env::args_os()
+        .next()
+        .is_some_and(|arg0| Path::new(&arg0).file_name() == Some(super::RUNNER_NAME.as_ref()))
 }
 
 /// Whether [`serve_if_runner`] ran in this process and found it is not a runner.
@@ -74,6 +82,11 @@ pub(super) fn self_runner_enabled() -> bool {
 ///
 /// The `calcplug-runner` binary is this function; a host program that wants to be its own
 /// runner calls [`serve_if_runner`] instead.
+///
+/// It installs no `tracing` subscriber (a library never does): the runner's logs reach the
+/// host when the program installed one writing `LEVEL target: message` lines on stderr, which
+/// the host re-emits under the target `calcplug::runner` (lines in any other shape are
+/// forwarded at warn level as they are). `calcplug` and `calcplug-runner` install one.
 pub fn runner_main() -> ExitCode {
     if std::env::var_os(MAGIC_COOKIE_KEY).as_deref() != Some(MAGIC_COOKIE_VALUE.as_ref()) {
         let _ = writeln!(io::stderr(), "{NOT_BY_HAND}");
@@ -87,7 +100,6 @@ pub fn runner_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
     match serve(&library, &dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
@@ -97,18 +109,6 @@ pub fn runner_main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn init_logging() {
-    // Plain lines the host parses and forwards into its own `tracing`: "LEVEL target: message".
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CALCPLUG_RUNNER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .without_time()
-        .try_init();
 }
 
 fn serve(library: &Path, dir: &Path) -> Result<(), String> {

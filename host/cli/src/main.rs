@@ -2,7 +2,7 @@
 //!
 //! `list` shows every library found and why any was refused, `info` a plugin's metadata and
 //! status, `call` runs one operation, `demo` tours every bundled plugin; `status` and `watch`
-//! run the plugin manager (`cli_manager`). `--config` (every command) reads `calcplug.toml`.
+//! run the plugin manager (`manager`). `--config` (every command) reads `calcplug.toml`.
 //! Results go to stdout; errors go to stderr with exit code 1 (2 for usage errors).
 
 // This binary talks to a terminal.
@@ -19,8 +19,9 @@ use host::remote::{RemoteOptions, RemotePlugin};
 use host::{BatchOp, Config, Found, LoadPolicy, Op, Plugin, PluginHandle};
 use serde_json::json;
 
-mod cli_bench;
-mod cli_manager;
+mod bench;
+mod manager;
+mod runner_log;
 
 /// Loads Calculator plugins (stable-ABI cdylibs) and calls them.
 #[derive(Debug, Parser)]
@@ -115,6 +116,9 @@ enum Command {
 
 fn main() -> ExitCode {
     // `calcplug --isolate` starts this same binary as its runner.
+    if host::remote::started_as_runner() {
+        runner_log::init();
+    }
     if let Some(code) = host::remote::serve_if_runner() {
         return code;
     }
@@ -160,7 +164,7 @@ fn init_tracing(verbose: u8) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = cli_manager::load_config(cli.config.as_deref())?;
+    let config = manager::load_config(cli.config.as_deref())?;
     let config_dirs: Vec<PathBuf> = config.paths().map(PathBuf::from).collect();
     let dirs = match (cli.plugin_dirs.is_empty(), config_dirs.is_empty()) {
         (false, _) => cli.plugin_dirs,
@@ -181,16 +185,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info { plugin, json } => info(&dirs, &plugin, json, cli.isolate),
         Command::Call { plugin, op, a, b, set } => {
             // The config file's `[plugins.NAME]` table first, so that `--set` wins.
-            let set = cli_manager::settings_for(&config, &plugin, set);
+            let set = manager::settings_for(&config, &plugin, set);
             call(&dirs, &plugin, &op, (a, b), &set, cli.isolate)
         }
         Command::Demo => demo(&dirs),
         Command::Status { json, prometheus, calls } => {
-            cli_manager::status(config, json, prometheus, &calls)
+            manager::status(config, json, prometheus, &calls)
         }
-        Command::Watch => cli_manager::watch(config),
+        Command::Watch => manager::watch(config),
         Command::Bench { plugin, json, seconds } => {
-            cli_bench::bench(config, &dirs, &plugin, json, seconds)
+            bench::bench(config, &dirs, &plugin, json, seconds)
         }
     }
 }
