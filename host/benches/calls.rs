@@ -346,10 +346,7 @@ impl Remote {
 
 /// The runner built with the plugin, in release.
 fn remote_options() -> RemoteOptions {
-    RemoteOptions {
-        runner: Some(built().1.clone()),
-        ..RemoteOptions::default()
-    }
+    RemoteOptions { runner: Some(built().1.clone()), ..RemoteOptions::default() }
 }
 
 /// The out-of-process rows: the socket ping-pong floor, a call, and batches.

@@ -81,8 +81,8 @@ pub(crate) struct Demo {}
 #[derive(Debug, Args)]
 pub(crate) struct Ci {}
 
-/// The whole test suite, the README's test command: `cargo test --workspace`, then
-/// `walk-readme`.
+/// The whole test suite, the README's test command: `cargo test --workspace`, the same with a
+/// bare filter (`compat`), then `walk-readme`.
 #[derive(Debug, Args)]
 pub(crate) struct Test {}
 

@@ -9,7 +9,9 @@
 //!   deliberately broken plugins under `tests/fixtures/` into `target/plugins/<profile>/fixtures/`.
 //! - `cargo xtask demo` runs `build-plugins --release`, then `calcplug demo` against the installed
 //!   plugins, and exits with the demo's status.
-//! - `cargo xtask test` is the whole test suite: `cargo test --workspace`, then `walk-readme`.
+//! - `cargo xtask test` is the whole test suite: `cargo test --workspace`, then
+//!   `cargo test --workspace compat` (a bare filter builds every library's test harness), then
+//!   `walk-readme`.
 //! - `cargo xtask walk-readme` runs the README's commands as written on fresh copies of the
 //!   repository, with the default target directory and with `CARGO_TARGET_DIR` set.
 //! - `cargo xtask ci` runs what CI runs, in order: `cargo xtask test`, `cargo fmt --all --check`,

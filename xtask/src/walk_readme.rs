@@ -15,7 +15,7 @@
 //!
 //! No command may write an escape byte to its (piped) stderr. The walk runs twice, on fresh
 //! copies: once with cargo's default target directory, once with `CARGO_TARGET_DIR` pointing
-//! elsewhere, where it also runs `cargo test --workspace compat` (a bare test-name filter).
+//! elsewhere.
 
 use std::{
     fs,
@@ -50,10 +50,6 @@ impl flags::WalkReadme {
             eprintln!("==> README walk in {} ({})", clone.display(), walk.describe());
             for step in &script.steps {
                 walk.run(step)?;
-            }
-            if shared_target {
-                // A bare filter makes cargo build and run every library's test harness.
-                walk.run(&Step::new("cargo test --workspace compat", Expect::Success))?;
             }
         }
         eprintln!("==> the README's commands all did what they say, twice");
