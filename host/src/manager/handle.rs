@@ -1,0 +1,117 @@
+//! `Handle`: the cheap, cloneable way a host calls one managed plugin.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use interface::{BatchOp, BatchResult, Op};
+use semver::Version;
+
+use super::metrics::{op_index, BATCH};
+use super::{Handle, Health, LifecycleState, PluginStatus};
+use crate::Error;
+
+impl Handle {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.slot.name
+    }
+
+    /// The version of the library serving the name now.
+    pub fn version(&self) -> Version {
+        self.slot.generation().plugin.version().clone()
+    }
+
+    /// The library file serving the name now.
+    pub fn source(&self) -> PathBuf {
+        self.slot.generation().source.clone()
+    }
+
+    /// Which load of this name serves now: 1 for the first library, +1 per reload.
+    pub fn generation(&self) -> u64 {
+        self.slot.reloads.load(Ordering::Relaxed) + 1
+    }
+
+    /// The lifecycle state: `Processing` while calls are in flight. Never blocks.
+    pub fn state(&self) -> LifecycleState {
+        self.slot.state()
+    }
+
+    /// Checks the plugin's health now (its own status, and the manager's state for it).
+    pub fn health(&self) -> Health {
+        self.slot.health()
+    }
+
+    /// This plugin's status and metrics.
+    pub fn status(&self) -> PluginStatus {
+        self.slot.status()
+    }
+
+    /// `a + b`
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::call`].
+    #[inline]
+    pub fn add(&self, a: f64, b: f64) -> Result<f64, Error> {
+        self.slot.run(op_index(Op::Add), "add", |plugin| plugin.add(a, b))
+    }
+
+    /// `a - b`
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::call`].
+    #[inline]
+    pub fn subtract(&self, a: f64, b: f64) -> Result<f64, Error> {
+        self.slot.run(op_index(Op::Subtract), "subtract", |plugin| plugin.subtract(a, b))
+    }
+
+    /// `a * b`
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::call`].
+    #[inline]
+    pub fn multiply(&self, a: f64, b: f64) -> Result<f64, Error> {
+        self.slot.run(op_index(Op::Multiply), "multiply", |plugin| plugin.multiply(a, b))
+    }
+
+    /// `a / b`
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::call`].
+    #[inline]
+    pub fn divide(&self, a: f64, b: f64) -> Result<f64, Error> {
+        self.slot.run(op_index(Op::Divide), "divide", |plugin| plugin.divide(a, b))
+    }
+
+    /// `op(a, b)`; errors with a retryable code are retried per the `[retry]` policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with the plugin's code (after the retries, for a retryable one);
+    /// [`Error::ShuttingDown`] once the manager shuts down; [`Error::NotServing`] if the
+    /// plugin's `initialize` failed.
+    pub fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+        self.slot.call(op, a, b)
+    }
+
+    /// [`Plugin::process_batch`](crate::Plugin::process_batch) through the manager (counted as one `process_batch` call).
+    ///
+    /// # Errors
+    ///
+    /// As [`Plugin::process_batch`](crate::Plugin::process_batch), and as [`Handle::call`].
+    pub fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
+        let results = std::cell::RefCell::new(results);
+        self.slot.run(BATCH, "process_batch", |plugin| {
+            plugin.process_batch(ops, &mut results.borrow_mut())
+        })
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("name", &self.slot.name).finish_non_exhaustive()
+    }
+}
