@@ -8,7 +8,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "host/src/loader/ffi.rs",
     // The serving library read without a reference count on the manager's call path.
     "host/src/manager/generations.rs",
-    "interface/src/plugin.rs",
+    "interface/src/plugin/export.rs",
     // Fixtures that raise SIGSEGV on purpose.
     "tests/fixtures/crashy/src/lib.rs",
     "tests/fixtures/hostile-ctor-crash/src/lib.rs",

@@ -1,0 +1,373 @@
+//! [`Lifecycle`]: the seed's state machine for a plugin instance, and request accounting that
+//! stays cheap when many threads call at once.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::{BatchOp, BatchResult, CalcError, ErrorCode, Op, PluginState, Status};
+
+/// The lifecycle and request accounting of one plugin instance.
+///
+/// States follow the seed: `Uninitialized → Initializing → Ready`, a failed first `initialize`
+/// goes to `Error` (and may be retried), `shutdown` goes through `ShuttingDown` to `Closed`,
+/// which is final. Calling `initialize` again while `Ready` reconfigures; if that fails, the
+/// previous configuration keeps serving.
+///
+/// [`Lifecycle::enter`] is the per-call check: one atomic load, a per-thread counter increment
+/// and, for one call in [`Lifecycle::SAMPLE_EVERY`], two clock reads.
+#[derive(Debug)]
+pub struct Lifecycle {
+    state: AtomicU8,
+    /// Serializes `initialize` and `shutdown`, and holds what only they change.
+    cold: Mutex<ColdState>,
+    stats: RequestStats,
+}
+
+#[derive(Debug)]
+struct ColdState {
+    started: Option<(SystemTime, Instant)>,
+    message: String,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Lifecycle {
+        Lifecycle {
+            state: AtomicU8::new(PluginState::Uninitialized as u8),
+            cold: Mutex::new(ColdState { started: None, message: "not initialized".to_owned() }),
+            stats: RequestStats::default(),
+        }
+    }
+}
+
+impl Lifecycle {
+    /// One call in this many is timed for the average latency.
+    pub const SAMPLE_EVERY: u64 = 64;
+
+    /// The current state.
+    pub fn state(&self) -> PluginState {
+        PluginState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(PluginState::Error)
+    }
+
+    /// Runs `apply` (which applies the config) and moves to `Ready` if it succeeds.
+    ///
+    /// # Errors
+    ///
+    /// `apply`'s error; [`ErrorCode::NotInitialized`] after `shutdown`.
+    pub fn initialize(
+        &self,
+        apply: impl FnOnce() -> Result<(), CalcError>,
+    ) -> Result<(), CalcError> {
+        let mut cold = self.lock_cold();
+        let before = self.state();
+        match before {
+            PluginState::Closed | PluginState::ShuttingDown => {
+                return Err(CalcError::new(
+                    ErrorCode::NotInitialized,
+                    "the plugin has been shut down and cannot be initialized again",
+                ));
+            }
+            PluginState::Ready => {
+                // Reconfiguration: calls keep being served while `apply` runs.
+                return apply();
+            }
+            PluginState::Uninitialized | PluginState::Initializing | PluginState::Error => {}
+        }
+        self.set_state(PluginState::Initializing);
+        // If `apply` panics, the state must not stay `Initializing`.
+        let reset = StateOnUnwind { life: self, state: PluginState::Error };
+        let result = apply();
+        std::mem::forget(reset);
+        match &result {
+            Ok(()) => {
+                cold.started = Some((SystemTime::now(), Instant::now()));
+                cold.message = "ready".to_owned();
+                self.set_state(PluginState::Ready);
+            }
+            Err(err) => {
+                cold.message = format!("initialize failed: {err}");
+                self.set_state(PluginState::Error);
+            }
+        }
+        result
+    }
+
+    /// Runs `release` and moves to `Closed`, whatever `release` returns.
+    /// Shutting down twice is not an error.
+    ///
+    /// # Errors
+    ///
+    /// `release`'s error.
+    pub fn shutdown(
+        &self,
+        release: impl FnOnce() -> Result<(), CalcError>,
+    ) -> Result<(), CalcError> {
+        let mut cold = self.lock_cold();
+        if self.state() == PluginState::Closed {
+            return Ok(());
+        }
+        self.set_state(PluginState::ShuttingDown);
+        let closed = StateOnUnwind { life: self, state: PluginState::Closed };
+        let result = release();
+        drop(closed);
+        cold.message = match &result {
+            Ok(()) => "shut down".to_owned(),
+            Err(err) => format!("shut down with an error: {err}"),
+        };
+        result
+    }
+
+    /// Admits one call: fails unless the plugin is `Ready`, and counts the call.
+    ///
+    /// Keep the returned guard alive for the duration of the call, so sampled calls are timed.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::NotInitialized`] unless the plugin is `Ready`.
+    #[inline]
+    pub fn enter(&self) -> Result<CallGuard<'_>, CalcError> {
+        self.enter_batch(1)
+    }
+
+    /// Admits a batch of `items` calls as one: fails unless the plugin is `Ready`, counts `items`
+    /// requests.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::NotInitialized`] unless the plugin is `Ready`.
+    #[inline]
+    pub fn enter_batch(&self, items: u64) -> Result<CallGuard<'_>, CalcError> {
+        let state = self.state.load(Ordering::Acquire);
+        if state != PluginState::Ready as u8 {
+            return Err(self.not_ready(state));
+        }
+        Ok(self.stats.record(items))
+    }
+
+    /// Runs a whole batch as one admitted call: one state check and `ops.len()` requests
+    /// counted, then `compute(op, a, b)` for each item into the slot with the same index
+    /// (`Unsupported` for an operation code this interface version does not know). Before
+    /// `initialize` or after `shutdown`, every slot gets `NotInitialized`.
+    ///
+    /// This is what a `process_batch` override usually is: the per-item cost is `compute`.
+    #[inline]
+    pub fn batch(
+        &self,
+        ops: &[BatchOp],
+        results: &mut [BatchResult],
+        compute: impl Fn(Op, f64, f64) -> Result<f64, ErrorCode>,
+    ) {
+        let _batch = match self.enter_batch(ops.len() as u64) {
+            Ok(guard) => guard,
+            Err(err) => {
+                results.fill(BatchResult::err(err.code()));
+                return;
+            }
+        };
+        for (item, slot) in ops.iter().zip(results.iter_mut()) {
+            let result = match item.op.op() {
+                Some(op) => compute(op, item.a, item.b),
+                None => Err(ErrorCode::Unsupported),
+            };
+            *slot = BatchResult::from_result(result);
+        }
+    }
+
+    /// The plugin's status, with the lifecycle's own message.
+    pub fn status(&self) -> Status {
+        let cold = self.lock_cold();
+        let (started_at, uptime) = match cold.started {
+            Some((wall, mono)) if self.state() != PluginState::Closed => {
+                (Some(wall), mono.elapsed())
+            }
+            Some((wall, _)) => (Some(wall), Duration::ZERO),
+            None => (None, Duration::ZERO),
+        };
+        let (request_count, average_latency) = self.stats.totals();
+        Status {
+            state: self.state(),
+            message: cold.message.clone(),
+            started_at,
+            uptime,
+            request_count,
+            average_latency,
+        }
+    }
+
+    #[cold]
+    fn not_ready(&self, state: u8) -> CalcError {
+        let why = match PluginState::from_u8(state) {
+            Some(PluginState::Closed | PluginState::ShuttingDown) => {
+                "the plugin has been shut down"
+            }
+            Some(PluginState::Error) => "the plugin's initialize failed",
+            Some(PluginState::Initializing) => "the plugin is still initializing",
+            _ => "call initialize first",
+        };
+        CalcError::new(ErrorCode::NotInitialized, why)
+    }
+
+    fn set_state(&self, state: PluginState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    fn lock_cold(&self) -> MutexGuard<'_, ColdState> {
+        // A panic while holding the lock (inside `apply`/`release`) leaves consistent data:
+        // every field is written after the user code returns.
+        self.cold.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Sets a state if dropped during unwinding (and also on a normal drop; callers `forget` it to
+/// keep the normal path's state).
+struct StateOnUnwind<'a> {
+    life: &'a Lifecycle,
+    state: PluginState,
+}
+
+impl Drop for StateOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.life.set_state(self.state);
+    }
+}
+
+/// Keeps a call admitted by [`Lifecycle::enter`] open; a sampled call is timed until it drops.
+#[derive(Debug)]
+#[must_use = "the call is timed until the guard drops"]
+pub struct CallGuard<'a> {
+    shard: &'a Shard,
+    timing: Option<(Instant, u64)>,
+}
+
+impl Drop for CallGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some((started, items)) = self.timing {
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.shard.timed_nanos.fetch_add(nanos, Ordering::Relaxed);
+            self.shard.timed_items.fetch_add(items, Ordering::Relaxed);
+        }
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// Request counters split across cache lines, one picked per thread, so that threads calling at
+/// once do not fight over one counter.
+#[derive(Debug, Default)]
+struct RequestStats {
+    shards: [Shard; SHARDS],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    requests: AtomicU64,
+    timed_items: AtomicU64,
+    timed_nanos: AtomicU64,
+}
+
+impl RequestStats {
+    #[inline]
+    fn record(&self, items: u64) -> CallGuard<'_> {
+        let shard = &self.shards[shard_index()];
+        let before = shard.requests.fetch_add(items, Ordering::Relaxed);
+        // Time the call if this shard's count crossed a multiple of SAMPLE_EVERY.
+        let crossed =
+            before / Lifecycle::SAMPLE_EVERY != (before + items) / Lifecycle::SAMPLE_EVERY;
+        let timing = if crossed { Some((Instant::now(), items)) } else { None };
+        CallGuard { shard, timing }
+    }
+
+    fn totals(&self) -> (u64, Option<Duration>) {
+        let mut requests = 0u64;
+        let mut timed_items = 0u64;
+        let mut timed_nanos = 0u64;
+        for shard in &self.shards {
+            requests = requests.wrapping_add(shard.requests.load(Ordering::Relaxed));
+            timed_items = timed_items.wrapping_add(shard.timed_items.load(Ordering::Relaxed));
+            timed_nanos = timed_nanos.wrapping_add(shard.timed_nanos.load(Ordering::Relaxed));
+        }
+        let average = timed_nanos.checked_div(timed_items).map(Duration::from_nanos);
+        (requests, average)
+    }
+}
+
+#[inline]
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|index| {
+        let mut i = index.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            index.set(i);
+        }
+        i
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn lifecycle_refuses_calls_outside_ready() {
+        let life = Lifecycle::default();
+        assert_eq!(life.enter().unwrap_err().code(), ErrorCode::NotInitialized);
+        life.initialize(|| Ok(())).unwrap();
+        assert_eq!(life.state(), PluginState::Ready);
+        drop(life.enter().unwrap());
+        life.shutdown(|| Ok(())).unwrap();
+        assert_eq!(life.state(), PluginState::Closed);
+        let err = life.enter().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::NotInitialized);
+        assert!(err.message().contains("shut down"), "{err}");
+        assert_eq!(life.initialize(|| Ok(())).unwrap_err().code(), ErrorCode::NotInitialized);
+        assert_eq!(life.status().request_count, 1);
+    }
+
+    #[test]
+    fn failed_initialize_is_error_and_may_be_retried() {
+        let life = Lifecycle::default();
+        let err =
+            life.initialize(|| Err(CalcError::new(ErrorCode::InvalidInput, "bad"))).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidInput);
+        assert_eq!(life.state(), PluginState::Error);
+        assert!(life.status().message.contains("bad"));
+        life.initialize(|| Ok(())).unwrap();
+        assert_eq!(life.state(), PluginState::Ready);
+    }
+
+    #[test]
+    fn failed_reconfigure_keeps_ready() {
+        let life = Lifecycle::default();
+        life.initialize(|| Ok(())).unwrap();
+        assert!(life.initialize(|| Err(CalcError::new(ErrorCode::InvalidInput, "x"))).is_err());
+        assert_eq!(life.state(), PluginState::Ready);
+    }
+
+    #[test]
+    fn stats_count_every_call_and_time_some() {
+        let life = Lifecycle::default();
+        life.initialize(|| Ok(())).unwrap();
+        let threads = 4;
+        let per_thread = 1000;
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    for _ in 0..per_thread {
+                        drop(life.enter().unwrap());
+                    }
+                });
+            }
+        });
+        drop(life.enter_batch(500).unwrap());
+        let status = life.status();
+        assert_eq!(status.request_count, threads * per_thread + 500);
+        assert!(status.average_latency.is_some());
+        assert!(status.started_at.is_some());
+    }
+}
