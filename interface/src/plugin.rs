@@ -1,6 +1,6 @@
 //! The plugin authoring API: implement [`Calculator`], call [`export_plugin!`](crate::export_plugin).
 //!
-//! The macro turns the trait into the [`CalculatorMod`] function table. Every generated entry point
+//! The macro turns the trait into the [`CalculatorMod`](crate::ffi::CalculatorMod) function table. Every generated entry point
 //! runs the trait method inside `catch_unwind`, so a panic in plugin code becomes a
 //! [`ErrorCode::PluginPanicked`] error value instead of unwinding into the host (which would abort
 //! it: a panic may not cross an `extern "C"` boundary).

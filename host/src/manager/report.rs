@@ -22,7 +22,7 @@ pub struct ScanReport {
     pub failed: Vec<Error>,
 }
 
-/// What [`PluginManager::shutdown`] did.
+/// What [`PluginManager::shutdown`](super::PluginManager::shutdown) did.
 #[derive(Debug, Default)]
 pub struct ShutdownReport {
     /// Plugins shut down cleanly.
