@@ -16,17 +16,15 @@
 //! max_value = 1e100
 //! ```
 
+mod parse;
+mod raw;
+
 use std::collections::BTreeMap;
-use std::fmt;
 use std::fs;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use interface::{Config, ErrorCode};
-use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
-use toml::Spanned;
 
 use crate::security::{Enforcement, LoadPolicy, Manifest, ProbeSettings, TrustedKey};
 use crate::Error;
@@ -244,10 +242,10 @@ impl IsolationConfig {
 }
 
 impl ManagerConfig {
-    /// The configuration of an empty file: every key at its default.
+    /// The configuration of an empty file: every key at its default. This is the one table of
+    /// defaults: parsing starts from it, and `calcplug.example.toml` documents it.
     pub fn defaults() -> ManagerConfig {
-        // An empty document always parses; the fallback is never reached.
-        ManagerConfig::parse("", Path::new("<defaults>")).unwrap_or_else(|_| ManagerConfig {
+        ManagerConfig {
             origin: PathBuf::from("<defaults>"),
             paths: Vec::new(),
             auto_scan: false,
@@ -268,7 +266,7 @@ impl ManagerConfig {
             },
             modes: BTreeMap::new(),
             plugins: BTreeMap::new(),
-        })
+        }
     }
 
     /// Reads and parses the config file at `path`.
@@ -298,260 +296,7 @@ impl ManagerConfig {
     ///
     /// [`Error::Config`] naming `origin`, the line and the key of the first problem.
     pub fn parse(text: &str, origin: &Path) -> Result<ManagerConfig, Error> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|err| config_error_from_toml(origin, text, &err))?;
-        let fail = |span: Range<usize>, key: &str, message: String| Error::Config {
-            path: origin.to_owned(),
-            line: line_of(text, span.start),
-            key: key.to_owned(),
-            message,
-        };
-        let base = origin.parent().map(Path::to_owned).unwrap_or_default();
-
-        let discovery = raw.discovery.unwrap_or_default();
-        let mut paths = Vec::new();
-        for entry in discovery.paths.map(Spanned::into_inner).unwrap_or_default() {
-            let span = entry.span();
-            let text_path = entry.into_inner();
-            if text_path.trim().is_empty() {
-                return Err(fail(span, "discovery.paths", "a path may not be empty".to_owned()));
-            }
-            let path = Path::new(&text_path);
-            let path = if path.is_absolute() { path.to_owned() } else { base.join(path) };
-            paths.push(ConfigPath { path, line: line_of(text, span.start) });
-        }
-        let duration = |value: Option<Spanned<String>>, key: &str, default: Duration| match value {
-            None => Ok(default),
-            Some(value) => {
-                parse_duration(value.get_ref()).map_err(|message| fail(value.span(), key, message))
-            }
-        };
-        let scan_interval =
-            duration(discovery.scan_interval, "discovery.scan_interval", Duration::from_secs(30))?;
-        if scan_interval.is_zero() {
-            let span = 0..0;
-            return Err(fail(span, "discovery.scan_interval", "must be more than 0s".to_owned()));
-        }
-
-        let manager = raw.manager.unwrap_or_default();
-        let shutdown_timeout =
-            duration(manager.shutdown_timeout, "manager.shutdown_timeout", Duration::from_secs(5))?;
-        let health_interval =
-            duration(manager.health_interval, "manager.health_interval", Duration::ZERO)?;
-        let health_interval = (!health_interval.is_zero()).then_some(health_interval);
-
-        let metrics = raw.metrics.unwrap_or_default();
-        let sample_every = match metrics.sample_every {
-            None => 64,
-            Some(value) => {
-                let n = *value.get_ref();
-                if n != 0 && !n.is_power_of_two() {
-                    return Err(fail(
-                        value.span(),
-                        "metrics.sample_every",
-                        format!("{n} is not a power of two (0 turns timing off)"),
-                    ));
-                }
-                n
-            }
-        };
-
-        let retry_raw = raw.retry.unwrap_or_default();
-        let mut retryable = Vec::new();
-        match retry_raw.retryable {
-            None => retryable.push(ErrorCode::Internal),
-            Some(list) => {
-                for name in list.into_inner() {
-                    let code = ErrorCode::ALL.into_iter().find(|c| c.name() == name.get_ref());
-                    match code {
-                        Some(code) if !is_business_error(code) => retryable.push(code),
-                        Some(code) => {
-                            return Err(fail(
-                                name.span(),
-                                "retry.retryable",
-                                format!(
-                                    "{} is a business error: retrying it would fail the same way",
-                                    code.name()
-                                ),
-                            ));
-                        }
-                        None => {
-                            let known: Vec<_> = ErrorCode::ALL
-                                .into_iter()
-                                .filter(|c| !is_business_error(*c))
-                                .map(ErrorCode::name)
-                                .collect();
-                            return Err(fail(
-                                name.span(),
-                                "retry.retryable",
-                                format!(
-                                    "unknown error code {:?} (retryable ones: {})",
-                                    name.get_ref(),
-                                    known.join(", ")
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        let retry = RetryPolicy {
-            max_retries: retry_raw.max_retries.unwrap_or(3),
-            backoff: duration(retry_raw.backoff, "retry.backoff", Duration::from_millis(10))?,
-            max_backoff: duration(
-                retry_raw.max_backoff,
-                "retry.max_backoff",
-                Duration::from_secs(1),
-            )?,
-            retryable,
-        };
-
-        let security_raw = raw.security.unwrap_or_default();
-        let integrity = match security_raw.integrity {
-            None if security_raw.verify_signatures == Some(true) => Enforcement::Enforce,
-            None => Enforcement::Off,
-            Some(value) => Enforcement::from_name(value.get_ref()).ok_or_else(|| {
-                fail(
-                    value.span(),
-                    "security.integrity",
-                    format!("{:?} is not off, warn or enforce", value.get_ref()),
-                )
-            })?,
-        };
-        let mut trusted_keys = Vec::new();
-        for key in security_raw.trusted_keys.unwrap_or_default() {
-            let parsed = TrustedKey::from_hex(key.get_ref())
-                .map_err(|message| fail(key.span(), "security.trusted_keys", message))?;
-            trusted_keys.push(parsed);
-        }
-        let manifest = security_raw.manifest.map(|value| {
-            let line = line_of(text, value.span().start);
-            let path = Path::new(value.get_ref());
-            (if path.is_absolute() { path.to_owned() } else { base.join(path) }, line)
-        });
-        if integrity != Enforcement::Off && manifest.is_none() && trusted_keys.is_empty() {
-            return Err(fail(
-                0..0,
-                "security.integrity",
-                format!(
-                    "`{}` needs `security.manifest` or `security.trusted_keys`",
-                    integrity.name()
-                ),
-            ));
-        }
-        let on_panic = match security_raw.on_panic {
-            None => PanicPolicy::KeepServing,
-            Some(value) => match value.get_ref().as_str() {
-                "keep-serving" => PanicPolicy::KeepServing,
-                "disable" => PanicPolicy::Disable,
-                other => {
-                    return Err(fail(
-                        value.span(),
-                        "security.on_panic",
-                        format!("{other:?} is not keep-serving or disable"),
-                    ))
-                }
-            },
-        };
-        let security = SecurityConfig {
-            integrity,
-            manifest,
-            trusted_keys,
-            check_permissions: security_raw.check_permissions.unwrap_or(true),
-            probe: security_raw.probe.unwrap_or(false),
-            probe_timeout: duration(
-                security_raw.probe_timeout,
-                "security.probe_timeout",
-                Duration::from_secs(5),
-            )?,
-            on_panic,
-            origin: origin.to_owned(),
-        };
-
-        let isolation_raw = raw.isolation.unwrap_or_default();
-        let mode_of = |value: &Spanned<String>, key: &str| {
-            Mode::parse(value.get_ref()).ok_or_else(|| {
-                fail(
-                    value.span(),
-                    key,
-                    format!("{:?} is not in-process or out-of-process", value.get_ref()),
-                )
-            })
-        };
-        let default_options = crate::remote::RemoteOptions::default();
-        let isolation = IsolationConfig {
-            mode: match &isolation_raw.mode {
-                None => Mode::InProcess,
-                Some(value) => mode_of(value, "isolation.mode")?,
-            },
-            options: crate::remote::RemoteOptions {
-                runner: isolation_raw.runner.map(|runner| {
-                    let path = Path::new(&runner);
-                    if path.is_absolute() {
-                        path.to_owned()
-                    } else {
-                        base.join(path)
-                    }
-                }),
-                call_timeout: duration(
-                    isolation_raw.call_timeout,
-                    "isolation.call_timeout",
-                    default_options.call_timeout,
-                )?,
-                start_timeout: duration(
-                    isolation_raw.start_timeout,
-                    "isolation.start_timeout",
-                    default_options.start_timeout,
-                )?,
-                retries: isolation_raw.retries.unwrap_or(default_options.retries),
-                max_failures: isolation_raw.max_failures.unwrap_or(default_options.max_failures),
-                failure_window: duration(
-                    isolation_raw.failure_window,
-                    "isolation.failure_window",
-                    default_options.failure_window,
-                )?,
-                circuit_cooldown: duration(
-                    isolation_raw.circuit_cooldown,
-                    "isolation.circuit_cooldown",
-                    default_options.circuit_cooldown,
-                )?,
-                max_circuit_cooldown: duration(
-                    isolation_raw.max_circuit_cooldown,
-                    "isolation.max_circuit_cooldown",
-                    default_options.max_circuit_cooldown,
-                )?,
-                ..default_options
-            },
-        };
-
-        let mut plugins = BTreeMap::new();
-        let mut modes = BTreeMap::new();
-        for (name, mut table) in raw.plugins.unwrap_or_default() {
-            // `mode` is for the manager, not for the plugin's `initialize`.
-            if let Some(value) = table.remove("mode") {
-                let span = value.span();
-                let text_value = Spanned::new(span, value.into_inner().0);
-                modes.insert(name.clone(), mode_of(&text_value, &format!("plugins.{name}.mode"))?);
-            }
-            let config: Config =
-                table.into_iter().map(|(key, value)| (key, value.into_inner().0)).collect();
-            plugins.insert(name, config);
-        }
-
-        Ok(ManagerConfig {
-            origin: origin.to_owned(),
-            paths,
-            auto_scan: discovery.auto_scan.unwrap_or(false),
-            scan_interval,
-            shutdown_timeout,
-            health_interval,
-            sample_every,
-            retry,
-            security,
-            isolation,
-            modes,
-            plugins,
-        })
+        parse::parse(text, origin)
     }
 
     /// The same configuration with `dirs` as the plugin directories (what `--plugin-dir` does).
@@ -673,175 +418,15 @@ impl ManagerConfig {
     }
 }
 
-fn is_business_error(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::DivisionByZero
-            | ErrorCode::InvalidInput
-            | ErrorCode::OutOfRange
-            | ErrorCode::Overflow
-            | ErrorCode::Unsupported
-    )
-}
-
-/// Parses `250ms`, `30s`, `2m`, `1h` (an integer and a unit).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let bad = || {
-        format!(
-            "{text:?} is not a duration: write an integer and a unit (ms, s, m, h), e.g. \"30s\""
-        )
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let millis_per = match unit.trim() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(millis_per).map(Duration::from_millis).ok_or_else(bad)
-}
-
-/// The 1-based line of byte offset `offset` in `text`.
-fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
-}
-
-/// Turns a `toml` error into one naming the line and the dotted key.
-fn config_error_from_toml(origin: &Path, text: &str, err: &toml::de::Error) -> Error {
-    let line = err.span().map_or(0, |span| line_of(text, span.start));
-    // `toml` only renders the key path when it has no input to quote: ask for that form.
-    let mut bare = err.clone();
-    bare.set_input(None);
-    let rendered = bare.to_string();
-    let mut key = rendered
-        .lines()
-        .find_map(|l| l.strip_prefix("in `").and_then(|l| l.strip_suffix('`')))
-        .unwrap_or("")
-        .to_owned();
-    let message = err.message().trim().to_owned();
-    // For an unknown key, the key is in the message; name it fully.
-    if let Some(field) =
-        message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next())
-    {
-        key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
-    }
-    if key.is_empty() {
-        key = "(syntax)".to_owned();
-    }
-    Error::Config { path: origin.to_owned(), line, key, message }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    discovery: Option<RawDiscovery>,
-    manager: Option<RawManager>,
-    metrics: Option<RawMetrics>,
-    retry: Option<RawRetry>,
-    security: Option<RawSecurity>,
-    isolation: Option<RawIsolation>,
-    plugins: Option<BTreeMap<String, BTreeMap<String, Spanned<PluginValue>>>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDiscovery {
-    paths: Option<Spanned<Vec<Spanned<String>>>>,
-    auto_scan: Option<bool>,
-    scan_interval: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawManager {
-    shutdown_timeout: Option<Spanned<String>>,
-    health_interval: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    sample_every: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetry {
-    max_retries: Option<u32>,
-    backoff: Option<Spanned<String>>,
-    max_backoff: Option<Spanned<String>>,
-    retryable: Option<Spanned<Vec<Spanned<String>>>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecurity {
-    integrity: Option<Spanned<String>>,
-    manifest: Option<Spanned<String>>,
-    trusted_keys: Option<Vec<Spanned<String>>>,
-    check_permissions: Option<bool>,
-    probe: Option<bool>,
-    probe_timeout: Option<Spanned<String>>,
-    on_panic: Option<Spanned<String>>,
-    /// The seed's name for it: `true` is `integrity = "enforce"`.
-    verify_signatures: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIsolation {
-    mode: Option<Spanned<String>>,
-    call_timeout: Option<Spanned<String>>,
-    start_timeout: Option<Spanned<String>>,
-    retries: Option<u32>,
-    max_failures: Option<u32>,
-    failure_window: Option<Spanned<String>>,
-    circuit_cooldown: Option<Spanned<String>>,
-    max_circuit_cooldown: Option<Spanned<String>>,
-    runner: Option<String>,
-}
-
-/// A plugin config value: a string, number or boolean, handed to `initialize` as a string.
-#[derive(Debug)]
-struct PluginValue(String);
-
-impl<'de> Deserialize<'de> for PluginValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PluginValue, D::Error> {
-        struct Scalar;
-        impl Visitor<'_> for Scalar {
-            type Value = PluginValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, number or boolean")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<PluginValue, E> {
-                Ok(PluginValue(v.to_owned()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PluginValue, E> {
-                Ok(PluginValue(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PluginValue, E> {
-                Ok(PluginValue(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<PluginValue, E> {
-                // `Debug` keeps `1e100` short where `Display` writes out 101 digits.
-                Ok(PluginValue(format!("{v:?}")))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<PluginValue, E> {
-                Ok(PluginValue(v.to_string()))
-            }
-        }
-        deserializer.deserialize_any(Scalar)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults_table() {
+        let parsed = ManagerConfig::parse("", Path::new("<defaults>")).unwrap();
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", ManagerConfig::defaults()));
+    }
 
     fn parse(text: &str) -> Result<ManagerConfig, Error> {
         ManagerConfig::parse(text, Path::new("/etc/calcplug.toml"))

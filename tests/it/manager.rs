@@ -104,36 +104,6 @@ fn discovery_loads_the_good_reports_the_bad_and_the_shadowed() {
 }
 
 #[test]
-fn the_transition_table_is_exactly_the_seeds() {
-    use LifecycleState as S;
-    let legal = [
-        (S::Discovered, S::Validating),
-        (S::Validating, S::Loading),
-        (S::Validating, S::Error),
-        (S::Loading, S::Handshaking),
-        (S::Loading, S::Error),
-        (S::Handshaking, S::Initializing),
-        (S::Handshaking, S::Error),
-        (S::Initializing, S::Ready),
-        (S::Initializing, S::Error),
-        (S::Ready, S::Processing),
-        (S::Ready, S::Error),
-        (S::Ready, S::ShuttingDown),
-        (S::Processing, S::Ready),
-        (S::Processing, S::Error),
-        (S::Processing, S::ShuttingDown),
-        (S::Error, S::Initializing),
-        (S::Error, S::ShuttingDown),
-        (S::ShuttingDown, S::Closed),
-    ];
-    for from in S::ALL {
-        for to in S::ALL {
-            assert_eq!(from.can_become(to), legal.contains(&(from, to)), "{from} -> {to}");
-        }
-    }
-}
-
-#[test]
 fn the_state_machine_refuses_illegal_transitions_and_keeps_its_state() {
     use LifecycleState as S;
     let machine = StateMachine::new("demo");

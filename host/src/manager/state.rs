@@ -205,4 +205,57 @@ mod tests {
             assert!(!LifecycleState::Closed.can_become(next));
         }
     }
+
+    /// The seed's lifecycle diagram, edge by edge: exactly these moves are allowed.
+    #[test]
+    fn the_allowed_moves_are_the_diagrams() {
+        use LifecycleState as S;
+        let allowed = [
+            (S::Discovered, S::Validating),
+            (S::Validating, S::Loading),
+            (S::Validating, S::Error),
+            (S::Loading, S::Handshaking),
+            (S::Loading, S::Error),
+            (S::Handshaking, S::Initializing),
+            (S::Handshaking, S::Error),
+            (S::Initializing, S::Ready),
+            (S::Initializing, S::Error),
+            (S::Ready, S::Processing),
+            (S::Ready, S::Error),
+            (S::Ready, S::ShuttingDown),
+            (S::Processing, S::Ready),
+            (S::Processing, S::Error),
+            (S::Processing, S::ShuttingDown),
+            (S::Error, S::Initializing),
+            (S::Error, S::ShuttingDown),
+            (S::ShuttingDown, S::Closed),
+        ];
+        for from in S::ALL {
+            for to in S::ALL {
+                let expected = allowed.contains(&(from, to));
+                assert_eq!(from.can_become(to), expected, "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    /// The names `calcplug status`, its JSON and the Prometheus labels show.
+    #[test]
+    fn names_are_the_documented_ones() {
+        let names: Vec<&str> = LifecycleState::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "discovered",
+                "validating",
+                "loading",
+                "handshaking",
+                "initializing",
+                "ready",
+                "processing",
+                "error",
+                "shutting-down",
+                "closed"
+            ]
+        );
+    }
 }
