@@ -10,6 +10,14 @@ fn calcplug(dirs: &[&Path], args: &[&str]) -> Output {
     calcplug_with(dirs, args, &[])
 }
 
+fn calcplug_with(dirs: &[&Path], args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = crate::util::calcplug();
+    for dir in dirs {
+        command.arg("--plugin-dir").arg(dir);
+    }
+    command.args(args).envs(env.iter().copied()).output().expect("run calcplug")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -238,15 +246,6 @@ fn calcplug_is_its_own_runner() {
     let out = Command::new(&alone).arg0("calcplug-runner").arg("serve").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("This binary is a calcplug plugin runner."), "{out:?}");
-}
-
-fn calcplug_with(dirs: &[&Path], args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(&artifacts().calcplug);
-    for dir in dirs {
-        command.arg("--plugin-dir").arg(dir);
-    }
-    command.args(args).env_remove("CALCPLUG_LOG").env_remove("CALCPLUG_PLUGIN_PATH");
-    command.envs(env.iter().copied()).output().expect("run calcplug")
 }
 
 #[track_caller]

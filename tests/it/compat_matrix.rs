@@ -158,7 +158,7 @@ fn info_says_whether_the_scientific_extension_is_there() {
     let info = |package: &str| {
         let dir = a.library(package).parent().unwrap().to_owned();
         let name = if package == "basic-v1_0" { "basic" } else { package };
-        let out = Command::new(&a.calcplug)
+        let out = crate::util::calcplug()
             .arg("--plugin-dir")
             .arg(dir)
             .args(["info", name])

@@ -423,7 +423,7 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 fn the_cli_isolates_on_request() {
     let a = artifacts();
     let run = |dir: &std::path::Path, args: &[&str]| {
-        Command::new(&a.calcplug)
+        crate::util::calcplug()
             .arg("--plugin-dir")
             .arg(dir)
             .arg("--isolate")
@@ -496,7 +496,7 @@ fn the_manager_serves_out_of_process_plugins_like_in_process_ones() {
 #[test]
 fn isolate_moves_every_plugin_out_of_process_and_status_says_so() {
     let a = artifacts();
-    let out = Command::new(&a.calcplug)
+    let out = crate::util::calcplug()
         .arg("--plugin-dir")
         .arg(&a.plugin_dir)
         .args(["--isolate", "status", "--json", "--call", "basic:add:2:3"])

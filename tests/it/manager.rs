@@ -509,14 +509,7 @@ fn the_example_config_parses_and_bad_configs_name_line_and_key() {
 }
 
 fn calcplug(args: &[&str]) -> std::process::Output {
-    Command::new(&artifacts().calcplug)
-        .args(args)
-        .env_remove("CALCPLUG_LOG")
-        .env_remove("CALCPLUG_PLUGIN_PATH")
-        .env_remove("CALCPLUG_CONFIG")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run calcplug")
+    crate::util::calcplug().args(args).output().expect("run calcplug")
 }
 
 /// Checks the Prometheus text exposition rules a scraper enforces: each family has one HELP and
@@ -629,7 +622,7 @@ fn prometheus_output_follows_the_exposition_format() {
 fn calls_work_with_full_fences_where_membarrier_is_not_used() {
     // The fallback of `host/src/manager/fence.rs`, which this machine would not take by itself.
     let dir = artifacts().plugin_dir.to_str().unwrap().to_owned();
-    let out = Command::new(&artifacts().calcplug)
+    let out = crate::util::calcplug()
         .args(["--plugin-dir", &dir, "status", "--json"])
         .args(["--call", "basic:add:2:3", "--call", "basic:add:1:1", "--call", "basic:divide:1:0"])
         .env("CALCPLUG_FENCE", "full")
@@ -698,7 +691,7 @@ fn status_command_prints_metrics_as_text_json_and_prometheus() {
 #[test]
 fn watch_picks_up_a_new_plugin_and_a_rebuilt_one_then_stops_on_ctrl_c() {
     let dir = scratch();
-    let mut child = Command::new(&artifacts().calcplug)
+    let mut child = crate::util::calcplug()
         .args(["--plugin-dir", dir.path().to_str().unwrap(), "watch"])
         .env_remove("CALCPLUG_LOG")
         .env("NO_COLOR", "1")

@@ -3,18 +3,14 @@
 //! `status` lists.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::util::{artifacts, copy_as, scratch};
 
 /// `calcplug` with a clean environment (none of the variables below), in `cwd`.
 fn calcplug_in(cwd: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
-    let mut command = Command::new(&artifacts().calcplug);
-    command.current_dir(cwd).args(args);
-    for key in ["CALCPLUG_LOG", "CALCPLUG_PLUGIN_PATH", "CALCPLUG_CONFIG", "CALCPLUG_RUNNER"] {
-        command.env_remove(key);
-    }
-    command.envs(env.iter().copied()).output().expect("run calcplug")
+    let mut command = crate::util::calcplug();
+    command.current_dir(cwd).args(args).envs(env.iter().copied()).output().expect("run calcplug")
 }
 
 fn stdout(out: &Output) -> String {

@@ -1,6 +1,7 @@
 //! Small helpers shared by the test modules.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use host::{Config, Plugin};
 
@@ -31,4 +32,15 @@ pub(crate) fn copy_as(from: &Path, dir: &Path, name: &str) -> PathBuf {
     let to = dir.join(name);
     std::fs::copy(from, &to).unwrap_or_else(|err| panic!("copy {}: {err}", from.display()));
     to
+}
+
+/// The `calcplug` binary, in an environment without the variables that would point it
+/// elsewhere (`CALCPLUG_LOG`, `CALCPLUG_PLUGIN_PATH`, `CALCPLUG_CONFIG`, `CALCPLUG_RUNNER`):
+/// the one way the tests run the CLI.
+pub(crate) fn calcplug() -> Command {
+    let mut command = Command::new(&artifacts().calcplug);
+    for key in ["CALCPLUG_LOG", "CALCPLUG_PLUGIN_PATH", "CALCPLUG_CONFIG", "CALCPLUG_RUNNER"] {
+        command.env_remove(key);
+    }
+    command
 }
