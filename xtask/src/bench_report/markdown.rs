@@ -1,0 +1,545 @@
+//! `BENCHMARKS.md` from one run: the tables, each figure with its ratio to its floor, the goals
+//! met or missed, the machine and the command.
+
+use std::fmt::Write as _;
+
+use super::svg::{bar_chart, chart_label, Bar, FLOOR, IN_PROCESS, IPC};
+use super::{Machine, Run, BATCH_SIZES, THREADS};
+
+/// A goal of `BENCHMARKS.md`, checked against a run.
+struct Goal {
+    name: &'static str,
+    target: &'static str,
+    /// The measured value as text, and whether it meets the goal; `None` if not measured.
+    measured: Option<(String, bool)>,
+    /// The row that was not measured, for the reason.
+    missing: &'static str,
+    /// Why the goal is missed, from profiling (see the hot-path notes in the report).
+    why_missed: &'static str,
+}
+
+/// Everything the report is made of.
+pub(super) struct Report<'a> {
+    pub(super) run: &'a Run,
+    pub(super) machine: &'a Machine,
+    pub(super) command: &'a str,
+    pub(super) quick: bool,
+}
+
+impl Report<'_> {
+    fn per_call_rows(&self) -> Vec<(&'static str, &'static str, &'static str)> {
+        // (id, label, floor id)
+        vec![
+            (
+                "per_call/direct_dyn",
+                "direct call through `&dyn Calculator` (floor)",
+                "per_call/direct_dyn",
+            ),
+            (
+                "per_call/in_process",
+                "in-process plugin call (`Plugin::add`)",
+                "per_call/direct_dyn",
+            ),
+            (
+                "per_call/in_process_metrics",
+                "in-process, metrics on (`Handle::add`, 1 in 64 timed)",
+                "per_call/direct_dyn",
+            ),
+            (
+                "per_call/socket_pingpong",
+                "Unix-socket ping-pong to a child process, 26 B out, 17 B back (IPC floor)",
+                "per_call/socket_pingpong",
+            ),
+            ("per_call/out_of_process", "out-of-process call", "per_call/socket_pingpong"),
+        ]
+    }
+
+    fn goals(&self) -> Vec<Goal> {
+        let run = self.run;
+        let ratio = |id: &str, floor: &str| Some(run.median(id)? / run.median(floor)?);
+        let mut goals = Vec::new();
+        goals.push(Goal {
+            name: "in-process call vs direct `dyn` call",
+            target: "≤ 1.5×",
+            measured: ratio("per_call/in_process", "per_call/direct_dyn")
+                .map(|r| (format!("{r:.2}×"), r <= 1.5)),
+            missing: "per_call/in_process",
+            why_missed: "the plugin call does more than the `dyn` call: it goes through the root \
+                module's function pointer into an `extern \"C\"` shim that runs `catch_unwind`, \
+                converts the `Result` into an `RResult` and back, and the same work is then done \
+                on two sides of a non-inlinable boundary; at a few nanoseconds per call, each of \
+                these is a visible fraction",
+        });
+        // The paired measurement (alternating blocks, median of the differences) when the run
+        // has it: the difference of two separate criterion medians moves with the VM's drift.
+        let paired = "paired/metrics_overhead";
+        let delta = match run.extra(paired, "delta_ns") {
+            Some(d) => {
+                let p25 = run.extra(paired, "delta_p25_ns").unwrap_or(f64::NAN);
+                let p75 = run.extra(paired, "delta_p75_ns").unwrap_or(f64::NAN);
+                Some((format!("{d:+.1} ns (paired; middle half {p25:+.1} to {p75:+.1})"), d))
+            }
+            None => (|| {
+                let d = run.median("per_call/in_process_metrics")?
+                    - run.median("per_call/in_process")?;
+                Some((format!("{d:+.1} ns"), d))
+            })(),
+        };
+        goals.push(Goal {
+            name: "metrics on vs in-process call",
+            target: "≤ +10 ns",
+            measured: delta.map(|(text, d)| (text, d <= 10.0)),
+            missing: "per_call/in_process_metrics",
+            why_missed: "on top of the plugin call a managed call finds its thread's counter \
+                shard (a thread-local), writes two counters, reads the serving library's address \
+                and state and checks whether to time the call: about 50 instructions, none of \
+                them locked, so the cost follows the CPU's clock (this VM's speed changes by \
+                half from run to run)",
+        });
+        goals.push(Goal {
+            name: "out-of-process call vs socket ping-pong",
+            target: "≤ 1.2×",
+            measured: ratio("per_call/out_of_process", "per_call/socket_pingpong")
+                .map(|r| (format!("{r:.2}×"), r <= 1.2)),
+            missing: "per_call/out_of_process",
+            why_missed: "encoding and decoding the frame and the runner's dispatch add to the \
+                bare round trip",
+        });
+        let big = BATCH_SIZES[3];
+        goals.push(Goal {
+            name: "batch of 1 000 000, in-process vs plain Rust loop (throughput)",
+            target: "≥ 50%",
+            measured: ratio(&format!("batch/plain_loop/{big}"), &format!("batch/in_process/{big}"))
+                .map(|r| (format!("{:.0}%", r * 100.0), r >= 0.5)),
+            missing: "batch/in_process/1000000",
+            why_missed: "the plugin's loop is compiled separately from the host, so it cannot be \
+                specialised for the host's data; both loops run the same validated arithmetic",
+        });
+        let load = run.extra("cold/load_handshake_initialize", "median_ns");
+        goals.push(Goal {
+            name: "load + handshake + initialize of one plugin",
+            target: "< 1 ms",
+            measured: load.map(|ns| (format!("{:.3} ms", ns / 1e6), ns < 1e6)),
+            missing: "cold/load_handshake_initialize",
+            why_missed: "a first load maps a library the process has never seen: `dlopen` reads \
+                its headers, relocates it and runs its initialisers, and abi_stable checks the \
+                root module's whole type layout",
+        });
+        goals
+    }
+
+    pub(super) fn markdown(&self) -> String {
+        let run = self.run;
+        let m = self.machine;
+        let mut md = String::new();
+        let w = &mut md;
+        let _ = writeln!(w, "# Benchmarks\n");
+        let _ = writeln!(
+            w,
+            "Generated by `{}` on {} (the run took {} s). Do not edit: run the command again.",
+            self.command,
+            m.date,
+            run.finished_unix.saturating_sub(run.started_unix)
+        );
+        if self.quick || run.quick {
+            let _ = writeln!(
+                w,
+                "Quick mode: short criterion measurements (0.3 s warm-up, 1.2 s, 20 samples; batches 0.2 s, 0.6 s, 10 samples), no criterion plots, and fewer cold-path runs, so expect a few percent of noise."
+            );
+        }
+        let _ = writeln!(
+            w,
+            "Medians; the ratio is to the row's floor (the cheapest way to do the same thing without a plugin).\n"
+        );
+        let _ = writeln!(w, "![Latency per call by mode](benchmarks/latency.svg)\n");
+
+        let _ = writeln!(w, "## Goals\n");
+        let _ = writeln!(w, "| Goal | Target | Measured | Met |\n|---|---|---|---|");
+        let goals = self.goals();
+        for goal in &goals {
+            let (measured, met) = match &goal.measured {
+                Some((value, true)) => (value.clone(), "yes".to_owned()),
+                Some((value, false)) => (value.clone(), "**no**".to_owned()),
+                None => (run.why_missing(goal.missing), "–".to_owned()),
+            };
+            let _ = writeln!(w, "| {} | {} | {} | {} |", goal.name, goal.target, measured, met);
+        }
+        let paired = "paired/metrics_overhead";
+        if let (Some(rounds), Some(block)) =
+            (run.extra(paired, "rounds"), run.extra(paired, "block"))
+        {
+            let plugin = run.extra(paired, "plugin_ns").unwrap_or(f64::NAN);
+            let handle = run.extra(paired, "handle_ns").unwrap_or(f64::NAN);
+            let _ = writeln!(
+                w,
+                "\n\"Paired\": {rounds:.0} rounds of one block of {block:.0} `Plugin::add` calls and one of `Handle::add` (which goes first alternates); the figure is the median of the per-round differences (medians of the blocks: {plugin:.1} ns and {handle:.1} ns). Two separate medians, as in the table below, drift apart with this VM's speed by more than the difference itself."
+            );
+        }
+        let missed: Vec<&Goal> =
+            goals.iter().filter(|g| matches!(g.measured, Some((_, false)))).collect();
+        if !missed.is_empty() {
+            let _ = writeln!(w, "\nWhy goals are missed:\n");
+            for goal in missed {
+                let _ = writeln!(w, "- {}: {}.", goal.name, goal.why_missed);
+            }
+        }
+
+        let _ = writeln!(w, "\n## Per call, single thread\n");
+        let _ = writeln!(w, "`add(1, 2)` on the `basic` plugin.\n");
+        let _ = writeln!(w, "| Mode | Median | vs floor |\n|---|---:|---:|");
+        for (id, label, floor) in self.per_call_rows() {
+            match run.median(id) {
+                Some(ns) => {
+                    let ratio =
+                        run.median(floor).map_or("–".to_owned(), |f| format!("{:.2}×", ns / f));
+                    let _ = writeln!(w, "| {label} | {} | {ratio} |", duration(ns));
+                }
+                None => {
+                    let _ = writeln!(w, "| {label} | {} | – |", run.why_missing(id));
+                }
+            }
+        }
+
+        let _ = writeln!(w, "\n## Batch throughput\n");
+        let _ = writeln!(
+            w,
+            "`process_batch` of N items (add, subtract, multiply, divide in turn), in items per second; the floor is the same validated arithmetic called directly.\n"
+        );
+        let _ = writeln!(w, "![Batch throughput](benchmarks/batch.svg)\n");
+        let _ = writeln!(
+            w,
+            "| Items per batch | Plain Rust loop (floor) | In-process | vs floor | Out-of-process |\n|---:|---:|---:|---:|---:|"
+        );
+        for n in BATCH_SIZES {
+            let rate =
+                |mode: &str| run.median(&format!("batch/{mode}/{n}")).map(|ns| n as f64 / ns * 1e9);
+            let floor = rate("plain_loop");
+            let plugin = rate("in_process");
+            let ratio = match (plugin, floor) {
+                (Some(p), Some(f)) => format!("{:.0}%", p / f * 100.0),
+                _ => "–".to_owned(),
+            };
+            let show = |mode: &str, value: Option<f64>| {
+                value.map_or_else(|| run.why_missing(&format!("batch/{mode}/{n}")), per_second)
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {ratio} | {} |",
+                thousands(n),
+                show("plain_loop", floor),
+                show("in_process", plugin),
+                show("out_of_process", rate("out_of_process")),
+            );
+        }
+
+        let _ = writeln!(w, "\n## Threads\n");
+        let _ = writeln!(
+            w,
+            "N threads calling `add` on one plugin at once for a fixed time; calls per second over all threads.\nThe p99 is of a call's latency averaged over blocks of 1 000 calls (timing each nanosecond-scale call would cost more than the call).\nThis machine has {} CPU{}, so more threads than that share cores.\n",
+            m.cpus,
+            if m.cpus == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(
+            w,
+            "| Threads | In-process calls/s | p50 | p99 | Out-of-process |\n|---:|---:|---:|---:|---:|"
+        );
+        for n in THREADS {
+            let id = format!("threads/in_process/{n}");
+            let remote = format!("threads/out_of_process/{n}");
+            let remote_cell = run
+                .extra(&remote, "ops_per_sec")
+                .map_or_else(|| run.why_missing(&remote), per_second);
+            match (
+                run.extra(&id, "ops_per_sec"),
+                run.extra(&id, "p50_ns"),
+                run.extra(&id, "p99_ns"),
+            ) {
+                (Some(rate), Some(p50), Some(p99)) => {
+                    let _ = writeln!(
+                        w,
+                        "| {n} | {} | {} | {} | {remote_cell} |",
+                        per_second(rate),
+                        duration(p50),
+                        duration(p99)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(w, "| {n} | {} | | | {remote_cell} |", run.why_missing(&id));
+                }
+            }
+        }
+
+        let _ = writeln!(w, "\n## Cold paths\n");
+        let _ = writeln!(
+            w,
+            "Each run maps a copy of the library the process has never loaded (under a new name: `dlopen` caches by path and inode), from a warm page cache.\n"
+        );
+        let _ = writeln!(w, "| Path | Median | Min – max | Runs |\n|---|---:|---:|---:|");
+        let cold_rows = [
+            ("cold/load_handshake_initialize", "load + handshake + initialize of one plugin"),
+            ("cold/discover_100", "discovery of a directory of 100 plugin copies"),
+            (
+                "cold/out_of_process_first_call",
+                "out-of-process start-up until the first call answers",
+            ),
+        ];
+        for (id, label) in cold_rows {
+            match run.extra(id, "median_ns") {
+                Some(median) => {
+                    let _ = writeln!(
+                        w,
+                        "| {label} | {} | {} – {} | {} |",
+                        duration(median),
+                        duration(run.extra(id, "min_ns").unwrap_or(f64::NAN)),
+                        duration(run.extra(id, "max_ns").unwrap_or(f64::NAN)),
+                        run.extra(id, "runs").unwrap_or(0.0)
+                    );
+                }
+                None => {
+                    let _ = writeln!(w, "| {label} | {} | | |", run.why_missing(id));
+                }
+            }
+        }
+
+        let _ = writeln!(w, "\n## Memory\n");
+        let _ = writeln!(w, "Growth of the host's resident set (`/proc/self/statm`), averaged.\n");
+        let _ = writeln!(w, "| What | RSS growth | Over |\n|---|---:|---:|");
+        let memory_rows = [
+            (
+                "memory/per_plugin",
+                "per loaded plugin (a new library, initialized, one call)",
+                "plugins",
+            ),
+            (
+                "memory/per_reload",
+                "per hot reload through the manager (libraries are never unmapped)",
+                "reloads",
+            ),
+        ];
+        for (id, label, over) in memory_rows {
+            match run.extra(id, "bytes") {
+                Some(bytes) => {
+                    let count = run.extra(id, over).unwrap_or(0.0);
+                    let _ = writeln!(w, "| {label} | {:.0} KiB | {count} {over} |", bytes / 1024.0);
+                }
+                None => {
+                    let _ = writeln!(w, "| {label} | {} | |", run.why_missing(id));
+                }
+            }
+        }
+
+        let _ = writeln!(w, "\n## Machine and command\n");
+        let _ = writeln!(w, "- Command: `{}`", self.command);
+        let _ = writeln!(
+            w,
+            "- It ran: `{}cargo bench --package host --bench calls` (`CALCPLUG_BENCH_PLUGIN` = the `basic` library of the same build)",
+            if self.quick { "CALCPLUG_BENCH_QUICK=1 " } else { "" }
+        );
+        let _ = writeln!(w, "- Date: {}", m.date);
+        let _ =
+            writeln!(w, "- CPU: {} ({} logical CPUs, `nproc`), {}", m.cpu_model, m.cpus, m.arch);
+        let _ = writeln!(w, "- Kernel: {}", m.kernel);
+        let _ = writeln!(w, "- Compiler: {}", m.rustc);
+        let _ = writeln!(
+            w,
+            "- Load average (1, 5, 15 min) before the run: {}; after: {}",
+            m.load_before, m.load_after
+        );
+        let html = if self.quick || run.quick {
+            "Quick mode skips criterion's HTML report"
+        } else {
+            "Criterion's HTML report is in `target/criterion/report/index.html`"
+        };
+        let _ = writeln!(
+            w,
+            "\n{html}; the figures above come from its `*/new/estimates.json` files and from `target/criterion/calcplug-run.json`."
+        );
+        let _ = writeln!(
+            w,
+            "`calcplug bench [--plugin NAME] [--json]` measures the per-call and batch figures for any plugin, without the benchmark dependencies."
+        );
+        md
+    }
+
+    pub(super) fn latency_chart(&self) -> String {
+        let rows: Vec<Bar> = self
+            .per_call_rows()
+            .into_iter()
+            .map(|(id, label, _)| Bar {
+                label: chart_label(label),
+                value: self.run.median(id),
+                text: self.run.median(id).map_or_else(|| "not measured".to_owned(), duration),
+                colour: if id.contains("pingpong") || id.contains("out_of") {
+                    IPC
+                } else {
+                    IN_PROCESS
+                },
+            })
+            .collect();
+        bar_chart("Latency per call (median, log scale; shorter is faster)", &rows)
+    }
+
+    pub(super) fn batch_chart(&self) -> String {
+        let mut rows = Vec::new();
+        for n in BATCH_SIZES {
+            for (mode, label, colour) in [
+                ("plain_loop", "plain loop", FLOOR),
+                ("in_process", "in-process", IN_PROCESS),
+                ("out_of_process", "out-of-process", IPC),
+            ] {
+                let rate =
+                    self.run.median(&format!("batch/{mode}/{n}")).map(|ns| n as f64 / ns * 1e9);
+                rows.push(Bar {
+                    label: format!("{} items, {label}", thousands(n)),
+                    value: rate,
+                    text: rate.map_or_else(|| "not measured".to_owned(), per_second),
+                    colour,
+                });
+            }
+        }
+        bar_chart("Batch throughput (items per second, log scale; longer is faster)", &rows)
+    }
+}
+
+/// A duration in nanoseconds, in the unit that suits it.
+fn duration(ns: f64) -> String {
+    if !ns.is_finite() {
+        "–".to_owned()
+    } else if ns < 100.0 {
+        format!("{ns:.2} ns")
+    } else if ns < 10_000.0 {
+        format!("{ns:.0} ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{:.1} ms", ns / 1e6)
+    }
+}
+
+/// A rate per second, in millions or thousands.
+fn per_second(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.1} M/s", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1} k/s", rate / 1e3)
+    } else {
+        format!("{rate:.0} /s")
+    }
+}
+
+/// `1000000` as `1 000 000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut groups = Vec::new();
+    let mut end = digits.len();
+    while end > 3 {
+        groups.push(&digits[end - 3..end]);
+        end -= 3;
+    }
+    groups.push(&digits[..end]);
+    groups.reverse();
+    groups.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    fn sample_run() -> Run {
+        let mut run = Run { quick: true, started_unix: 10, finished_unix: 70, ..Run::default() };
+        for (id, ns) in [
+            ("per_call/direct_dyn", 2.0),
+            ("per_call/in_process", 4.0),
+            ("per_call/in_process_metrics", 9.0),
+            ("per_call/socket_pingpong", 40_000.0),
+            ("batch/plain_loop/1000000", 3_000_000.0),
+            ("batch/in_process/1000000", 4_000_000.0),
+        ] {
+            run.medians.push((id.to_owned(), ns));
+        }
+        run.extras.insert(
+            "cold/load_handshake_initialize".to_owned(),
+            serde_json::json!({ "median_ns": 1.5e6, "min_ns": 1e6, "max_ns": 2e6, "runs": 15 }),
+        );
+        run.not_measured.insert(
+            "per_call/out_of_process".to_owned(),
+            "out-of-process mode not built yet".into(),
+        );
+        run
+    }
+
+    #[test]
+    fn the_metrics_goal_prefers_the_paired_measurement() {
+        let mut run = sample_run();
+        run.extras.insert(
+            "paired/metrics_overhead".to_owned(),
+            serde_json::json!({ "delta_ns": 12.5, "delta_p25_ns": 11.0, "delta_p75_ns": 14.25 }),
+        );
+        let machine = Machine { cpus: 2, ..Machine::default() };
+        let report = Report { run: &run, machine: &machine, command: "c", quick: true };
+        let md = report.markdown();
+        let row = "| metrics on vs in-process call | ≤ +10 ns | +12.5 ns (paired; middle half \
+                   +11.0 to +14.2) | **no** |";
+        assert!(md.contains(row), "{md}");
+        assert!(!md.contains("\"Paired\": "), "no rounds in the run, no explanation: {md}");
+        run.extras.insert(
+            "paired/metrics_overhead".to_owned(),
+            serde_json::json!({ "delta_ns": 8.0, "delta_p25_ns": 7.5, "delta_p75_ns": 9.0,
+                                "rounds": 1500, "block": 2000, "plugin_ns": 16.0, "handle_ns": 24.0 }),
+        );
+        let report = Report { run: &run, machine: &machine, command: "c", quick: true };
+        let md = report.markdown();
+        assert!(md.contains("| +8.0 ns (paired; middle half +7.5 to +9.0) | yes |"), "{md}");
+        assert!(md.contains("\"Paired\": 1500 rounds of one block of 2000"), "{md}");
+    }
+
+    #[test]
+    fn report_shows_ratios_goals_and_unmeasured_rows() {
+        let run = sample_run();
+        let machine = Machine { cpus: 2, ..Machine::default() };
+        let report = Report {
+            run: &run,
+            machine: &machine,
+            command: "cargo xtask bench-report --quick",
+            quick: true,
+        };
+        let md = report.markdown();
+        assert!(
+            md.contains("| in-process plugin call (`Plugin::add`) | 4.00 ns | 2.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| out-of-process call | not measured: out-of-process mode not built yet | – |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| in-process call vs direct `dyn` call | ≤ 1.5× | 2.00× | **no** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| metrics on vs in-process call | ≤ +10 ns | +5.0 ns | yes |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1 000 000 | 333.3 M/s | 250.0 M/s | 75% |"), "{md}");
+        assert!(
+            md.contains(
+                "| load + handshake + initialize of one plugin | < 1 ms | 1.500 ms | **no** |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("Why goals are missed"), "{md}");
+        let svg = report.latency_chart();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+        assert!(svg.contains("not measured"), "{svg}");
+    }
+
+    #[test]
+    fn numbers_are_readable() {
+        assert_eq!(thousands(1_000_000), "1 000 000");
+        assert_eq!(thousands(100), "100");
+        assert_eq!(duration(3.456), "3.46 ns");
+        assert_eq!(duration(41_234.0), "41.2 µs");
+        assert_eq!(per_second(2.5e8), "250.0 M/s");
+    }
+}
