@@ -419,6 +419,46 @@ mod tests {
             let _ = Manifest::parse(&text, Path::new("SHA256SUMS"));
             let _ = TrustedKey::from_hex(&text);
         }
+
+        /// Manifests of well-formed lines (digest, one or two spaces or ` *`, a file name),
+        /// comments and blank lines, with at most one broken line: every entry is read back
+        /// exactly, or the broken line's number is named.
+        #[test]
+        fn fuzz_manifest_lines_are_read_back_or_blamed_by_number(
+            entries in proptest::collection::btree_map("[a-z]{1,8}\\.so", proptest::prelude::any::<[u8; 32]>(), 0..6),
+            separators in proptest::collection::vec("(  | \\*| )", 6),
+            broken in proptest::option::of((0usize..8, "[ -~]{0,70}")),
+        ) {
+            let mut lines: Vec<String> = vec!["# sha256sum output".to_owned(), String::new()];
+            for (i, (name, digest)) in entries.iter().enumerate() {
+                lines.push(format!("{}{}{name}", encode_hex(digest), separators[i]));
+            }
+            let mut broken_line = None;
+            if let Some((at, text)) = &broken {
+                let well_formed = text.split_once(char::is_whitespace).is_some_and(|(d, n)| {
+                    let n = n.trim_start().trim_start_matches('*');
+                    decode_hex::<32>(d).is_some() && !n.is_empty() && !n.contains('/')
+                });
+                let at = (*at).min(lines.len());
+                if !well_formed && !text.trim().is_empty() && !text.trim().starts_with('#') {
+                    broken_line = Some(at + 1);
+                    lines.insert(at, text.clone());
+                }
+            }
+            match (Manifest::parse(&lines.join("\n"), Path::new("SHA256SUMS")), broken_line) {
+                (Ok(manifest), None) => {
+                    proptest::prop_assert_eq!(manifest.len(), entries.len());
+                    for (name, digest) in &entries {
+                        proptest::prop_assert_eq!(manifest.digest(name), Some(digest));
+                    }
+                }
+                (Err(err), Some(line)) => {
+                    let needle = format!("manifest line {line}: ");
+                    proptest::prop_assert!(err.to_string().contains(&needle), "{err}");
+                }
+                (got, expected) => proptest::prop_assert!(false, "{lines:?}: {expected:?} but {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -358,6 +358,45 @@ mod tests {
         fn fuzz_handshake_lines_never_panic(line in ".{0,200}") {
             let _ = parse_handshake(&line);
         }
+
+        /// Handshake-shaped lines, each field valid or not: accepted exactly when every field
+        /// is right, and otherwise refused naming the first field that is wrong.
+        #[test]
+        fn fuzz_handshake_fields_are_each_checked(
+            core in "(1|[0-9]{1,3})",
+            app in "([0-9]{1,3})",
+            network in "(unix|tcp|[a-z]{0,5})",
+            address in "/[a-z/]{0,30}",
+            wire in "(calcplug-postcard|[a-z-]{0,12})",
+            extra in proptest::option::of("[a-z]{0,4}"),
+        ) {
+            let app = if app.len() == 1 { PROTOCOL_VERSION.to_string() } else { app };
+            let mut line = format!("{core}|{app}|{network}|{address}|{wire}");
+            if let Some(extra) = &extra {
+                line = format!("{line}|{extra}");
+            }
+            let result = parse_handshake(&format!("{line}\n"));
+            let first_wrong = if extra.is_some() {
+                Some("malformed handshake line")
+            } else if core != CORE_PROTOCOL_VERSION.to_string() {
+                Some("core protocol")
+            } else if app != PROTOCOL_VERSION.to_string() {
+                Some("protocol version")
+            } else if network != "unix" {
+                Some("network type")
+            } else if wire != WIRE_NAME {
+                Some("wire protocol")
+            } else {
+                None
+            };
+            match (first_wrong, result) {
+                (None, Ok(path)) => proptest::prop_assert_eq!(path, PathBuf::from(&address)),
+                (Some(field), Err(reason)) => {
+                    proptest::prop_assert!(reason.starts_with(field), "{line}: {reason}")
+                }
+                (expected, got) => proptest::prop_assert!(false, "{line}: {expected:?} but {got:?}"),
+            }
+        }
     }
 
     #[test]
