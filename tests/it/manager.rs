@@ -818,3 +818,23 @@ fn metrics_count_every_call_from_more_threads_than_shards() {
     assert_eq!(ops[0].error_count(), 0);
     assert_eq!(reload.status().in_flight, 0);
 }
+
+#[test]
+fn reload_and_shutdown_under_calls_hold_with_full_fences_too() {
+    // The fence is chosen once per process: run the two tests that reload and shut down under
+    // calls again, in a child of this test binary with the fallback (full fences) forced.
+    // `calls_work_with_full_fences_where_membarrier_is_not_used` shows the variable selects it.
+    let tests = [
+        "manager::hot_reload_under_load_loses_no_call",
+        "manager::shutdown_waits_for_calls_in_flight_and_reports_failures",
+    ];
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg("--exact")
+        .args(tests)
+        .env("CALCPLUG_FENCE", "full")
+        .output()
+        .expect("run this test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("test result: ok. 2 passed"), "{stdout}");
+}

@@ -304,3 +304,28 @@ fn probe_from_the_config_refuses_a_library_that_crashes_when_mapped() {
         format!("refused  {}: refused by the probe: ", plugins.path().join(&hostile).display());
     assert!(text.lines().any(|l| l.starts_with(&refused) && l.contains("SIGSEGV")), "{text}");
 }
+
+#[test]
+fn probe_refuses_a_library_that_hangs_when_mapped_within_its_timeout() {
+    let plugins = basic_dir();
+    let hostile = tests::library_file_name("hostile_ctor_hang");
+    copy_as(&artifacts().hostile_dir.join(&hostile), plugins.path(), &hostile);
+    let cwd = scratch();
+    let dir = plugins.path().to_str().unwrap();
+    std::fs::write(
+        cwd.path().join("calcplug.toml"),
+        format!(
+            "[discovery]\npaths = [{dir:?}]\n[security]\nprobe = true\nprobe_timeout = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let text = stdout(&calcplug_in(cwd.path(), &["status", "--call", "basic:add:2:3"], &[]));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(text.starts_with("basic          1.0.0    ready"), "{text}");
+    let refused = format!(
+        "refused  {}: refused by the probe: the runner printed no handshake within 1s",
+        plugins.path().join(&hostile).display()
+    );
+    assert!(text.lines().any(|l| l.starts_with(&refused)), "{text}");
+}
