@@ -60,6 +60,13 @@ macro_rules! note {
     }};
 }
 
+// After `note!`, which they use.
+mod remote;
+mod run_file;
+
+use remote::{cold_remote, echo, out_of_process, threads_remote, Remote};
+use run_file::RunFile;
+
 /// The size of the ping-pong's request frame: that of an out-of-process `add(a, b)` (see
 /// `host/src/remote/wire.rs`): a 4-byte length, the request id (a varint, 4 bytes once ids pass
 /// 2^21), the variant, the op code and two `f64`s.
@@ -219,7 +226,6 @@ impl Setup {
     }
 }
 
-/// Builds `basic` in release mode into a target directory of its own and returns the library.
 /// The release builds of `libbasic` and of `calcplug-runner` (from the `calcplug` package),
 /// built once into `target/bench-plugins`.
 fn built() -> &'static (PathBuf, PathBuf) {
@@ -330,100 +336,6 @@ fn batch(c: &mut Criterion, setup: &Setup, quick: bool, run: &mut RunFile) {
     group.finish();
 }
 
-/// The out-of-process side: `basic` served by a `calcplug-runner` child process.
-struct Remote {
-    plugin: Arc<RemotePlugin>,
-}
-
-impl Remote {
-    fn start(setup: &Setup) -> Remote {
-        let plugin =
-            RemotePlugin::spawn(&setup.library, remote_options()).expect("the runner starts");
-        plugin.initialize(&Config::new()).expect("basic initializes in the runner");
-        Remote { plugin: Arc::new(plugin) }
-    }
-}
-
-/// The runner built with the plugin, in release.
-fn remote_options() -> RemoteOptions {
-    RemoteOptions { runner: Some(built().1.clone()), ..RemoteOptions::default() }
-}
-
-/// The out-of-process rows: the socket ping-pong floor, a call, and batches.
-fn out_of_process(
-    c: &mut Criterion,
-    setup: &Setup,
-    remote: &Remote,
-    quick: bool,
-    run: &mut RunFile,
-) {
-    let mut group = c.benchmark_group("per_call");
-    let mut echo = Echo::start(setup.scratch.path());
-    group.bench_function("socket_pingpong", |b| {
-        b.iter(|| echo.round_trip());
-    });
-    let plugin = &remote.plugin;
-    group.bench_function("out_of_process", |b| {
-        b.iter(|| value(plugin.add(black_box(1.0), black_box(2.0))));
-    });
-    group.finish();
-    drop(echo);
-    run.criterion("per_call/socket_pingpong");
-    run.criterion("per_call/out_of_process");
-
-    let mut group = c.benchmark_group("batch");
-    if quick {
-        quick_batch_group(&mut group);
-    }
-    for n in BATCH_SIZES {
-        let ops = batch_ops(n);
-        let mut results = vec![BatchResult::PENDING; n];
-        group.throughput(Throughput::Elements(n as u64));
-        if n >= 10_000 {
-            group.sampling_mode(SamplingMode::Flat);
-        }
-        group.bench_with_input(BenchmarkId::new("out_of_process", n), &ops, |b, ops| {
-            b.iter(|| plugin.process_batch(ops, &mut results));
-        });
-        assert_eq!(results[n - 1].result().map(f64::is_finite), Ok(true), "the batch computed");
-        run.criterion(&format!("batch/out_of_process/{n}"));
-    }
-    group.finish();
-}
-
-/// [`threads`] out of process: every call is timed (at tens of microseconds, the clock is cheap).
-fn threads_remote(remote: &Remote, quick: bool, run: &mut RunFile) {
-    let add = |plugin: &RemotePlugin| {
-        black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
-    };
-    thread_rows("out_of_process", &remote.plugin, 1, add, quick, run);
-}
-
-/// Out-of-process start-up: spawn a runner, handshake, initialize, until the first call answers.
-fn cold_remote(setup: &Setup, quick: bool, run: &mut RunFile) {
-    let runs = if quick { 5 } else { 20 };
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        let plugin =
-            RemotePlugin::spawn(&setup.library, remote_options()).expect("the runner starts");
-        plugin.initialize(&Config::new()).expect("basic initializes in the runner");
-        plugin.add(1.0, 2.0).expect("the first call answers");
-        times.push(start.elapsed().as_nanos() as f64);
-        drop(plugin);
-    }
-    let (median, min, max) = spread(&mut times);
-    note!("cold/out_of_process_first_call: median {:.2} ms", median / 1e6);
-    run.extra(
-        "cold/out_of_process_first_call",
-        json!({ "median_ns": median, "min_ns": min, "max_ns": max, "runs": runs }),
-    );
-}
-
-/// Throughput and p99 latency with `n` threads calling one plugin in process at once.
-///
-/// Each thread times blocks of 1 000 calls (timing every call would cost more than the call),
-/// so the p99 is that of a call's latency averaged over a block.
 /// The manager's cost per call: `Plugin::add` and `Handle::add` on the same library, in
 /// alternating blocks (which goes first alternates too), as `paired/metrics_overhead`.
 fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
@@ -475,6 +387,10 @@ fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
     );
 }
 
+/// Throughput and p99 latency with `n` threads calling one plugin in process at once.
+///
+/// Each thread times blocks of 1 000 calls (timing every call would cost more than the call),
+/// so the p99 is that of a call's latency averaged over a block.
 fn threads(setup: &Setup, quick: bool, run: &mut RunFile) {
     let add = |plugin: &Plugin| {
         black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
@@ -678,128 +594,4 @@ fn spread(values: &mut [f64]) -> (f64, f64, f64) {
         values.first().copied().unwrap_or(f64::NAN),
         values.last().copied().unwrap_or(f64::NAN),
     )
-}
-
-/// A child process (this very binary, re-run with [`ECHO_ENV`]) that echoes fixed-size frames
-/// over a Unix socket: the floor of any out-of-process call, since waking another process
-/// dominates it.
-struct Echo {
-    child: Child,
-    stream: UnixStream,
-    request: [u8; REQUEST_FRAME],
-    answer: [u8; ANSWER_FRAME],
-}
-
-impl Echo {
-    fn start(dir: &Path) -> Echo {
-        let socket = dir.join("echo.sock");
-        let _ = fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).expect("bind the echo socket");
-        let child = Command::new(env::current_exe().expect("this benchmark's path"))
-            .env(ECHO_ENV, &socket)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the echo process");
-        let (stream, _) = listener.accept().expect("the echo process connects");
-        let mut echo =
-            Echo { child, stream, request: [7; REQUEST_FRAME], answer: [0; ANSWER_FRAME] };
-        echo.round_trip();
-        echo
-    }
-
-    fn round_trip(&mut self) {
-        self.stream.write_all(&self.request).expect("send a frame");
-        self.stream.read_exact(&mut self.answer).expect("receive the answer");
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        // Closing our end makes the child see end-of-file and exit.
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        let _ = self.child.wait();
-    }
-}
-
-/// The child's side of [`Echo`]: answer every request frame until the parent hangs up.
-fn echo(socket: &Path) {
-    let mut stream = UnixStream::connect(socket).expect("connect to the benchmark");
-    let mut request = [0u8; REQUEST_FRAME];
-    let mut answer = [0u8; ANSWER_FRAME];
-    while stream.read_exact(&mut request).is_ok() {
-        answer[..8].copy_from_slice(&request[..8]);
-        if stream.write_all(&answer).is_err() {
-            break;
-        }
-    }
-}
-
-/// What this run measured, for `cargo xtask bench-report`: the criterion benchmarks it ran (their
-/// figures are in `<criterion home>/<id>/new/estimates.json`), the hand-made figures, and the
-/// rows it could not measure and why.
-struct RunFile {
-    quick: bool,
-    started: SystemTime,
-    criterion: Vec<String>,
-    extras: serde_json::Map<String, Value>,
-    not_measured: serde_json::Map<String, Value>,
-}
-
-impl RunFile {
-    fn new(quick: bool) -> RunFile {
-        RunFile {
-            quick,
-            started: SystemTime::now(),
-            criterion: Vec::new(),
-            extras: serde_json::Map::new(),
-            not_measured: serde_json::Map::new(),
-        }
-    }
-
-    fn criterion(&mut self, id: &str) {
-        self.criterion.push(id.to_owned());
-    }
-
-    fn extra(&mut self, id: &str, value: Value) {
-        self.extras.insert(id.to_owned(), value);
-    }
-
-    fn not_measured(&mut self, id: &str, why: &str) {
-        self.not_measured.insert(id.to_owned(), Value::from(why));
-    }
-
-    fn write(&self) {
-        let path = match env::var_os("CALCPLUG_BENCH_RUN_FILE") {
-            Some(path) => PathBuf::from(path),
-            None => criterion_home().join("calcplug-run.json"),
-        };
-        let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let value = json!({
-            "quick": self.quick,
-            "started_unix": since_epoch(self.started),
-            "finished_unix": since_epoch(SystemTime::now()),
-            "criterion": self.criterion,
-            "extras": self.extras,
-            "not_measured": self.not_measured,
-        });
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).expect("the run file's directory");
-        }
-        let text = serde_json::to_string_pretty(&value).expect("JSON");
-        fs::write(&path, text).expect("write the run file");
-        note!("run file: {}", path.display());
-    }
-}
-
-/// Where criterion writes its results: `$CRITERION_HOME`, else `$CARGO_TARGET_DIR/criterion`,
-/// else `target/criterion` of the workspace (criterion asks `cargo metadata`, which says the same
-/// unless the target directory is configured elsewhere).
-fn criterion_home() -> PathBuf {
-    if let Some(home) = env::var_os("CRITERION_HOME") {
-        return PathBuf::from(home);
-    }
-    if let Some(target) = env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(target).join("criterion");
-    }
-    xtask::workspace_root().join("target").join("criterion")
 }

@@ -1,0 +1,148 @@
+//! The out-of-process rows, kept apart from the rest of the suite: `basic` served by a
+//! `calcplug-runner`, and the socket ping-pong floor (a child process echoing frames).
+
+use super::*;
+
+/// The out-of-process side: `basic` served by a `calcplug-runner` child process.
+pub(super) struct Remote {
+    plugin: Arc<RemotePlugin>,
+}
+
+impl Remote {
+    pub(super) fn start(setup: &Setup) -> Remote {
+        let plugin =
+            RemotePlugin::spawn(&setup.library, remote_options()).expect("the runner starts");
+        plugin.initialize(&Config::new()).expect("basic initializes in the runner");
+        Remote { plugin: Arc::new(plugin) }
+    }
+}
+
+/// The runner built with the plugin, in release.
+pub(super) fn remote_options() -> RemoteOptions {
+    RemoteOptions { runner: Some(built().1.clone()), ..RemoteOptions::default() }
+}
+
+/// The out-of-process rows: the socket ping-pong floor, a call, and batches.
+pub(super) fn out_of_process(
+    c: &mut Criterion,
+    setup: &Setup,
+    remote: &Remote,
+    quick: bool,
+    run: &mut RunFile,
+) {
+    let mut group = c.benchmark_group("per_call");
+    let mut echo = Echo::start(setup.scratch.path());
+    group.bench_function("socket_pingpong", |b| {
+        b.iter(|| echo.round_trip());
+    });
+    let plugin = &remote.plugin;
+    group.bench_function("out_of_process", |b| {
+        b.iter(|| value(plugin.add(black_box(1.0), black_box(2.0))));
+    });
+    group.finish();
+    drop(echo);
+    run.criterion("per_call/socket_pingpong");
+    run.criterion("per_call/out_of_process");
+
+    let mut group = c.benchmark_group("batch");
+    if quick {
+        quick_batch_group(&mut group);
+    }
+    for n in BATCH_SIZES {
+        let ops = batch_ops(n);
+        let mut results = vec![BatchResult::PENDING; n];
+        group.throughput(Throughput::Elements(n as u64));
+        if n >= 10_000 {
+            group.sampling_mode(SamplingMode::Flat);
+        }
+        group.bench_with_input(BenchmarkId::new("out_of_process", n), &ops, |b, ops| {
+            b.iter(|| plugin.process_batch(ops, &mut results));
+        });
+        assert_eq!(results[n - 1].result().map(f64::is_finite), Ok(true), "the batch computed");
+        run.criterion(&format!("batch/out_of_process/{n}"));
+    }
+    group.finish();
+}
+
+/// [`threads`] out of process: every call is timed (at tens of microseconds, the clock is cheap).
+pub(super) fn threads_remote(remote: &Remote, quick: bool, run: &mut RunFile) {
+    let add = |plugin: &RemotePlugin| {
+        black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
+    };
+    thread_rows("out_of_process", &remote.plugin, 1, add, quick, run);
+}
+
+/// Out-of-process start-up: spawn a runner, handshake, initialize, until the first call answers.
+pub(super) fn cold_remote(setup: &Setup, quick: bool, run: &mut RunFile) {
+    let runs = if quick { 5 } else { 20 };
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let plugin =
+            RemotePlugin::spawn(&setup.library, remote_options()).expect("the runner starts");
+        plugin.initialize(&Config::new()).expect("basic initializes in the runner");
+        plugin.add(1.0, 2.0).expect("the first call answers");
+        times.push(start.elapsed().as_nanos() as f64);
+        drop(plugin);
+    }
+    let (median, min, max) = spread(&mut times);
+    note!("cold/out_of_process_first_call: median {:.2} ms", median / 1e6);
+    run.extra(
+        "cold/out_of_process_first_call",
+        json!({ "median_ns": median, "min_ns": min, "max_ns": max, "runs": runs }),
+    );
+}
+
+/// A child process (this very binary, re-run with [`ECHO_ENV`]) that echoes fixed-size frames
+/// over a Unix socket: the floor of any out-of-process call, since waking another process
+/// dominates it.
+pub(super) struct Echo {
+    child: Child,
+    stream: UnixStream,
+    request: [u8; REQUEST_FRAME],
+    answer: [u8; ANSWER_FRAME],
+}
+
+impl Echo {
+    pub(super) fn start(dir: &Path) -> Echo {
+        let socket = dir.join("echo.sock");
+        let _ = fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).expect("bind the echo socket");
+        let child = Command::new(env::current_exe().expect("this benchmark's path"))
+            .env(ECHO_ENV, &socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the echo process");
+        let (stream, _) = listener.accept().expect("the echo process connects");
+        let mut echo =
+            Echo { child, stream, request: [7; REQUEST_FRAME], answer: [0; ANSWER_FRAME] };
+        echo.round_trip();
+        echo
+    }
+
+    pub(super) fn round_trip(&mut self) {
+        self.stream.write_all(&self.request).expect("send a frame");
+        self.stream.read_exact(&mut self.answer).expect("receive the answer");
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // Closing our end makes the child see end-of-file and exit.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side of [`Echo`]: answer every request frame until the parent hangs up.
+pub(super) fn echo(socket: &Path) {
+    let mut stream = UnixStream::connect(socket).expect("connect to the benchmark");
+    let mut request = [0u8; REQUEST_FRAME];
+    let mut answer = [0u8; ANSWER_FRAME];
+    while stream.read_exact(&mut request).is_ok() {
+        answer[..8].copy_from_slice(&request[..8]);
+        if stream.write_all(&answer).is_err() {
+            break;
+        }
+    }
+}
