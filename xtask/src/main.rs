@@ -16,7 +16,7 @@
 //!   repository, with the default target directory and with `CARGO_TARGET_DIR` set.
 //! - `cargo xtask ci` runs what CI runs, in order: `cargo xtask test`, `cargo fmt --all --check`,
 //!   `cargo clippy --workspace --all-targets -- -D warnings` and the docs with `-D warnings`.
-//! - `cargo xtask bench-report [--quick]` runs the benchmarks (`host/benches/calls.rs`) and writes
+//! - `cargo xtask bench-report [--quick]` runs the benchmarks (`host/benches/calls/main.rs`) and writes
 //!   `BENCHMARKS.md` with its charts in `benchmarks/`.
 //!
 //! - `cargo xtask keygen`, `cargo xtask sign --key KEY LIB...`, `cargo xtask manifest DIR` make

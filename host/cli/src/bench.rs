@@ -240,7 +240,7 @@ fn batch_ops(n: usize) -> Vec<BatchOp> {
         .collect()
 }
 
-/// What a caller keeps of a call: its value (NaN for an error), as `host/benches/calls.rs` does
+/// What a caller keeps of a call: its value (NaN for an error), as `host/benches/calls/main.rs` does
 /// (black-boxing the whole `Result`, over 100 bytes, measures a copy no caller makes).
 #[inline(always)]
 fn value<E>(result: Result<f64, E>) -> f64 {
