@@ -838,3 +838,28 @@ fn reload_and_shutdown_under_calls_hold_with_full_fences_too() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("test result: ok. 2 passed"), "{stdout}");
 }
+
+#[test]
+fn polling_at_scan_interval_finds_a_change_no_file_event_announced() {
+    // inotify tells a directory about writes made through a name in it: a file written through
+    // a hard link in another directory changes here without an event. Only polling sees it.
+    let watched = scratch();
+    let elsewhere = scratch();
+    let name = lib("basic");
+    std::fs::write(watched.path().join(&name), b"not a library yet").unwrap();
+    std::fs::hard_link(watched.path().join(&name), elsewhere.path().join(&name)).unwrap();
+    let polling = manager(watched.path(), "auto_scan = true\nscan_interval = \"1s\"\n");
+    let events_only = manager(watched.path(), "auto_scan = true\nscan_interval = \"1h\"\n");
+    assert!(polling.get("basic").is_none() && events_only.get("basic").is_none());
+    assert_eq!(polling.status().problems.len(), 1, "the placeholder is refused");
+
+    std::fs::write(
+        elsewhere.path().join(&name),
+        std::fs::read(artifacts().library("basic")).unwrap(),
+    )
+    .unwrap();
+    wait_for("the next poll to load basic", || polling.get("basic").is_some());
+    assert_eq!(polling.get("basic").unwrap().add(2.0, 3.0).unwrap(), 5.0);
+    // A file event would have woken the other manager within its 50 ms settle time.
+    assert!(events_only.get("basic").is_none(), "an event announced the change after all");
+}
