@@ -462,6 +462,20 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_file_is_read_and_an_unreadable_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("SHA256SUMS");
+        std::fs::write(&path, format!("{}  libbasic.so\n", "cd".repeat(32))).unwrap();
+        let manifest = Manifest::read(&path).unwrap();
+        assert!(!manifest.is_empty());
+        assert_eq!(manifest.digest("libbasic.so"), Some(&[0xcd; 32]));
+        assert!(Manifest::parse("# only a comment\n", &path).unwrap().is_empty());
+        let missing = dir.path().join("absent");
+        let err = Manifest::read(&missing).unwrap_err();
+        assert!(matches!(&err, Error::Io { path, .. } if *path == missing), "{err:?}");
+    }
+
+    #[test]
     fn manifest_parses_sha256sum_format_and_names_bad_lines() {
         let digest = "ab".repeat(32);
         let text = format!("# comment\n{digest}  libbasic.so\n{digest} *libother.so\n\n");
