@@ -7,7 +7,7 @@ use std::time::Duration;
 use interface::ErrorCode;
 use semver::Version;
 
-use crate::manager::LifecycleState;
+use crate::lifecycle::LifecycleState;
 
 /// Everything that can go wrong between a host and a plugin.
 ///

@@ -34,6 +34,7 @@ mod error;
 #[cfg(test)]
 mod fuzz;
 mod handle;
+mod lifecycle;
 mod loader;
 mod manager;
 mod plugin;

@@ -76,7 +76,7 @@ mod prometheus;
 mod report;
 mod scan;
 mod slot;
-mod state;
+
 mod watch;
 
 use std::collections::HashMap;
@@ -90,9 +90,9 @@ use arc_swap::ArcSwap;
 use interface::Op;
 use parking_lot::Mutex;
 
+pub use crate::lifecycle::{LifecycleState, StateMachine};
 pub use metrics::{Latency, OpMetrics};
 pub use report::{FileProblem, Health, ManagerStatus, PluginStatus, ScanReport, ShutdownReport};
-pub use state::{LifecycleState, StateMachine};
 
 use crate::config::{ManagerConfig, PanicPolicy, RetryPolicy};
 use crate::security::LoadPolicy;
