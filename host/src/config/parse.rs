@@ -400,3 +400,119 @@ fn config_error_from_toml(origin: &Path, text: &str, err: &toml::de::Error) -> E
     }
     Error::Config { path: origin.to_owned(), line, key, message }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ManagerConfig, Error> {
+        ManagerConfig::parse(text, Path::new("/etc/calcplug/calcplug.toml"))
+    }
+
+    #[track_caller]
+    fn fails(text: &str, key: &str, message: &str) {
+        match parse(text) {
+            Err(Error::Config { key: k, message: m, .. }) => {
+                assert_eq!(k, key, "{text}");
+                assert!(m.contains(message), "{text}: {m}");
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sample_every_is_a_power_of_two_or_zero() {
+        assert_eq!(parse("[metrics]\nsample_every = 64\n").unwrap().sample_every(), 64);
+        assert_eq!(parse("[metrics]\nsample_every = 1\n").unwrap().sample_every(), 1);
+        assert_eq!(parse("[metrics]\nsample_every = 0\n").unwrap().sample_every(), 0);
+        fails("[metrics]\nsample_every = 3\n", "metrics.sample_every", "3 is not a power of two");
+    }
+
+    #[test]
+    fn only_failures_are_retryable_and_unknown_codes_list_the_retryable_ones() {
+        let retry = parse("[retry]\nretryable = [\"Internal\"]\nmax_retries = 7\nbackoff = \"20ms\"\nmax_backoff = \"2s\"\n")
+            .unwrap()
+            .retry()
+            .clone();
+        assert_eq!(retry.retryable(), [ErrorCode::Internal]);
+        assert_eq!(retry.max_retries(), 7);
+        assert_eq!(
+            (retry.backoff(), retry.max_backoff()),
+            (Duration::from_millis(20), Duration::from_secs(2))
+        );
+        for business in ["DivisionByZero", "InvalidInput", "OutOfRange", "Overflow", "Unsupported"]
+        {
+            let text = format!("[retry]\nretryable = [{business:?}]\n");
+            fails(&text, "retry.retryable", &format!("{business} is a business error"));
+        }
+        match parse("[retry]\nretryable = [\"Bogus\"]\n") {
+            Err(Error::Config { message, .. }) => {
+                assert!(
+                    message.starts_with("unknown error code \"Bogus\" (retryable ones: "),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("Internal") && !message.contains("DivisionByZero"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_security_key_takes_effect() {
+        let key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let text = format!(
+            "[security]\nintegrity = \"warn\"\ntrusted_keys = [\"{key}\"]\nmanifest = \"SUMS\"\n\
+             check_permissions = false\nprobe = true\nprobe_timeout = \"2s\"\non_panic = \"disable\"\n"
+        );
+        let config = parse(&text).unwrap();
+        let security = config.security();
+        assert_eq!(security.integrity(), Enforcement::Warn);
+        assert_eq!(security.trusted_keys().len(), 1);
+        assert_eq!(security.manifest(), Some(Path::new("/etc/calcplug/SUMS")));
+        assert!(!security.check_permissions());
+        assert!(security.probe());
+        assert_eq!(security.on_panic(), PanicPolicy::Disable);
+        assert_eq!(security.probe_timeout, Duration::from_secs(2));
+        // The seed's `verify_signatures = true` means enforce.
+        let seed = format!("[security]\nverify_signatures = true\ntrusted_keys = [\"{key}\"]\n");
+        assert_eq!(parse(&seed).unwrap().security().integrity(), Enforcement::Enforce);
+        fails(
+            "[security]\nintegrity = \"enforce\"\n",
+            "security.integrity",
+            "needs `security.manifest`",
+        );
+    }
+
+    #[test]
+    fn every_isolation_key_takes_effect() {
+        let text = "[isolation]\nmode = \"out-of-process\"\nrunner = \"bin/runner\"\ncall_timeout = \"7s\"\n\
+                    start_timeout = \"8s\"\nretries = 9\nmax_failures = 10\nfailure_window = \"11m\"\n\
+                    circuit_cooldown = \"12ms\"\nmax_circuit_cooldown = \"13s\"\n";
+        let config = parse(text).unwrap();
+        let isolation = config.isolation();
+        assert_eq!(isolation.mode(), Mode::OutOfProcess);
+        let o = isolation.options();
+        assert_eq!(o.runner.as_deref(), Some(Path::new("/etc/calcplug/bin/runner")));
+        assert_eq!(
+            (o.call_timeout, o.start_timeout),
+            (Duration::from_secs(7), Duration::from_secs(8))
+        );
+        assert_eq!((o.retries, o.max_failures), (9, 10));
+        assert_eq!(o.failure_window, Duration::from_secs(660));
+        assert_eq!(o.circuit_cooldown, Duration::from_millis(12));
+        assert_eq!(o.max_circuit_cooldown, Duration::from_secs(13));
+    }
+
+    #[test]
+    fn durations_take_each_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("is not a duration"));
+        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err(), "overflow");
+    }
+}

@@ -479,6 +479,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_operation_has_its_own_slot_and_batch_the_last() {
+        assert_eq!(BATCH, Op::ALL.len());
+        assert_eq!(OPS, Op::ALL.len() + 1);
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op_index(op), i, "{op}");
+            assert_eq!(op_name(op_index(op)), op.name());
+        }
+        assert_eq!(op_name(BATCH), "process_batch");
+    }
+
+    #[test]
+    fn in_flight_is_entered_minus_finished_and_refused_and_marks_are_passed_in_order() {
+        let metrics = Metrics::new(64);
+        let shard = metrics.shard();
+        let tickets: Vec<u64> = (0..5).map(|_| shard.enter()).collect();
+        assert_eq!(tickets, [0, 1, 2, 3, 4]);
+        assert_eq!(metrics.in_flight(), 5);
+        let marks = metrics.marks();
+        shard.finish(op_index(Op::Add));
+        shard.finish(BATCH);
+        shard.reject();
+        assert_eq!((metrics.in_flight(), metrics.rejected()), (2, 1));
+        assert!(!metrics.passed(&marks), "two calls before the mark are still running");
+        shard.error(op_index(Op::Divide), ErrorCode::DivisionByZero);
+        shard.finish(op_index(Op::Divide));
+        shard.retry(op_index(Op::Divide));
+        shard.finish(op_index(Op::Divide));
+        assert_eq!(metrics.in_flight(), 0);
+        assert!(metrics.passed(&marks));
+        let snapshot = metrics.snapshot();
+        let names: Vec<&str> = snapshot.iter().map(|m| m.op).collect();
+        assert_eq!(names, ["add", "divide", "process_batch"]);
+        let divide = &snapshot[1];
+        assert_eq!((divide.calls, divide.retries), (2, 1));
+        assert_eq!(divide.errors, [(ErrorCode::DivisionByZero, 1)]);
+        // One call in 64 is timed: tickets 0, 64, 128...
+        assert!(metrics.sampled(0) && metrics.sampled(64) && !metrics.sampled(1));
+        assert!(!Metrics::new(0).sampled(0), "0 turns timing off");
+    }
+
+    #[test]
     fn buckets_cover_their_values() {
         for v in [0, 1, 15, 16, 17, 31, 32, 100, 1_000, 123_456, 10_000_000_000] {
             let b = bucket_of(v);
