@@ -514,6 +514,12 @@ mod tests {
         let divide = &snapshot[1];
         assert_eq!((divide.calls, divide.retries), (2, 1));
         assert_eq!(divide.errors, [(ErrorCode::DivisionByZero, 1)]);
+        assert_eq!(snapshot[0].latency, None, "nothing was timed");
+        let started = Instant::now().checked_sub(Duration::from_micros(200)).unwrap();
+        metrics.record_latency(op_index(Op::Add), started);
+        let latency = metrics.snapshot()[0].latency.expect("one timed call");
+        assert_eq!(latency.sampled, 1);
+        assert!(latency.max >= Duration::from_micros(200), "{latency:?}");
         // One call in 64 is timed: tickets 0, 64, 128...
         assert!(metrics.sampled(0) && metrics.sampled(64) && !metrics.sampled(1));
         assert!(!Metrics::new(0).sampled(0), "0 turns timing off");
