@@ -206,6 +206,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_machine_moves_only_along_the_diagram_and_says_so() {
+        let mut machine = StateMachine::new("libbasic.so");
+        assert_eq!(
+            (machine.state(), machine.plugin()),
+            (LifecycleState::Discovered, "libbasic.so")
+        );
+        machine.rename("basic");
+        assert_eq!(machine.plugin(), "basic");
+        for step in [
+            LifecycleState::Validating,
+            LifecycleState::Loading,
+            LifecycleState::Handshaking,
+            LifecycleState::Initializing,
+        ] {
+            machine.transition(step).unwrap();
+            assert!(!machine.is_ready());
+        }
+        assert_eq!(
+            machine.transition(LifecycleState::Ready).unwrap(),
+            LifecycleState::Initializing
+        );
+        assert!(machine.is_ready());
+        let err = machine.transition(LifecycleState::Closed).unwrap_err();
+        assert_eq!(err.to_string(), "basic: illegal state transition ready -> closed");
+        assert_eq!(machine.state(), LifecycleState::Ready, "a refused move changes nothing");
+        assert_eq!(LifecycleState::ShuttingDown.to_string(), "shutting-down");
+    }
+
     /// The seed's lifecycle diagram, edge by edge: exactly these moves are allowed.
     #[test]
     fn the_allowed_moves_are_the_diagrams() {
