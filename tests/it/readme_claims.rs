@@ -321,7 +321,8 @@ fn probe_refuses_a_library_that_hangs_when_mapped_within_its_timeout() {
     .unwrap();
     let started = std::time::Instant::now();
     let text = stdout(&calcplug_in(cwd.path(), &["status", "--call", "basic:add:2:3"], &[]));
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    // A safety net: the message below says the 1 s timeout was the one applied.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
     assert!(text.starts_with("basic          1.0.0    ready"), "{text}");
     let refused = format!(
         "refused  {}: refused by the probe: the runner printed no handshake within 1s",

@@ -489,6 +489,25 @@ mod tests {
         assert_eq!(op_name(BATCH), "process_batch");
     }
 
+    /// More threads than shards: the ones beyond share the last shard, and every call counts.
+    #[test]
+    fn threads_beyond_the_shards_share_one_and_nothing_is_lost() {
+        let metrics = Metrics::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..SHARDS + 4 {
+                scope.spawn(|| {
+                    for _ in 0..100 {
+                        let shard = metrics.shard();
+                        shard.enter();
+                        shard.finish(op_index(Op::Add));
+                    }
+                });
+            }
+        });
+        assert_eq!(metrics.in_flight(), 0);
+        assert_eq!(metrics.snapshot()[0].calls, (SHARDS as u64 + 4) * 100);
+    }
+
     #[test]
     fn in_flight_is_entered_minus_finished_and_refused_and_marks_are_passed_in_order() {
         let metrics = Metrics::new(64);
