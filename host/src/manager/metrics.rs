@@ -514,7 +514,7 @@ mod tests {
         let shard = metrics.shard();
         let tickets: Vec<u64> = (0..5).map(|_| shard.enter()).collect();
         assert_eq!(tickets, [0, 1, 2, 3, 4]);
-        assert_eq!(metrics.in_flight(), 5);
+        assert_eq!((metrics.in_flight(), metrics.rejected()), (5, 0));
         let marks = metrics.marks();
         shard.finish(op_index(Op::Add));
         shard.finish(BATCH);
@@ -533,6 +533,8 @@ mod tests {
         let divide = &snapshot[1];
         assert_eq!((divide.calls, divide.retries), (2, 1));
         assert_eq!(divide.errors, [(ErrorCode::DivisionByZero, 1)]);
+        assert_eq!((divide.error_count(), divide.success_rate()), (1, 0.5));
+        assert_eq!((snapshot[0].error_count(), snapshot[0].success_rate()), (0, 1.0));
         assert_eq!(snapshot[0].latency, None, "nothing was timed");
         let started = Instant::now().checked_sub(Duration::from_micros(200)).unwrap();
         metrics.record_latency(op_index(Op::Add), started);
