@@ -493,10 +493,23 @@ mod tests {
     #[test]
     fn threads_beyond_the_shards_share_one_and_nothing_is_lost() {
         let metrics = Metrics::new(0);
+        // All alive at once (each holds its shard until all have one, or 10 s have passed,
+        // so that a thread that panics fails the test rather than hanging it), so that four
+        // of them cannot get a shard of their own.
+        let arrived = AtomicU64::new(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
         std::thread::scope(|scope| {
             for _ in 0..SHARDS + 4 {
                 scope.spawn(|| {
-                    for _ in 0..100 {
+                    metrics.shard().enter();
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    while arrived.load(Ordering::SeqCst) < SHARDS as u64 + 4
+                        && Instant::now() < deadline
+                    {
+                        std::thread::yield_now();
+                    }
+                    metrics.shard().finish(op_index(Op::Add));
+                    for _ in 0..99 {
                         let shard = metrics.shard();
                         shard.enter();
                         shard.finish(op_index(Op::Add));
