@@ -145,13 +145,29 @@ fn criterion_config(quick: bool) -> Criterion {
     }
 }
 
-/// Quick mode's settings for the batch groups, whose large batches take tens of milliseconds
-/// an iteration: 10 samples, 0.2 s warm-up, 0.6 s.
-fn quick_batch_group(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+/// A criterion group measuring batches.
+type BatchGroup<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// The `batch` group; in quick mode with short settings, since its large batches take tens of
+/// milliseconds an iteration: 10 samples, 0.2 s warm-up, 0.6 s.
+fn batch_group(c: &mut Criterion, quick: bool) -> BatchGroup<'_> {
+    let mut group = c.benchmark_group("batch");
+    if quick {
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(600));
+    }
     group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(200))
-        .measurement_time(Duration::from_millis(600));
+}
+
+/// Sets `group` up for batches of `n` items and returns the items and their result slots.
+fn batch_of(group: &mut BatchGroup<'_>, n: usize) -> (Vec<BatchOp>, Vec<BatchResult>) {
+    group.throughput(Throughput::Elements(n as u64));
+    if n >= 10_000 {
+        group.sampling_mode(SamplingMode::Flat);
+    }
+    (batch_ops(n), vec![BatchResult::PENDING; n])
 }
 
 /// The benchmark filter criterion will apply, if any: the first free-standing argument.
@@ -311,18 +327,10 @@ fn per_call(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
 }
 
 fn batch(c: &mut Criterion, setup: &Setup, quick: bool, run: &mut RunFile) {
-    let mut group = c.benchmark_group("batch");
-    if quick {
-        quick_batch_group(&mut group);
-    }
+    let mut group = batch_group(c, quick);
     let direct: &dyn Calculator = &setup.direct;
     for n in BATCH_SIZES {
-        let ops = batch_ops(n);
-        let mut results = vec![BatchResult::PENDING; n];
-        group.throughput(Throughput::Elements(n as u64));
-        if n >= 10_000 {
-            group.sampling_mode(SamplingMode::Flat);
-        }
+        let (ops, mut results) = batch_of(&mut group, n);
         group.bench_with_input(BenchmarkId::new("plain_loop", n), &ops, |b, ops| {
             b.iter(|| black_box(direct).process_batch(ops, &mut results));
         });

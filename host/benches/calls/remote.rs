@@ -44,17 +44,9 @@ pub(super) fn out_of_process(
     run.criterion("per_call/socket_pingpong");
     run.criterion("per_call/out_of_process");
 
-    let mut group = c.benchmark_group("batch");
-    if quick {
-        quick_batch_group(&mut group);
-    }
+    let mut group = batch_group(c, quick);
     for n in BATCH_SIZES {
-        let ops = batch_ops(n);
-        let mut results = vec![BatchResult::PENDING; n];
-        group.throughput(Throughput::Elements(n as u64));
-        if n >= 10_000 {
-            group.sampling_mode(SamplingMode::Flat);
-        }
+        let (ops, mut results) = batch_of(&mut group, n);
         group.bench_with_input(BenchmarkId::new("out_of_process", n), &ops, |b, ops| {
             b.iter(|| plugin.process_batch(ops, &mut results));
         });
