@@ -279,9 +279,9 @@ impl ManagerConfig {
         let path = path.as_ref();
         let text = fs::read_to_string(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound { path: path.to_owned() }
+                Error::NotFound.with_path(path.to_owned())
             } else {
-                Error::Io { path: path.to_owned(), source }
+                Error::Io { source }.with_path(path.to_owned())
             }
         })?;
         ManagerConfig::parse(&text, path)

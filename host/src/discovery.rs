@@ -26,14 +26,14 @@ pub struct Found {
 pub fn library_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let entries = fs::read_dir(dir).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound { path: dir.to_owned() }
+            Error::NotFound.with_path(dir.to_owned())
         } else {
-            Error::Io { path: dir.to_owned(), source }
+            Error::Io { source }.with_path(dir.to_owned())
         }
     })?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+        let entry = entry.map_err(|source| Error::Io { source }.with_path(dir.to_owned()))?;
         let name = entry.file_name();
         let is_library = name.to_str().is_some_and(|name| {
             name.len() > LIBRARY_SUFFIX.len() && name.ends_with(LIBRARY_SUFFIX)

@@ -18,84 +18,81 @@ use crate::lifecycle::LifecycleState;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Nothing exists at the path.
-    #[error("{}: no such file", path.display())]
-    NotFound {
-        /// The path looked at.
+    /// An error about one file: the file, then what is wrong with it.
+    ///
+    /// Every error about a file comes wrapped in this variant, so the path is composed into the
+    /// message in one place; [`Error::without_path`] gives the inner error to match on.
+    #[error("{}: {err}", path.display())]
+    WithPath {
+        /// The file: a library as the caller named it (never the in-memory image mapped), a
+        /// directory, a manifest or signature file.
         path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        err: Box<Error>,
     },
 
+    /// Nothing exists at the path.
+    #[error("no such file")]
+    NotFound,
+
     /// The path exists but is not a regular file.
-    #[error("{}: not a regular file (it is a {found})", path.display())]
+    #[error("not a regular file (it is a {found})")]
     NotAFile {
-        /// The path looked at.
-        path: PathBuf,
         /// What it is instead: `directory`, `socket`, …
         found: &'static str,
     },
 
     /// The file or directory could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("cannot read: {source}")]
     Io {
-        /// The path read.
-        path: PathBuf,
         /// The OS error.
         #[source]
         source: io::Error,
     },
 
     /// The file name does not end in this platform's library suffix.
-    #[error("{}: not a plugin library: expected a file name ending in `{expected}`", path.display())]
+    #[error("not a plugin library: expected a file name ending in `{expected}`")]
     WrongExtension {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// This platform's suffix: `.so`, `.dylib` or `.dll`.
         expected: &'static str,
     },
 
     /// The file's contents are not a dynamic library this process can load: not an object file
     /// at all, one for another platform or architecture, or a truncated copy.
-    #[error("{}: not a dynamic library for this platform: {reason}", path.display())]
+    #[error("not a dynamic library for this platform: {reason}")]
     NotALibrary {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// What is wrong with it, in one line.
         reason: String,
     },
 
     /// The system's dynamic loader refused the library.
-    #[error("{}: the dynamic loader refused it: {source}", path.display())]
+    #[error("the dynamic loader refused it: {source}")]
     Open {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// The loader's error (`dlerror`).
         #[source]
         source: libloading::Error,
     },
 
     /// The library does not export an abi_stable root module: it is not a calcplug plugin.
-    #[error("{}: not a calcplug plugin: it does not export the abi_stable root module (symbol `{symbol}`)", path.display())]
+    #[error(
+        "not a calcplug plugin: it does not export the abi_stable root module (symbol `{symbol}`)"
+    )]
     MissingRootModule {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// The symbol looked for.
         symbol: &'static str,
     },
 
     /// The library was built with an abi_stable whose ABI differs from this host's.
-    #[error("{}: built with an incompatible abi_stable: {detail}", path.display())]
+    #[error("built with an incompatible abi_stable: {detail}")]
     AbiStableMismatch {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// What differs.
         detail: String,
     },
 
     /// The plugin was built against an interface version this host cannot talk to.
-    #[error("{}: plugin built against interface {found}, this host speaks interface {host}: major versions must match", path.display())]
+    #[error("plugin built against interface {found}, this host speaks interface {host}: major versions must match")]
     IncompatibleVersion {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// The host's interface version.
         host: Version,
         /// The plugin's interface version.
@@ -103,10 +100,8 @@ pub enum Error {
     },
 
     /// abi_stable's layout check found the root module's layout differs from this host's.
-    #[error("{}: root module layout differs from this host's interface {host} (a change that needed a major version): {summary}", path.display())]
+    #[error("root module layout differs from this host's interface {host} (a change that needed a major version): {summary}")]
     AbiMismatch {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// The host's interface version.
         host: Version,
         /// The first line of abi_stable's explanation.
@@ -116,19 +111,15 @@ pub enum Error {
     },
 
     /// The library's root module constructor failed or panicked.
-    #[error("{}: the root module constructor failed: {detail}", path.display())]
+    #[error("the root module constructor failed: {detail}")]
     RootModule {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// abi_stable's error.
         detail: String,
     },
 
     /// The magic cookie is not the one calcplug plugins carry.
-    #[error("{}: wrong magic cookie: expected {expected_key}={expected_value:?}, found {found_key}={found_value:?}", path.display())]
+    #[error("wrong magic cookie: expected {expected_key}={expected_value:?}, found {found_key}={found_value:?}")]
     BadCookie {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// The key this host expects.
         expected_key: &'static str,
         /// The value this host expects.
@@ -140,10 +131,10 @@ pub enum Error {
     },
 
     /// Host and plugin speak different protocol versions.
-    #[error("{}: protocol version mismatch: this host speaks protocol {host}, the plugin speaks {plugin}", path.display())]
+    #[error(
+        "protocol version mismatch: this host speaks protocol {host}, the plugin speaks {plugin}"
+    )]
     ProtocolMismatch {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// The host's protocol version.
         host: u32,
         /// The plugin's protocol version.
@@ -151,19 +142,15 @@ pub enum Error {
     },
 
     /// The plugin's handshake or metadata is malformed (e.g. a version that is not semver).
-    #[error("{}: invalid plugin metadata: {reason}", path.display())]
+    #[error("invalid plugin metadata: {reason}")]
     BadMetadata {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// What is wrong.
         reason: String,
     },
 
     /// The plugin failed while being set up (creating its instance, reporting its metadata).
-    #[error("{}: {op} failed: {code}: {message}", path.display())]
+    #[error("{op} failed: {code}: {message}")]
     Setup {
-        /// The library file, as the caller named it (never the in-memory image mapped).
-        path: PathBuf,
         /// The entry point that failed.
         op: &'static str,
         /// The plugin's error code.
@@ -209,10 +196,8 @@ pub enum Error {
     },
 
     /// Another library claims the same plugin name with a higher version; this one is not used.
-    #[error("{}: plugin `{name}` {version} is shadowed by {winner_version} from {}", path.display(), winner_path.display())]
+    #[error("plugin `{name}` {version} is shadowed by {winner_version} from {}", winner_path.display())]
     Shadowed {
-        /// The library that is not used.
-        path: PathBuf,
         /// The plugin name both claim.
         name: String,
         /// This library's plugin version.
@@ -277,10 +262,8 @@ pub enum Error {
     },
 
     /// A directory could not be watched for changes.
-    #[error("{}: cannot watch for changes: {source}", path.display())]
+    #[error("cannot watch for changes: {source}")]
     Watch {
-        /// The directory.
-        path: PathBuf,
         /// The file watcher's error.
         #[source]
         source: Box<notify::Error>,
@@ -305,10 +288,8 @@ pub enum Error {
 
     /// The runner could not serve the library: it refused it (with the same reasons as an
     /// in-process load), or its handshake failed.
-    #[error("{}: out-of-process runner failed: {reason}", path.display())]
+    #[error("out-of-process runner failed: {reason}")]
     RunnerFailed {
-        /// The library.
-        path: PathBuf,
         /// What the runner said, or what went wrong with it.
         reason: String,
     },
@@ -359,39 +340,32 @@ pub enum Error {
         /// The time left before a call may start a trial runner.
         next_trial_in: Duration,
     },
-    /// The library failed an integrity check (allowlist or signature).
-    #[error("{}: integrity check failed: {reason}", path.display())]
+    /// The library failed an integrity check (allowlist or signature); the path names the
+    /// library, or the manifest or signature file at fault.
+    #[error("integrity check failed: {reason}")]
     Integrity {
-        /// The library (or the manifest or signature file at fault).
-        path: PathBuf,
         /// What failed: not listed, digest mismatch, unsigned, bad signature, …
         reason: String,
     },
 
     /// The library or its directory could be replaced by someone else.
-    #[error("{}: insecure: {reason}", path.display())]
+    #[error("insecure: {reason}")]
     InsecurePermissions {
-        /// The file or directory at fault.
-        path: PathBuf,
         /// What is wrong and how to fix it.
         reason: String,
     },
 
     /// The library is a symlink that points outside its plugin directory.
-    #[error("{}: refused: a symlink to {}, outside the plugin directory", path.display(), target.display())]
+    #[error("refused: a symlink to {}, outside the plugin directory", target.display())]
     SymlinkEscape {
-        /// The symlink.
-        path: PathBuf,
         /// Where it points.
         target: PathBuf,
     },
 
     /// Loading the library in a probe process failed: it crashed, hung or failed the handshake
     /// there, so it was never mapped into this process.
-    #[error("{}: refused by the probe: {reason}", path.display())]
+    #[error("refused by the probe: {reason}")]
     ProbeFailed {
-        /// The library.
-        path: PathBuf,
         /// What happened in the probe process.
         reason: String,
     },
@@ -414,69 +388,51 @@ fn available_list(available: &[String]) -> String {
     }
 }
 
-/// Matches the variants that name a file in their `path` field, binding it to `$path`; the one
-/// list of them, for [`Error::path`] and [`Error::with_path`].
-macro_rules! match_path {
-    ($error:expr, $path:ident => $named:expr, _ => $other:expr) => {
-        match $error {
-            Error::NotFound { path: $path }
-            | Error::NotAFile { path: $path, .. }
-            | Error::Io { path: $path, .. }
-            | Error::WrongExtension { path: $path, .. }
-            | Error::NotALibrary { path: $path, .. }
-            | Error::Open { path: $path, .. }
-            | Error::MissingRootModule { path: $path, .. }
-            | Error::AbiStableMismatch { path: $path, .. }
-            | Error::IncompatibleVersion { path: $path, .. }
-            | Error::AbiMismatch { path: $path, .. }
-            | Error::RootModule { path: $path, .. }
-            | Error::BadCookie { path: $path, .. }
-            | Error::ProtocolMismatch { path: $path, .. }
-            | Error::BadMetadata { path: $path, .. }
-            | Error::Setup { path: $path, .. }
-            | Error::Config { path: $path, .. }
-            | Error::Shadowed { path: $path, .. }
-            | Error::Watch { path: $path, .. }
-            | Error::RunnerFailed { path: $path, .. }
-            | Error::Integrity { path: $path, .. }
-            | Error::InsecurePermissions { path: $path, .. }
-            | Error::SymlinkEscape { path: $path, .. }
-            | Error::ProbeFailed { path: $path, .. } => $named,
-            _ => $other,
-        }
-    };
-}
-
 impl Error {
-    /// The library file the error is about, for load errors.
+    /// The file the error is about: the library, directory or config file.
     pub fn path(&self) -> Option<&Path> {
-        match_path!(self, path => Some(path.as_path()), _ => None)
+        match self {
+            Error::WithPath { path, .. } | Error::Config { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The error without the file it is about: what to match on.
+    ///
+    /// ```
+    /// # use host::Error;
+    /// let err = host::load("/nonexistent/libbasic.so").unwrap_err();
+    /// assert!(matches!(err.without_path(), Error::NotFound));
+    /// assert_eq!(err.to_string(), "/nonexistent/libbasic.so: no such file");
+    /// ```
+    pub fn without_path(&self) -> &Error {
+        match self {
+            Error::WithPath { err, .. } => err,
+            other => other,
+        }
+    }
+
+    /// This error about `path`: wraps it, or replaces the file it names (the manager loads a
+    /// private copy of each library and reports errors against the file the user put in
+    /// place).
+    pub(crate) fn with_path(self, path: impl Into<PathBuf>) -> Error {
+        let path = path.into();
+        match self {
+            Error::WithPath { err, .. } => Error::WithPath { path, err },
+            err => Error::WithPath { path, err: Box::new(err) },
+        }
     }
 
     /// The plugin's error code, for errors a plugin returned.
     pub fn code(&self) -> Option<ErrorCode> {
-        match self {
+        match self.without_path() {
             Error::Call { code, .. } | Error::Setup { code, .. } => Some(*code),
             _ => None,
         }
     }
 
-    /// The same error about `path` instead of the file it names: the manager loads a private
-    /// copy of each library and reports errors against the file the user put in place.
-    pub(crate) fn with_path(mut self, new: &Path) -> Error {
-        match_path!(&mut self, path => new.clone_into(path), _ => {});
-        self
-    }
-
     /// The reason without the path prefix: what `calcplug list` shows next to each file.
     pub fn reason(&self) -> String {
-        let full = self.to_string();
-        match self.path() {
-            Some(path) => {
-                let prefix = format!("{}: ", path.display());
-                full.strip_prefix(&prefix).map(str::to_owned).unwrap_or(full)
-            }
-            None => full,
-        }
+        self.without_path().to_string()
     }
 }

@@ -49,8 +49,8 @@ pub fn load(path: impl AsRef<Path>) -> Result<Plugin, Error> {
 pub(crate) fn load_path(path: &Path) -> Result<Plugin, Error> {
     let _span = tracing::info_span!("load", path = %path.display()).entered();
     let path = inspect_file(path)?;
-    let file = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-    let len = file.metadata().map_err(|source| Error::Io { path: path.clone(), source })?.len();
+    let file = File::open(&path).map_err(|source| Error::Io { source }.with_path(path.clone()))?;
+    let len = file.metadata().map_err(|source| Error::Io { source }.with_path(path.clone()))?.len();
     check_format(&path, &ReadCache::new(file), len)?;
     let header = ffi::open(&path, &path)?;
     finish_load(path, header)
@@ -76,7 +76,7 @@ fn finish_load(
     let found = ffi::interface_version(&path, header)?;
     // abi_stable compares major versions too, but reports them without the file: check first.
     if !interface_compatible(&host_version, &found) {
-        return Err(Error::IncompatibleVersion { path, host: host_version, found });
+        return Err(Error::IncompatibleVersion { host: host_version, found }.with_path(path));
     }
     let module = ffi::root_module(&path, header, &host_version, &found)?;
     let verified = handshake(&path, module, &host_version)?;
@@ -112,22 +112,22 @@ fn inspect_file(path: &Path) -> Result<PathBuf, Error> {
     let metadata = match fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::NotFound { path: path.to_owned() });
+            return Err(Error::NotFound.with_path(path.to_owned()));
         }
-        Err(source) => return Err(Error::Io { path: path.to_owned(), source }),
+        Err(source) => return Err(Error::Io { source }.with_path(path.to_owned())),
     };
     if !metadata.is_file() {
-        return Err(Error::NotAFile { path: path.to_owned(), found: file_kind(&metadata) });
+        return Err(Error::NotAFile { found: file_kind(&metadata) }.with_path(path.to_owned()));
     }
     let has_suffix = path
         .file_name()
         .and_then(|name| name.to_str())
         .is_some_and(|name| name.len() > LIBRARY_SUFFIX.len() && name.ends_with(LIBRARY_SUFFIX));
     if !has_suffix {
-        return Err(Error::WrongExtension { path: path.to_owned(), expected: LIBRARY_SUFFIX });
+        return Err(Error::WrongExtension { expected: LIBRARY_SUFFIX }.with_path(path.to_owned()));
     }
     // An absolute path, so that the system loader never searches its library path for it.
-    std::path::absolute(path).map_err(|source| Error::Io { path: path.to_owned(), source })
+    std::path::absolute(path).map_err(|source| Error::Io { source }.with_path(path.to_owned()))
 }
 
 fn file_kind(metadata: &fs::Metadata) -> &'static str {
@@ -155,7 +155,7 @@ fn check_format<'data, R: object::ReadRef<'data>>(
     data: R,
     len: u64,
 ) -> Result<(), Error> {
-    let not_a_library = |reason: String| Error::NotALibrary { path: path.to_owned(), reason };
+    let not_a_library = |reason: String| Error::NotALibrary { reason }.with_path(path.to_owned());
     if len == 0 {
         return Err(not_a_library("the file is empty".to_owned()));
     }
@@ -232,33 +232,28 @@ fn handshake(
         || magic_cookie_value.as_str() != MAGIC_COOKIE_VALUE
     {
         return Err(Error::BadCookie {
-            path: path.to_owned(),
             expected_key: MAGIC_COOKIE_KEY,
             expected_value: MAGIC_COOKIE_VALUE,
             found_key: magic_cookie_key.to_string(),
             found_value: magic_cookie_value.to_string(),
-        });
+        }
+        .with_path(path.to_owned()));
     }
     if protocol_version != PROTOCOL_VERSION {
-        return Err(Error::ProtocolMismatch {
-            path: path.to_owned(),
-            host: PROTOCOL_VERSION,
-            plugin: protocol_version,
-        });
+        return Err(Error::ProtocolMismatch { host: PROTOCOL_VERSION, plugin: protocol_version }
+            .with_path(path.to_owned()));
     }
-    let declared =
-        Version::parse(interface_version.as_str()).map_err(|err| Error::BadMetadata {
-            path: path.to_owned(),
+    let declared = Version::parse(interface_version.as_str()).map_err(|err| {
+        Error::BadMetadata {
             reason: format!(
                 "handshake interface version {interface_version:?} is not semver: {err}"
             ),
-        })?;
+        }
+        .with_path(path.to_owned())
+    })?;
     if !interface_compatible(host_version, &declared) {
-        return Err(Error::IncompatibleVersion {
-            path: path.to_owned(),
-            host: host_version.clone(),
-            found: declared,
-        });
+        return Err(Error::IncompatibleVersion { host: host_version.clone(), found: declared }
+            .with_path(path.to_owned()));
     }
     Ok(VerifiedModule { module })
 }

@@ -15,6 +15,52 @@ use semver::Version;
 use crate::loader::{Instance, VerifiedModule};
 use crate::Error;
 
+/// The method of every operation, and [`Plugin::call`], which dispatches to them.
+macro_rules! plugin_operations {
+    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        impl Plugin {
+            $(
+                #[doc = concat!($doc, " (interface 1.", $minor, ").")]
+                ///
+                /// # Errors
+                ///
+                /// [`Error::Call`] with the plugin's code, e.g. `DivisionByZero` or `Overflow`;
+                /// `Unsupported` if the plugin does not have the operation.
+                #[inline]
+                pub fn $method(&self, $($arg: $ty),*) -> Result<f64, Error> {
+                    plugin_operations!(@call $kind self $method ($($arg),*))
+                }
+            )*
+
+            /// `op(a, b)`; `b` is ignored by one-operand operations.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::Call`] with the plugin's code; `Unsupported` for an operation this
+            /// plugin's interface version does not have.
+            #[inline]
+            pub fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+                match op {
+                    $(Op::$variant => interface::__calculator_call_with!(self, $method, ($($arg: $ty),*), a, b),)*
+                    _ => Err(self.call_error(
+                        "call",
+                        ErrorCode::Unsupported,
+                        format!("this host cannot call `{op}` on {}", self.name),
+                    )),
+                }
+            }
+        }
+    };
+    (@call core $self:ident $method:ident ($($arg:ident),*)) => {
+        $self.check(stringify!($method), $self.instance.$method($($arg),*))
+    };
+    (@call extension $self:ident $method:ident ($($arg:ident),*)) => {
+        $self.extension(stringify!($method), $self.instance.$method($($arg),*))
+    };
+}
+
+interface::calculator_ops!(flat plugin_operations);
+
 /// A loaded plugin instance.
 ///
 /// Calls go straight through the library's function table: no lock, no allocation unless the
@@ -49,13 +95,13 @@ impl Plugin {
     ) -> Result<Plugin, Error> {
         let setup_error = |op: &'static str, err: FfiError| {
             let (code, message) = decode_error(err);
-            Error::Setup { path: path.clone(), op, code, message }
+            Error::Setup { op, code, message }.with_path(path.clone())
         };
         let instance = Instance::new(&module).map_err(|err| setup_error("new_instance", err))?;
         let metadata =
             instance.metadata().into_result().map_err(|err| setup_error("metadata", err))?;
         let metadata = convert_metadata(metadata);
-        let bad = |reason: String| Error::BadMetadata { path: path.clone(), reason };
+        let bad = |reason: String| Error::BadMetadata { reason }.with_path(path.clone());
         if !valid_name(&metadata.name) {
             return Err(bad(format!(
                 "plugin name {:?} must be 1-64 characters of a-z, 0-9, `-` and `_`",
@@ -165,106 +211,6 @@ impl Plugin {
         self.check("status", self.instance.status()).map(convert_status)
     }
 
-    /// `a + b`
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code.
-    #[inline]
-    pub fn add(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.check("add", self.instance.add(a, b))
-    }
-
-    /// `a - b`
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code.
-    #[inline]
-    pub fn subtract(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.check("subtract", self.instance.subtract(a, b))
-    }
-
-    /// `a * b`
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code.
-    #[inline]
-    pub fn multiply(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.check("multiply", self.instance.multiply(a, b))
-    }
-
-    /// `a / b`
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code, e.g. `DivisionByZero`.
-    #[inline]
-    pub fn divide(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.check("divide", self.instance.divide(a, b))
-    }
-
-    /// `sin(x)`, `x` in the plugin's angle unit (interface 1.1).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
-    #[inline]
-    pub fn sin(&self, x: f64) -> Result<f64, Error> {
-        self.extension("sin", self.instance.sin(x))
-    }
-
-    /// `cos(x)`, `x` in the plugin's angle unit (interface 1.1).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
-    #[inline]
-    pub fn cos(&self, x: f64) -> Result<f64, Error> {
-        self.extension("cos", self.instance.cos(x))
-    }
-
-    /// `tan(x)`, `x` in the plugin's angle unit (interface 1.1).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
-    #[inline]
-    pub fn tan(&self, x: f64) -> Result<f64, Error> {
-        self.extension("tan", self.instance.tan(x))
-    }
-
-    /// The logarithm of `value` in base `base` (interface 1.1).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
-    #[inline]
-    pub fn log(&self, base: f64, value: f64) -> Result<f64, Error> {
-        self.extension("log", self.instance.log(base, value))
-    }
-
-    /// `base` raised to `exp` (interface 1.1).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
-    #[inline]
-    pub fn pow(&self, base: f64, exp: f64) -> Result<f64, Error> {
-        self.extension("pow", self.instance.pow(base, exp))
-    }
-
-    /// The square root of `x` (interface 1.1).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code; `Unsupported` if the plugin does not have it.
-    #[inline]
-    pub fn sqrt(&self, x: f64) -> Result<f64, Error> {
-        self.extension("sqrt", self.instance.sqrt(x))
-    }
-
     /// Sets the unit `sin`, `cos` and `tan` read their operand in (interface 1.1).
     ///
     /// # Errors
@@ -288,32 +234,6 @@ impl Plugin {
                 format!("unknown angle unit code {raw}"),
             )
         })
-    }
-
-    /// `op(a, b)`; `b` is ignored by one-operand operations.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Call`] with the plugin's code; `Unsupported` for an operation this plugin's
-    /// interface version does not have.
-    pub fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
-        match op {
-            Op::Add => self.add(a, b),
-            Op::Subtract => self.subtract(a, b),
-            Op::Multiply => self.multiply(a, b),
-            Op::Divide => self.divide(a, b),
-            Op::Sin => self.sin(a),
-            Op::Cos => self.cos(a),
-            Op::Tan => self.tan(a),
-            Op::Log => self.log(a, b),
-            Op::Pow => self.pow(a, b),
-            Op::Sqrt => self.sqrt(a),
-            _ => Err(self.call_error(
-                "call",
-                ErrorCode::Unsupported,
-                format!("this host cannot call `{op}` on {}", self.name),
-            )),
-        }
     }
 
     /// Computes every item of `ops` into the slot of `results` with the same index; one failing

@@ -115,6 +115,27 @@ pub struct RemotePlugin {
     supervisor: Mutex<Supervisor>,
 }
 
+/// The method of every operation, each a [`RemotePlugin::call`].
+macro_rules! remote_operations {
+    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        impl RemotePlugin {
+            $(
+                #[doc = concat!($doc, " (interface 1.", $minor, ").")]
+                ///
+                /// # Errors
+                ///
+                /// As [`RemotePlugin::call`].
+                pub fn $method(&self, $($arg: $ty),*) -> Result<f64, Error> {
+                    let (a, b) = interface::__calculator_operand_pair!(($($arg: $ty),*));
+                    self.call(Op::$variant, a, b)
+                }
+            )*
+        }
+    };
+}
+
+interface::calculator_ops!(flat remote_operations);
+
 impl RemotePlugin {
     /// Starts a runner for the library at `path` and completes the handshake.
     ///
@@ -257,42 +278,6 @@ impl RemotePlugin {
         }
     }
 
-    /// `a + b`
-    ///
-    /// # Errors
-    ///
-    /// As [`RemotePlugin::call`].
-    pub fn add(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.call(Op::Add, a, b)
-    }
-
-    /// `a - b`
-    ///
-    /// # Errors
-    ///
-    /// As [`RemotePlugin::call`].
-    pub fn subtract(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.call(Op::Subtract, a, b)
-    }
-
-    /// `a * b`
-    ///
-    /// # Errors
-    ///
-    /// As [`RemotePlugin::call`].
-    pub fn multiply(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.call(Op::Multiply, a, b)
-    }
-
-    /// `a / b`
-    ///
-    /// # Errors
-    ///
-    /// As [`RemotePlugin::call`].
-    pub fn divide(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.call(Op::Divide, a, b)
-    }
-
     /// Computes every item of `ops` into `results`; the batch travels as one frame each way.
     ///
     /// # Errors
@@ -409,7 +394,7 @@ impl RemotePlugin {
 fn spawn_plugin(library: &Path, options: RemoteOptions) -> Result<RemotePlugin, Error> {
     let _span = tracing::info_span!("spawn", library = %library.display()).entered();
     let library = std::path::absolute(library)
-        .map_err(|source| Error::Io { path: library.to_owned(), source })?;
+        .map_err(|source| Error::Io { source }.with_path(library.to_owned()))?;
     let runner = find_runner(options.runner.as_deref())?;
     let label = library
         .file_name()
@@ -430,12 +415,12 @@ fn spawn_plugin(library: &Path, options: RemoteOptions) -> Result<RemotePlugin, 
         },
         _ => {
             return Err(Error::RunnerFailed {
-                path: library,
                 reason: "the runner did not answer the metadata request".to_owned(),
-            })
+            }
+            .with_path(library))
         }
     };
-    let bad = |reason: String| Error::BadMetadata { path: library.clone(), reason };
+    let bad = |reason: String| Error::BadMetadata { reason }.with_path(library.clone());
     let version = Version::parse(&metadata.version).map_err(|err| {
         bad(format!("plugin version {:?} is not semver: {err}", metadata.version))
     })?;

@@ -75,9 +75,9 @@ impl Manifest {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |why: &str| Error::Integrity {
-                path: origin.to_owned(),
-                reason: format!("manifest line {}: {why}", number + 1),
+            let bad = |why: &str| {
+                Error::Integrity { reason: format!("manifest line {}: {why}", number + 1) }
+                    .with_path(origin.to_owned())
             };
             let Some((digest, name)) = line.split_once(char::is_whitespace) else {
                 return Err(bad("expected `<sha256 hex>  <file name>`"));
@@ -100,7 +100,7 @@ impl Manifest {
     /// [`Error::Io`] if it cannot be read, [`Error::Integrity`] if it does not parse.
     pub fn read(path: &Path) -> Result<Manifest, Error> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+            .map_err(|source| Error::Io { source }.with_path(path.to_owned()))?;
         Manifest::parse(&text, path)
     }
 
@@ -227,10 +227,10 @@ pub(crate) fn checked_bytes(path: &Path, policy: &LoadPolicy) -> Result<Vec<u8>,
         && policy.trusted_keys.is_empty()
     {
         return Err(Error::Integrity {
-            path: path.to_owned(),
             reason: "integrity is `enforce` but no manifest and no trusted key is configured"
                 .to_owned(),
-        });
+        }
+        .with_path(path.to_owned()));
     }
     if policy.check_permissions {
         check_permissions(path)?;
@@ -238,9 +238,9 @@ pub(crate) fn checked_bytes(path: &Path, policy: &LoadPolicy) -> Result<Vec<u8>,
     // Read once; everything below works on these bytes, and these bytes are what gets mapped.
     let bytes = std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound { path: path.to_owned() }
+            Error::NotFound.with_path(path.to_owned())
         } else {
-            Error::Io { path: path.to_owned(), source }
+            Error::Io { source }.with_path(path.to_owned())
         }
     })?;
     if policy.verifies() {
@@ -283,7 +283,7 @@ fn warn_if_off(policy: &LoadPolicy) {
 
 /// Checks `bytes` (the content of `path`) against the manifest and the trusted keys.
 fn verify(path: &Path, bytes: &[u8], policy: &LoadPolicy) -> Result<(), Error> {
-    let fail = |reason: String| Error::Integrity { path: path.to_owned(), reason };
+    let fail = |reason: String| Error::Integrity { reason }.with_path(path.to_owned());
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if let Some(manifest) = &policy.manifest {
         let Some(expected) = manifest.digest(&name) else {
@@ -308,7 +308,7 @@ fn verify(path: &Path, bytes: &[u8], policy: &LoadPolicy) -> Result<(), Error> {
                     sig_path.display()
                 )));
             }
-            Err(source) => return Err(Error::Io { path: sig_path, source }),
+            Err(source) => return Err(Error::Io { source }.with_path(sig_path)),
         };
         let signature =
             decode_hex::<64>(text.trim()).map(|bytes| Signature::from_bytes(&bytes)).ok_or_else(
@@ -338,40 +338,39 @@ fn check_permissions(path: &Path) -> Result<(), Error> {
 
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let link = std::fs::symlink_metadata(path)
-        .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        .map_err(|source| Error::Io { source }.with_path(path.to_owned()))?;
     if link.file_type().is_symlink() {
         let target = std::fs::canonicalize(path)
-            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+            .map_err(|source| Error::Io { source }.with_path(path.to_owned()))?;
         let real_dir = std::fs::canonicalize(dir)
-            .map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+            .map_err(|source| Error::Io { source }.with_path(dir.to_owned()))?;
         if target.parent() != Some(real_dir.as_path()) {
-            return Err(Error::SymlinkEscape { path: path.to_owned(), target });
+            return Err(Error::SymlinkEscape { target }.with_path(path.to_owned()));
         }
     }
     let me = rustix::process::geteuid().as_raw();
     for (what, checked) in [("library", path), ("plugin directory", dir)] {
         let meta = std::fs::metadata(checked)
-            .map_err(|source| Error::Io { path: checked.to_owned(), source })?;
+            .map_err(|source| Error::Io { source }.with_path(checked.to_owned()))?;
         let mode = meta.mode() & 0o7777;
         if mode & 0o022 != 0 {
             return Err(Error::InsecurePermissions {
-                path: checked.to_owned(),
                 reason: format!(
                     "the {what} is writable by {} (mode {mode:o}); fix: chmod go-w {}",
                     if mode & 0o002 != 0 { "everyone" } else { "its group" },
                     checked.display()
                 ),
-            });
+            }
+            .with_path(checked.to_owned()));
         }
         if meta.uid() != me && meta.uid() != 0 {
             return Err(Error::InsecurePermissions {
-                path: checked.to_owned(),
                 reason: format!(
                     "the {what} is owned by another user (uid {}, this process runs as uid {me}); fix: chown {me} {}",
                     meta.uid(),
                     checked.display()
                 ),
-            });
+            }.with_path(checked.to_owned()));
         }
     }
     Ok(())
@@ -392,10 +391,12 @@ fn run_probe(path: &Path, probe: &ProbeSettings) -> Result<(), Error> {
             tracing::debug!(plugin = probe.name(), "probe passed");
             Ok(())
         }
-        Err(Error::RunnerFailed { reason, .. }) => {
-            Err(Error::ProbeFailed { path: path.to_owned(), reason })
-        }
-        Err(other) => Err(other),
+        Err(err) => match err.without_path() {
+            Error::RunnerFailed { reason } => {
+                Err(Error::ProbeFailed { reason: reason.clone() }.with_path(path.to_owned()))
+            }
+            _ => Err(err),
+        },
     }
 }
 
@@ -472,7 +473,8 @@ mod tests {
         assert!(Manifest::parse("# only a comment\n", &path).unwrap().is_empty());
         let missing = dir.path().join("absent");
         let err = Manifest::read(&missing).unwrap_err();
-        assert!(matches!(&err, Error::Io { path, .. } if *path == missing), "{err:?}");
+        assert!(matches!(err.without_path(), Error::Io { .. }), "{err:?}");
+        assert_eq!(err.path(), Some(missing.as_path()));
     }
 
     #[test]

@@ -145,12 +145,49 @@ impl InstancePtr {
     }
 }
 
-/// Declares a root module struct: the fields of 1.0, then the given extension fields.
+/// Declares a root module struct from the table of [`calculator_ops!`](crate::calculator_ops):
+/// the fields of 1.0, then, with `extensions: all`, every extension group's operations and
+/// fields in table order.
 ///
 /// Used twice, so that [`CalculatorMod`] and [`baseline::CalculatorMod`] cannot drift apart.
 macro_rules! declare_calculator_mod {
-    ($(#[$attr:meta])* extensions { $($extensions:tt)* }) => {
-        $(#[$attr])*
+    (
+        { $(#[$attr:meta])* extensions: none }
+        core $core:ident $core_minor:literal { $($core_ops:tt)* } fields {}
+        $($extensions:tt)*
+    ) => {
+        declare_calculator_mod! { @struct [$(#[$attr])*] [$core_minor] [$($core_ops)*] [] }
+    };
+    (
+        { $(#[$attr:meta])* extensions: all }
+        core $core:ident $core_minor:literal { $($core_ops:tt)* } fields {}
+        $(
+            extension $group:ident $minor:literal {
+                $( $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal; )*
+            }
+            fields {
+                $( $field:ident ($($name:ident: $field_ty:ty),*) -> $ret:ty, $field_doc:literal; )*
+            }
+        )*
+    ) => {
+        declare_calculator_mod! { @struct [$(#[$attr])*] [$core_minor] [$($core_ops)*] [$(
+            $(
+                #[doc = concat!("Since 1.", $minor, ": ", $doc, ".")]
+                pub $method: unsafe extern "C" fn(InstancePtr $(, $ty)*)
+                    -> RResult<f64, FfiError>,
+            )*
+            $(
+                #[doc = concat!("Since 1.", $minor, ": ", $field_doc, ".")]
+                pub $field: unsafe extern "C" fn(InstancePtr $(, $field_ty)*) -> RResult<$ret, FfiError>,
+            )*
+        )*] }
+    };
+    (
+        @struct [$($attr:tt)*] [$core_minor:literal]
+        [$( $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal; )*]
+        [$($extension_fields:tt)*]
+    ) => {
+        $($attr)*
         #[repr(C)]
         #[derive(StableAbi)]
         #[sabi(kind(Prefix(prefix_ref = CalculatorModRef)))]
@@ -172,14 +209,11 @@ macro_rules! declare_calculator_mod {
             pub shutdown: unsafe extern "C" fn(InstancePtr) -> RResult<(), FfiError>,
             /// Since 1.0: the instance's status.
             pub status: unsafe extern "C" fn(InstancePtr) -> RResult<FfiStatus, FfiError>,
-            /// Since 1.0: `a + b`.
-            pub add: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-            /// Since 1.0: `a - b`.
-            pub subtract: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-            /// Since 1.0: `a * b`.
-            pub multiply: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-            /// Since 1.0: `a / b`.
-            pub divide: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
+            $(
+                #[doc = concat!("Since 1.", $core_minor, ": ", $doc, ".")]
+                pub $method: unsafe extern "C" fn(InstancePtr $(, $ty)*)
+                    -> RResult<f64, FfiError>,
+            )*
             /// Since 1.0: computes every item of `ops` into the slot of `results` with the same
             /// index.
             ///
@@ -188,14 +222,17 @@ macro_rules! declare_calculator_mod {
             /// read.
             ///
             /// This is the last field of 1.0: fields added by later minor versions go below it,
-            /// and the marker never moves within major version 1.
+            /// and the marker never moves within major version 1. The accessors of later fields
+            /// return `None` for a library built against an earlier minor version; a library
+            /// built against a later one always has them (they answer `Unsupported` if the
+            /// plugin does not implement the operation).
             #[sabi(last_prefix_field)]
             pub process_batch: unsafe extern "C" fn(
                 InstancePtr,
                 RSlice<'_, BatchOp>,
                 RSliceMut<'_, BatchResult>,
             ) -> RResult<(), FfiError>,
-            $($extensions)*
+            $($extension_fields)*
         }
 
         impl RootModule for CalculatorModRef {
@@ -208,34 +245,17 @@ macro_rules! declare_calculator_mod {
     };
 }
 
-declare_calculator_mod! {
-    /// The root module of a Calculator plugin library: its handshake and its function table.
-    ///
-    /// Every function that takes an [`InstancePtr`] is `unsafe`: the pointer must come from this
-    /// same module's `new_instance` and must not have been passed to `drop_instance` yet. Every
-    /// function catches panics inside the plugin and reports them as `PluginPanicked`.
-    extensions {
-        // Interface 1.1, the scientific extension. The accessors of these fields return `None`
-        // for a library built against 1.0; a library built against 1.1 or later always has them
-        // (they answer `Unsupported` if the plugin does not implement the operation).
-        /// Since 1.1: `sin(x)`, `x` in the instance's angle unit.
-        pub sin: unsafe extern "C" fn(InstancePtr, f64) -> RResult<f64, FfiError>,
-        /// Since 1.1: `cos(x)`, `x` in the instance's angle unit.
-        pub cos: unsafe extern "C" fn(InstancePtr, f64) -> RResult<f64, FfiError>,
-        /// Since 1.1: `tan(x)`, `x` in the instance's angle unit.
-        pub tan: unsafe extern "C" fn(InstancePtr, f64) -> RResult<f64, FfiError>,
-        /// Since 1.1: the logarithm of `value` in base `base`: `log(base, value)`.
-        pub log: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-        /// Since 1.1: `base` raised to `exp`: `pow(base, exp)`.
-        pub pow: unsafe extern "C" fn(InstancePtr, f64, f64) -> RResult<f64, FfiError>,
-        /// Since 1.1: the square root of `x`.
-        pub sqrt: unsafe extern "C" fn(InstancePtr, f64) -> RResult<f64, FfiError>,
-        /// Since 1.1: sets the angle unit, an [`AngleUnit`](crate::AngleUnit) number.
-        pub set_angle_unit: unsafe extern "C" fn(InstancePtr, u8) -> RResult<(), FfiError>,
-        /// Since 1.1: the angle unit, an [`AngleUnit`](crate::AngleUnit) number.
-        pub angle_unit: unsafe extern "C" fn(InstancePtr) -> RResult<u8, FfiError>,
+crate::calculator_ops!(grouped declare_calculator_mod {
+    {
+        /// The root module of a Calculator plugin library: its handshake and its function table.
+        ///
+        /// Every function that takes an [`InstancePtr`] is `unsafe`: the pointer must come from
+        /// this same module's `new_instance` and must not have been passed to `drop_instance`
+        /// yet. Every function catches panics inside the plugin and reports them as
+        /// `PluginPanicked`.
+        extensions: all
     }
-}
+});
 
 /// The root module as major version 1 first declared it (1.0.0): the fields every 1.x library
 /// has.
@@ -249,10 +269,12 @@ declare_calculator_mod! {
 pub mod baseline {
     use super::*;
 
-    declare_calculator_mod! {
-        /// [`super::CalculatorMod`] without any extension field.
-        extensions {}
-    }
+    crate::calculator_ops!(grouped declare_calculator_mod {
+        {
+            /// [`super::CalculatorMod`] without any extension field.
+            extensions: none
+        }
+    });
 }
 /// The symbol under which abi_stable looks for a library's root module header.
 ///

@@ -67,12 +67,14 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod ffi;
+mod ops;
 #[cfg(feature = "plugin")]
 pub mod plugin;
 mod types;
 
+pub use ops::Op;
 pub use types::{
-    AngleUnit, BatchOp, BatchResult, CalcError, Config, ConfigKey, ErrorCode, Metadata, Op, OpCode,
+    AngleUnit, BatchOp, BatchResult, CalcError, Config, ConfigKey, ErrorCode, Metadata, OpCode,
     PluginState, Status,
 };
 

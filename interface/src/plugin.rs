@@ -20,6 +20,36 @@ mod limits;
 pub use lifecycle::{CallGuard, Lifecycle};
 pub use limits::Limits;
 
+/// The trait's method for one row of the table of operations.
+macro_rules! calculator_methods {
+    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        $(calculator_methods! { @method $kind $method ($($arg: $ty),*) $doc $minor })*
+    };
+    (@method core $method:ident ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal) => {
+        #[doc = concat!($doc, " (interface 1.", $minor, ").")]
+        fn $method(&self, $($arg: $ty),*) -> Result<f64, CalcError>;
+    };
+    (@method extension $method:ident ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal) => {
+        #[doc = concat!($doc, " (interface 1.", $minor, ").")]
+        ///
+        /// The default answers [`ErrorCode::Unsupported`].
+        fn $method(&self, $($arg: $ty),*) -> Result<f64, CalcError> {
+            let _ = ($($arg,)*);
+            Err(unsupported(stringify!($method)))
+        }
+    };
+}
+
+/// The `match` of [`dispatch`]: the trait method of each [`Op`].
+macro_rules! dispatch_by_op {
+    ($calc:ident, $op:ident, $a:ident, $b:ident
+     $( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        match $op {
+            $(Op::$variant => crate::__calculator_call_with!($calc, $method, ($($arg: $ty),*), $a, $b),)*
+        }
+    };
+}
+
 /// A Calculator plugin, written in plain Rust.
 ///
 /// One value of the implementing type is created (with `Default`) for every instance a host
@@ -40,18 +70,6 @@ pub trait Calculator: Send + Sync + 'static {
     /// The plugin's state and counters.
     fn status(&self) -> Status;
 
-    /// `a + b`
-    fn add(&self, a: f64, b: f64) -> Result<f64, CalcError>;
-
-    /// `a - b`
-    fn subtract(&self, a: f64, b: f64) -> Result<f64, CalcError>;
-
-    /// `a * b`
-    fn multiply(&self, a: f64, b: f64) -> Result<f64, CalcError>;
-
-    /// `a / b`
-    fn divide(&self, a: f64, b: f64) -> Result<f64, CalcError>;
-
     /// Computes every item of `ops` into the slot of `results` with the same index
     /// (the two slices have the same length).
     ///
@@ -67,45 +85,11 @@ pub trait Calculator: Send + Sync + 'static {
         }
     }
 
-    // The scientific extension (interface 1.1). The defaults answer `Unsupported`, so a plugin
-    // written against 1.0 compiles unchanged; list the operations you implement in your metadata
-    // (`Metadata::with_operations(&Op::SCIENTIFIC)`).
-
-    /// `sin(x)`, `x` in the plugin's angle unit (interface 1.1).
-    fn sin(&self, x: f64) -> Result<f64, CalcError> {
-        let _ = x;
-        Err(unsupported("sin"))
-    }
-
-    /// `cos(x)`, `x` in the plugin's angle unit (interface 1.1).
-    fn cos(&self, x: f64) -> Result<f64, CalcError> {
-        let _ = x;
-        Err(unsupported("cos"))
-    }
-
-    /// `tan(x)`, `x` in the plugin's angle unit (interface 1.1).
-    fn tan(&self, x: f64) -> Result<f64, CalcError> {
-        let _ = x;
-        Err(unsupported("tan"))
-    }
-
-    /// The logarithm of `value` in base `base` (interface 1.1).
-    fn log(&self, base: f64, value: f64) -> Result<f64, CalcError> {
-        let _ = (base, value);
-        Err(unsupported("log"))
-    }
-
-    /// `base` raised to `exp` (interface 1.1).
-    fn pow(&self, base: f64, exp: f64) -> Result<f64, CalcError> {
-        let _ = (base, exp);
-        Err(unsupported("pow"))
-    }
-
-    /// The square root of `x` (interface 1.1).
-    fn sqrt(&self, x: f64) -> Result<f64, CalcError> {
-        let _ = x;
-        Err(unsupported("sqrt"))
-    }
+    // One method per operation of the table in `ops.rs`. The operations of interface 1.0 are
+    // required; those of later minor versions default to answering `Unsupported`, so a plugin
+    // written against an earlier version compiles unchanged (list the ones you implement in
+    // your metadata, e.g. `Metadata::with_operations(&Op::SCIENTIFIC)`).
+    crate::calculator_ops!(flat calculator_methods);
 
     /// Sets the unit `sin`, `cos` and `tan` read their operand in (interface 1.1).
     fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), CalcError> {
@@ -130,18 +114,7 @@ pub fn dispatch<C: Calculator + ?Sized>(
     a: f64,
     b: f64,
 ) -> Result<f64, CalcError> {
-    match op {
-        Op::Add => calc.add(a, b),
-        Op::Subtract => calc.subtract(a, b),
-        Op::Multiply => calc.multiply(a, b),
-        Op::Divide => calc.divide(a, b),
-        Op::Sin => calc.sin(a),
-        Op::Cos => calc.cos(a),
-        Op::Tan => calc.tan(a),
-        Op::Log => calc.log(a, b),
-        Op::Pow => calc.pow(a, b),
-        Op::Sqrt => calc.sqrt(a),
-    }
+    crate::calculator_ops!(flat dispatch_by_op { calc, op, a, b })
 }
 
 #[cold]

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use abi_stable::StableAbi;
 
+use crate::Op;
+
 /// Why a call failed: the stable error code that crosses the boundary.
 ///
 /// The numeric values are part of the ABI and never change.
@@ -142,110 +144,6 @@ impl fmt::Display for CalcError {
 }
 
 impl std::error::Error for CalcError {}
-
-/// An operation a Calculator can perform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Op {
-    /// `a + b`
-    Add,
-    /// `a - b`
-    Subtract,
-    /// `a * b`
-    Multiply,
-    /// `a / b`
-    Divide,
-    /// `sin(a)`, `a` in the plugin's [`AngleUnit`] (interface 1.1).
-    Sin,
-    /// `cos(a)`, `a` in the plugin's [`AngleUnit`] (interface 1.1).
-    Cos,
-    /// `tan(a)`, `a` in the plugin's [`AngleUnit`] (interface 1.1).
-    Tan,
-    /// The logarithm of `b` in base `a`: `log(base, value)` (interface 1.1).
-    Log,
-    /// `a` raised to the power `b`: `pow(base, exp)` (interface 1.1).
-    Pow,
-    /// The square root of `a` (interface 1.1).
-    Sqrt,
-}
-
-impl Op {
-    /// The operations of interface 1.0, which every plugin has.
-    pub const BASIC: [Op; 4] = [Op::Add, Op::Subtract, Op::Multiply, Op::Divide];
-
-    /// The scientific extension of interface 1.1.
-    pub const SCIENTIFIC: [Op; 6] = [Op::Sin, Op::Cos, Op::Tan, Op::Log, Op::Pow, Op::Sqrt];
-
-    /// Every operation this version of the interface knows.
-    pub const ALL: [Op; 10] = [
-        Op::Add,
-        Op::Subtract,
-        Op::Multiply,
-        Op::Divide,
-        Op::Sin,
-        Op::Cos,
-        Op::Tan,
-        Op::Log,
-        Op::Pow,
-        Op::Sqrt,
-    ];
-
-    /// The operation's name, as used on the command line and in metadata: `add`, `divide`, …
-    pub const fn name(self) -> &'static str {
-        match self {
-            Op::Add => "add",
-            Op::Subtract => "subtract",
-            Op::Multiply => "multiply",
-            Op::Divide => "divide",
-            Op::Sin => "sin",
-            Op::Cos => "cos",
-            Op::Tan => "tan",
-            Op::Log => "log",
-            Op::Pow => "pow",
-            Op::Sqrt => "sqrt",
-        }
-    }
-
-    /// How many operands the operation takes.
-    pub const fn arity(self) -> usize {
-        match self {
-            Op::Sin | Op::Cos | Op::Tan | Op::Sqrt => 1,
-            Op::Add | Op::Subtract | Op::Multiply | Op::Divide | Op::Log | Op::Pow => 2,
-        }
-    }
-
-    /// Whether the operation belongs to the scientific extension (interface 1.1).
-    pub const fn is_scientific(self) -> bool {
-        matches!(self, Op::Sin | Op::Cos | Op::Tan | Op::Log | Op::Pow | Op::Sqrt)
-    }
-
-    /// The code this operation has in a [`BatchOp`]. Codes never change.
-    pub const fn code(self) -> OpCode {
-        OpCode(match self {
-            Op::Add => 1,
-            Op::Subtract => 2,
-            Op::Multiply => 3,
-            Op::Divide => 4,
-            Op::Sin => 5,
-            Op::Cos => 6,
-            Op::Tan => 7,
-            Op::Log => 8,
-            Op::Pow => 9,
-            Op::Sqrt => 10,
-        })
-    }
-
-    /// The operation with this name, if this version knows it.
-    pub fn from_name(name: &str) -> Option<Op> {
-        Op::ALL.into_iter().find(|op| op.name() == name)
-    }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// The unit trigonometric operations read their operand in (interface 1.1).
 #[repr(u8)]
@@ -626,18 +524,9 @@ mod tests {
     }
 
     #[test]
-    fn op_codes_round_trip_and_unknown_codes_are_none() {
-        for op in Op::ALL {
-            assert_eq!(op.code().op(), Some(op));
-            assert_eq!(Op::from_name(op.name()), Some(op));
-        }
+    fn unknown_op_codes_are_none() {
         assert_eq!(OpCode::from_u8(0).op(), None);
         assert_eq!(OpCode::from_u8(99).op(), None);
-        assert_eq!(Op::from_name("modulo"), None);
-        let codes: Vec<u8> = Op::ALL.iter().map(|op| op.code().as_u8()).collect();
-        assert_eq!(codes, (1..=10).collect::<Vec<u8>>(), "codes are stable and dense");
-        assert!(Op::SCIENTIFIC.iter().all(|op| op.is_scientific()));
-        assert!(!Op::BASIC.iter().any(|op| op.is_scientific()));
     }
 
     #[test]

@@ -47,20 +47,17 @@ pub(crate) fn open(path: &Path, image: &Path) -> Result<&'static LibHeader, Erro
         unsafe { library.get::<AbiHeaderRef>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }
             .map(|symbol| *symbol);
     let Ok(header) = header else {
-        return Err(Error::MissingRootModule {
-            path: path.to_owned(),
-            symbol: ROOT_MODULE_LOADER_NAME,
-        });
+        return Err(
+            Error::MissingRootModule { symbol: ROOT_MODULE_LOADER_NAME }.with_path(path.to_owned())
+        );
     };
     if !header.is_valid() {
-        return Err(Error::AbiStableMismatch {
-            path: path.to_owned(),
-            detail: describe_abi_header(&header),
-        });
+        return Err(Error::AbiStableMismatch { detail: describe_abi_header(&header) }
+            .with_path(path.to_owned()));
     }
     let header = header.upgrade().map_err(|err| {
         tracing::debug!(error = %err, "abi_stable header upgrade failed");
-        Error::AbiStableMismatch { path: path.to_owned(), detail: first_line(&err.to_string()) }
+        Error::AbiStableMismatch { detail: first_line(&err.to_string()) }.with_path(path.to_owned())
     })?;
     // The library stays mapped for the life of the process: `header` and everything reached
     // through it are `'static` references into it.
@@ -78,7 +75,7 @@ fn open_library(path: &Path, image: &Path) -> Result<libloading::Library, Error>
     let library = unsafe { Library::open(Some(image), RTLD_NOW | RTLD_LOCAL) };
     library
         .map(libloading::Library::from)
-        .map_err(|source| Error::Open { path: path.to_owned(), source })
+        .map_err(|source| Error::Open { source }.with_path(path.to_owned()))
 }
 
 fn describe_abi_header(header: &AbiHeader) -> String {
@@ -98,9 +95,9 @@ fn describe_abi_header(header: &AbiHeader) -> String {
 /// any of its code.
 pub(crate) fn interface_version(path: &Path, header: &LibHeader) -> Result<Version, Error> {
     let text = header.version_strings().version.as_str();
-    Version::parse(text).map_err(|err| Error::BadMetadata {
-        path: path.to_owned(),
-        reason: format!("interface version {text:?} is not semver: {err}"),
+    Version::parse(text).map_err(|err| {
+        Error::BadMetadata { reason: format!("interface version {text:?} is not semver: {err}") }
+            .with_path(path.to_owned())
     })
 }
 
@@ -142,15 +139,14 @@ fn library_error(path: &Path, host: &Version, err: LibraryError) -> Error {
             let detail = explanation.to_string();
             tracing::debug!(%detail, "abi_stable layout check failed");
             Error::AbiMismatch {
-                path: path.to_owned(),
                 host: host.clone(),
                 summary: summarize_layout_error(&detail),
                 detail,
             }
+            .with_path(path.to_owned())
         }
         LibraryError::IncompatibleVersionNumber { actual_version, .. } => {
             Error::IncompatibleVersion {
-                path: path.to_owned(),
                 host: host.clone(),
                 found: Version::new(
                     u64::from(actual_version.major),
@@ -158,11 +154,12 @@ fn library_error(path: &Path, host: &Version, err: LibraryError) -> Error {
                     u64::from(actual_version.patch),
                 ),
             }
+            .with_path(path.to_owned())
         }
         other => {
             let detail = other.to_string();
             tracing::debug!(%detail, "root module initialization failed");
-            Error::RootModule { path: path.to_owned(), detail: first_line(&detail) }
+            Error::RootModule { detail: first_line(&detail) }.with_path(path.to_owned())
         }
     }
 }
@@ -268,30 +265,6 @@ impl Instance {
     }
 
     #[inline]
-    pub(crate) fn add(&self, a: f64, b: f64) -> RResult<f64, FfiError> {
-        // SAFETY: see `metadata`.
-        unsafe { (self.module.add())(self.ptr, a, b) }
-    }
-
-    #[inline]
-    pub(crate) fn subtract(&self, a: f64, b: f64) -> RResult<f64, FfiError> {
-        // SAFETY: see `metadata`.
-        unsafe { (self.module.subtract())(self.ptr, a, b) }
-    }
-
-    #[inline]
-    pub(crate) fn multiply(&self, a: f64, b: f64) -> RResult<f64, FfiError> {
-        // SAFETY: see `metadata`.
-        unsafe { (self.module.multiply())(self.ptr, a, b) }
-    }
-
-    #[inline]
-    pub(crate) fn divide(&self, a: f64, b: f64) -> RResult<f64, FfiError> {
-        // SAFETY: see `metadata`.
-        unsafe { (self.module.divide())(self.ptr, a, b) }
-    }
-
-    #[inline]
     pub(crate) fn process_batch(
         &self,
         ops: &[BatchOp],
@@ -308,35 +281,50 @@ impl Instance {
     }
 }
 
-/// Generates the wrappers of the scientific extension (interface 1.1): `None` when the library's
-/// root module does not have the field (it was built against 1.0).
-macro_rules! extension_calls {
-    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+/// The wrapper of every operation and extension field of the root module: the operations of
+/// 1.0 return the plugin's answer; those of later minor versions `None` when the library's root
+/// module does not have the field (it was built against an earlier minor version).
+macro_rules! instance_calls {
+    (
+        core $core:ident $core_minor:literal {
+            $( $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal; )*
+        } fields {}
+        $(
+            extension $group:ident $minor:literal {
+                $( $ext_variant:ident $ext_method:ident $ext_code:literal ($($ext_arg:ident: $ext_ty:ident),*) $ext_doc:literal; )*
+            }
+            fields {
+                $( $field:ident ($($name:ident: $field_ty:ty),*) -> $ret:ty, $field_doc:literal; )*
+            }
+        )*
+    ) => {
         impl Instance {
             $(
                 #[inline]
-                pub(crate) fn $name(&self, $($arg: $ty),*) -> Option<RResult<$ret, FfiError>> {
-                    let function = self.module.$name()?;
-                    // SAFETY: see `metadata`; the field exists, so the library was built against
-                    // an interface that declares it with this type (the layout check compared
-                    // every field the library has).
-                    Some(unsafe { function(self.ptr, $($arg),*) })
+                pub(crate) fn $method(&self, $($arg: $ty),*) -> RResult<f64, FfiError> {
+                    // SAFETY: see `metadata`.
+                    unsafe { (self.module.$method())(self.ptr, $($arg),*) }
                 }
             )*
+            $(
+                $(instance_calls! { @extension $ext_method ($($ext_arg: $ext_ty),*) -> f64 })*
+                $(instance_calls! { @extension $field ($($name: $field_ty),*) -> $ret })*
+            )*
+        }
+    };
+    (@extension $name:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[inline]
+        pub(crate) fn $name(&self, $($arg: $ty),*) -> Option<RResult<$ret, FfiError>> {
+            let function = self.module.$name()?;
+            // SAFETY: see `metadata`; the field exists, so the library was built against an
+            // interface that declares it with this type (the layout check compared every field
+            // the library has).
+            Some(unsafe { function(self.ptr, $($arg),*) })
         }
     };
 }
 
-extension_calls! {
-    sin(x: f64) -> f64;
-    cos(x: f64) -> f64;
-    tan(x: f64) -> f64;
-    log(base: f64, value: f64) -> f64;
-    pow(base: f64, exp: f64) -> f64;
-    sqrt(x: f64) -> f64;
-    set_angle_unit(unit: u8) -> ();
-    angle_unit() -> u8;
-}
+interface::calculator_ops!(grouped instance_calls);
 
 impl Instance {
     /// Whether the root module has the scientific extension's fields (interface ≥ 1.1).

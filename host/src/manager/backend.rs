@@ -79,26 +79,6 @@ impl Backend {
     }
 
     #[inline]
-    pub(crate) fn add(&self, a: f64, b: f64) -> Result<f64, Error> {
-        both!(self, p => p.add(a, b))
-    }
-
-    #[inline]
-    pub(crate) fn subtract(&self, a: f64, b: f64) -> Result<f64, Error> {
-        both!(self, p => p.subtract(a, b))
-    }
-
-    #[inline]
-    pub(crate) fn multiply(&self, a: f64, b: f64) -> Result<f64, Error> {
-        both!(self, p => p.multiply(a, b))
-    }
-
-    #[inline]
-    pub(crate) fn divide(&self, a: f64, b: f64) -> Result<f64, Error> {
-        both!(self, p => p.divide(a, b))
-    }
-
-    #[inline]
     pub(crate) fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
         both!(self, p => p.call(op, a, b))
     }
@@ -111,3 +91,19 @@ impl Backend {
         both!(self, p => p.process_batch(ops, results))
     }
 }
+
+/// The method of every operation, on whichever side the plugin is.
+macro_rules! backend_operations {
+    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        impl Backend {
+            $(
+                #[inline]
+                pub(crate) fn $method(&self, $($arg: $ty),*) -> Result<f64, Error> {
+                    both!(self, p => p.$method($($arg),*))
+                }
+            )*
+        }
+    };
+}
+
+interface::calculator_ops!(flat backend_operations);

@@ -46,46 +46,6 @@ impl Handle {
         self.slot.status()
     }
 
-    /// `a + b`
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::call`].
-    #[inline]
-    pub fn add(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.slot.run(op_index(Op::Add), "add", |plugin| plugin.add(a, b))
-    }
-
-    /// `a - b`
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::call`].
-    #[inline]
-    pub fn subtract(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.slot.run(op_index(Op::Subtract), "subtract", |plugin| plugin.subtract(a, b))
-    }
-
-    /// `a * b`
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::call`].
-    #[inline]
-    pub fn multiply(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.slot.run(op_index(Op::Multiply), "multiply", |plugin| plugin.multiply(a, b))
-    }
-
-    /// `a / b`
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::call`].
-    #[inline]
-    pub fn divide(&self, a: f64, b: f64) -> Result<f64, Error> {
-        self.slot.run(op_index(Op::Divide), "divide", |plugin| plugin.divide(a, b))
-    }
-
     /// `op(a, b)`; errors with a retryable code are retried per the `[retry]` policy.
     ///
     /// # Errors
@@ -109,6 +69,29 @@ impl Handle {
         })
     }
 }
+
+/// The method of every operation, each counted under its own name.
+macro_rules! handle_operations {
+    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        impl Handle {
+            $(
+                #[doc = concat!($doc, " (interface 1.", $minor, ").")]
+                ///
+                /// # Errors
+                ///
+                /// As [`Handle::call`].
+                #[inline]
+                pub fn $method(&self, $($arg: $ty),*) -> Result<f64, Error> {
+                    self.slot.run(op_index(Op::$variant), stringify!($method), |plugin| {
+                        plugin.$method($($arg),*)
+                    })
+                }
+            )*
+        }
+    };
+}
+
+interface::calculator_ops!(flat handle_operations);
 
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -126,12 +126,12 @@ impl Inner {
             }
             for (path, generation) in losers {
                 let err = Error::Shadowed {
-                    path: path.clone(),
                     name: name.clone(),
                     version: generation.plugin.version().clone(),
                     winner_path: winner_path.clone(),
                     winner_version: Box::new(winner_version.clone()),
-                };
+                }
+                .with_path(path.clone());
                 tracing::warn!(error = %err, "shadowed");
                 if let Some(record) = control.files.get_mut(&path) {
                     record.problem = Some(FileProblem {
@@ -280,7 +280,8 @@ impl Inner {
         let file_name =
             source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let copy = self.copies.join(format!("{number}-{file_name}"));
-        fs::write(&copy, &bytes).map_err(|err| Error::Io { path: copy.clone(), source: err })?;
+        fs::write(&copy, &bytes)
+            .map_err(|err| Error::Io { source: err }.with_path(copy.clone()))?;
         let remote = RemotePlugin::spawn(&copy, self.config.isolation().options().clone())?;
         if self.config.mode_of(remote.name()) == Mode::OutOfProcess {
             return Ok(Backend::Remote(Box::new(remote)));
@@ -362,7 +363,7 @@ impl Inner {
 
 /// The lifecycle step a load error comes from.
 pub(super) fn failed_step(err: &Error) -> LifecycleState {
-    match err {
+    match err.without_path() {
         Error::Open { .. }
         | Error::MissingRootModule { .. }
         | Error::AbiStableMismatch { .. }
@@ -380,7 +381,7 @@ pub(super) fn failed_step(err: &Error) -> LifecycleState {
 pub(super) fn copies_dir() -> Result<PathBuf, Error> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let dir = std::env::temp_dir().join(format!("calcplug-{}-{nanos}", std::process::id()));
-    fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    fs::create_dir_all(&dir).map_err(|source| Error::Io { source }.with_path(dir.clone()))?;
     Ok(dir)
 }
 

@@ -46,11 +46,10 @@ impl Background {
                     Err(err) => tracing::warn!(error = %err, "file watcher error"),
                 },
             )
-            .map_err(|source| Error::Watch { path: PathBuf::new(), source: Box::new(source) })?;
+            .map_err(|source| Error::Watch { source: Box::new(source) })?;
             for dir in inner.config.paths() {
-                watcher.watch(dir, RecursiveMode::NonRecursive).map_err(|source| Error::Watch {
-                    path: dir.to_owned(),
-                    source: Box::new(source),
+                watcher.watch(dir, RecursiveMode::NonRecursive).map_err(|source| {
+                    Error::Watch { source: Box::new(source) }.with_path(dir.to_owned())
                 })?;
                 tracing::info!(dir = %dir.display(), "watching");
             }
@@ -62,7 +61,7 @@ impl Background {
         let thread = thread::Builder::new()
             .name("calcplug-manager".to_owned())
             .spawn(move || run(weak, receiver))
-            .map_err(|source| Error::Io { path: PathBuf::from("<manager thread>"), source })?;
+            .map_err(|source| Error::Io { source }.with_path(PathBuf::from("<manager thread>")))?;
         Ok(Background { sender, thread: Some(thread), _watcher: watcher })
     }
 

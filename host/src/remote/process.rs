@@ -64,7 +64,8 @@ pub(super) fn start_process(
     label: &str,
     options: &RemoteOptions,
 ) -> Result<Process, Error> {
-    let dir = private_dir().map_err(|source| Error::Io { path: std::env::temp_dir(), source })?;
+    let dir =
+        private_dir().map_err(|source| Error::Io { source }.with_path(std::env::temp_dir()))?;
     let mut child = Command::new(runner)
         // What `serve_if_runner` recognises; `ps` shows the process as a runner either way.
         .arg0(RUNNER_NAME)
@@ -107,7 +108,7 @@ pub(super) fn start_process(
         },
         call_timeout: options.call_timeout,
     };
-    let failed = |reason: String| Error::RunnerFailed { path: library.to_owned(), reason };
+    let failed = |reason: String| Error::RunnerFailed { reason }.with_path(library.to_owned());
     let stdout = process.child.lock().stdout.take();
     let Some(stdout) = stdout else { return Err(failed("the runner has no stdout".to_owned())) };
     let (sender, receiver) = mpsc::channel();

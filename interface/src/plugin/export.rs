@@ -41,31 +41,54 @@ impl HandshakeSource for CurrentHandshake {
 #[doc(hidden)]
 pub struct Export<T, H>(PhantomData<fn() -> (T, H)>);
 
+/// The root module of [`Export`]: every field of [`CalculatorMod`], each pointing to the entry
+/// point of the same name.
+macro_rules! export_module {
+    (
+        core $core:ident $core_minor:literal {
+            $( $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal; )*
+        } fields {}
+        $(
+            extension $group:ident $minor:literal {
+                $( $ext_variant:ident $ext_method:ident $ext_code:literal ($($ext_arg:ident: $ext_ty:ident),*) $ext_doc:literal; )*
+            }
+            fields {
+                $( $field:ident ($($name:ident: $field_ty:ty),*) -> $ret:ty, $field_doc:literal; )*
+            }
+        )*
+    ) => {
+        staticref! {
+            const MODULE: WithMetadata<CalculatorMod> = WithMetadata::new(CalculatorMod {
+                handshake: H::HANDSHAKE,
+                new_instance: Self::new_instance,
+                drop_instance: Self::drop_instance,
+                metadata: Self::metadata,
+                initialize: Self::initialize,
+                shutdown: Self::shutdown,
+                status: Self::status,
+                $($method: Self::$method,)*
+                process_batch: Self::process_batch,
+                $($($ext_method: Self::$ext_method,)* $($field: Self::$field,)*)*
+            })
+        }
+    };
+}
+
+/// The `extern "C"` entry point of every operation: the trait method, with panics caught.
+macro_rules! export_operations {
+    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        $(
+            unsafe extern "C" fn $method(this: InstancePtr, $($arg: $ty),*) -> RResult<f64, FfiError> {
+                // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
+                let this = unsafe { Self::this(this) };
+                guard(stringify!($method), || this.$method($($arg),*))
+            }
+        )*
+    };
+}
+
 impl<T: Calculator + Default, H: HandshakeSource> Export<T, H> {
-    staticref! {
-        const MODULE: WithMetadata<CalculatorMod> = WithMetadata::new(CalculatorMod {
-            handshake: H::HANDSHAKE,
-            new_instance: Self::new_instance,
-            drop_instance: Self::drop_instance,
-            metadata: Self::metadata,
-            initialize: Self::initialize,
-            shutdown: Self::shutdown,
-            status: Self::status,
-            add: Self::add,
-            subtract: Self::subtract,
-            multiply: Self::multiply,
-            divide: Self::divide,
-            process_batch: Self::process_batch,
-            sin: Self::sin,
-            cos: Self::cos,
-            tan: Self::tan,
-            log: Self::log,
-            pow: Self::pow,
-            sqrt: Self::sqrt,
-            set_angle_unit: Self::set_angle_unit,
-            angle_unit: Self::angle_unit,
-        })
-    }
+    crate::calculator_ops!(grouped export_module);
 
     /// The header abi_stable's loader finds under the root module symbol.
     ///
@@ -145,65 +168,7 @@ impl<T: Calculator + Default, H: HandshakeSource> Export<T, H> {
         guard("status", || Ok(status_to_ffi(this.status())))
     }
 
-    unsafe extern "C" fn add(this: InstancePtr, a: f64, b: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("add", || this.add(a, b))
-    }
-
-    unsafe extern "C" fn subtract(this: InstancePtr, a: f64, b: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("subtract", || this.subtract(a, b))
-    }
-
-    unsafe extern "C" fn multiply(this: InstancePtr, a: f64, b: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("multiply", || this.multiply(a, b))
-    }
-
-    unsafe extern "C" fn divide(this: InstancePtr, a: f64, b: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("divide", || this.divide(a, b))
-    }
-
-    unsafe extern "C" fn sin(this: InstancePtr, x: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("sin", || this.sin(x))
-    }
-
-    unsafe extern "C" fn cos(this: InstancePtr, x: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("cos", || this.cos(x))
-    }
-
-    unsafe extern "C" fn tan(this: InstancePtr, x: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("tan", || this.tan(x))
-    }
-
-    unsafe extern "C" fn log(this: InstancePtr, base: f64, value: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("log", || this.log(base, value))
-    }
-
-    unsafe extern "C" fn pow(this: InstancePtr, base: f64, exp: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("pow", || this.pow(base, exp))
-    }
-
-    unsafe extern "C" fn sqrt(this: InstancePtr, x: f64) -> RResult<f64, FfiError> {
-        // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
-        let this = unsafe { Self::this(this) };
-        guard("sqrt", || this.sqrt(x))
-    }
+    crate::calculator_ops!(flat export_operations);
 
     unsafe extern "C" fn set_angle_unit(this: InstancePtr, unit: u8) -> RResult<(), FfiError> {
         // SAFETY: the caller upholds `CalculatorMod`'s contract for instance pointers.
