@@ -8,7 +8,7 @@ use std::path::Path;
 use interface::{AngleUnit, BatchOp, BatchResult, Config, Metadata, Op, Status};
 use semver::Version;
 
-use crate::{Error, Extension, Plugin};
+use crate::{Error, Extension, Identity, Plugin};
 
 /// A loaded plugin, in this process or in a runner process.
 ///
@@ -16,20 +16,42 @@ use crate::{Error, Extension, Plugin};
 /// can also fail with the process errors ([`Error::PluginCrashed`], [`Error::CallTimeout`],
 /// [`Error::CircuitOpen`], [`Error::Wire`]).
 pub trait PluginHandle: Send + Sync + fmt::Debug {
-    /// The name the plugin is addressed by.
-    fn name(&self) -> &str;
-    /// The plugin's own version.
-    fn version(&self) -> &Version;
+    /// What the plugin is: name, versions, metadata, library file, extension groups.
+    fn identity(&self) -> &Identity;
+
+    /// The name the plugin is addressed by (from its metadata).
+    fn name(&self) -> &str {
+        self.identity().name()
+    }
+    /// The plugin's own version (from its metadata).
+    fn version(&self) -> &Version {
+        self.identity().version()
+    }
     /// The interface version the plugin was built against.
-    fn interface_version(&self) -> &Version;
-    /// The plugin's metadata.
-    fn metadata(&self) -> &Metadata;
+    fn interface_version(&self) -> &Version {
+        self.identity().interface_version()
+    }
+    /// The plugin's metadata, as read once at load.
+    fn metadata(&self) -> &Metadata {
+        self.identity().metadata()
+    }
     /// The library file.
-    fn path(&self) -> &Path;
+    fn path(&self) -> &Path {
+        self.identity().path()
+    }
     /// The extension groups the plugin's library has.
-    fn extensions(&self) -> &[Extension];
-    /// Whether the plugin can perform `op`.
-    fn supports(&self, op: Op) -> bool;
+    fn extensions(&self) -> &[Extension] {
+        self.identity().extensions()
+    }
+    /// Whether the plugin can perform `op`: its library has the function, and its metadata
+    /// lists the operation.
+    fn supports(&self, op: Op) -> bool {
+        self.identity().supports(op)
+    }
+    /// Whether the plugin implements the whole scientific extension (interface 1.1).
+    fn has_scientific(&self) -> bool {
+        self.identity().has_scientific()
+    }
     /// Whether the plugin runs in a runner process.
     fn is_isolated(&self) -> bool;
 
@@ -76,11 +98,6 @@ pub trait PluginHandle: Send + Sync + fmt::Debug {
     /// See [`Plugin::angle_unit`].
     fn angle_unit(&self) -> Result<AngleUnit, Error>;
 
-    /// Whether the plugin implements the whole scientific extension.
-    fn has_scientific(&self) -> bool {
-        Op::SCIENTIFIC.iter().all(|op| self.supports(*op))
-    }
-
     /// [`PluginHandle::process_batch`] into a new vector.
     ///
     /// # Errors
@@ -97,26 +114,8 @@ pub trait PluginHandle: Send + Sync + fmt::Debug {
 macro_rules! delegate_handle {
     ($ty:ty, isolated = $isolated:expr) => {
         impl PluginHandle for $ty {
-            fn name(&self) -> &str {
-                <$ty>::name(self)
-            }
-            fn version(&self) -> &Version {
-                <$ty>::version(self)
-            }
-            fn interface_version(&self) -> &Version {
-                <$ty>::interface_version(self)
-            }
-            fn metadata(&self) -> &Metadata {
-                <$ty>::metadata(self)
-            }
-            fn path(&self) -> &Path {
-                <$ty>::path(self)
-            }
-            fn extensions(&self) -> &[Extension] {
-                <$ty>::extensions(self)
-            }
-            fn supports(&self, op: Op) -> bool {
-                <$ty>::supports(self, op)
+            fn identity(&self) -> &Identity {
+                <$ty>::identity(self)
             }
             fn is_isolated(&self) -> bool {
                 $isolated

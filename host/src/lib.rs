@@ -34,6 +34,7 @@ mod error;
 #[cfg(test)]
 mod fuzz;
 mod handle;
+mod identity;
 mod lifecycle;
 mod loader;
 mod manager;
@@ -44,8 +45,9 @@ pub mod security;
 pub use discovery::{discover, discover_with, library_files, Found};
 pub use error::Error;
 pub use handle::PluginHandle;
+pub use identity::{Extension, Identity};
 pub use loader::{host_interface_version, interface_compatible, load, LIBRARY_SUFFIX};
-pub use plugin::{Extension, Plugin};
+pub use plugin::Plugin;
 pub use security::{load_with, Enforcement, LoadPolicy, Manifest, TrustedKey};
 
 pub use config::{

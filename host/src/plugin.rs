@@ -1,7 +1,7 @@
 //! [`Plugin`]: a loaded, checked plugin instance with a safe Rust API.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use abi_stable::std_types::{RResult, RStr};
@@ -13,7 +13,7 @@ use interface::{
 use semver::Version;
 
 use crate::loader::{Instance, VerifiedModule};
-use crate::Error;
+use crate::{Error, Extension, Identity};
 
 /// The method of every operation, and [`Plugin::call`], which dispatches to them.
 macro_rules! plugin_operations {
@@ -45,7 +45,7 @@ macro_rules! plugin_operations {
                     _ => Err(self.call_error(
                         "call",
                         ErrorCode::Unsupported,
-                        format!("this host cannot call `{op}` on {}", self.name),
+                        format!("this host cannot call `{op}` on {}", self.identity.name()),
                     )),
                 }
             }
@@ -68,22 +68,12 @@ interface::calculator_ops!(flat plugin_operations);
 /// Dropping it frees the instance (the library itself stays mapped).
 pub struct Plugin {
     instance: Instance,
-    extensions: Vec<Extension>,
-    name: String,
-    version: Version,
-    interface_version: Version,
-    metadata: Metadata,
-    path: PathBuf,
+    identity: Identity,
 }
 
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Plugin")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("interface_version", &self.interface_version)
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Plugin").field("identity", &self.identity).finish_non_exhaustive()
     }
 }
 
@@ -101,72 +91,22 @@ impl Plugin {
         let metadata =
             instance.metadata().into_result().map_err(|err| setup_error("metadata", err))?;
         let metadata = convert_metadata(metadata);
-        let bad = |reason: String| Error::BadMetadata { reason }.with_path(path.clone());
-        if !valid_name(&metadata.name) {
-            return Err(bad(format!(
-                "plugin name {:?} must be 1-64 characters of a-z, 0-9, `-` and `_`",
-                metadata.name
-            )));
-        }
-        let version = Version::parse(&metadata.version).map_err(|err| {
-            bad(format!("plugin version {:?} is not semver: {err}", metadata.version))
-        })?;
         let extensions =
             if instance.has_scientific() { vec![Extension::Scientific] } else { Vec::new() };
-        tracing::info!(plugin = %metadata.name, %version, interface = %interface_version, ?extensions, "loaded");
-        Ok(Plugin {
-            instance,
-            extensions,
-            name: metadata.name.clone(),
-            version,
-            interface_version,
-            metadata,
-            path,
-        })
+        let identity = Identity::new(path, metadata, interface_version, extensions)?;
+        tracing::info!(
+            plugin = identity.name(),
+            version = %identity.version(),
+            interface = %identity.interface_version(),
+            extensions = ?identity.extensions(),
+            "loaded"
+        );
+        Ok(Plugin { instance, identity })
     }
 
-    /// The name the plugin is addressed by (from its metadata).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The plugin's own version (from its metadata).
-    pub fn version(&self) -> &Version {
-        &self.version
-    }
-
-    /// The interface version the plugin was built against.
-    pub fn interface_version(&self) -> &Version {
-        &self.interface_version
-    }
-
-    /// The plugin's metadata, as read once at load.
-    pub fn metadata(&self) -> &Metadata {
-        &self.metadata
-    }
-
-    /// The library file the plugin was loaded from (absolute).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The extensions (groups of root module functions added by interface minor versions) the
-    /// plugin's library has. Empty for a plugin built against interface 1.0.
-    pub fn extensions(&self) -> &[Extension] {
-        &self.extensions
-    }
-
-    /// Whether the plugin can perform `op`: its library has the function, and its metadata
-    /// lists the operation.
-    pub fn supports(&self, op: Op) -> bool {
-        let present = !op.is_scientific() || self.extensions.contains(&Extension::Scientific);
-        present && self.metadata.supports(op)
-    }
-
-    /// Whether the plugin implements the whole scientific extension (interface 1.1).
-    /// `false`, never an error, for a plugin built against 1.0.
-    pub fn has_scientific(&self) -> bool {
-        Op::SCIENTIFIC.iter().all(|op| self.supports(*op))
+    /// What the plugin is: name, versions, metadata, library file, extension groups.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// Initializes the plugin with `config`.
@@ -175,7 +115,7 @@ impl Plugin {
     ///
     /// [`Error::Call`] with the plugin's code, e.g. `InvalidInput` for a bad config value.
     pub fn initialize(&self, config: &Config) -> Result<(), Error> {
-        let _span = tracing::info_span!("initialize", plugin = %self.name).entered();
+        let _span = tracing::info_span!("initialize", plugin = %self.identity.name()).entered();
         let entries: Vec<FfiConfigEntry<'_>> = config
             .iter()
             .map(|(key, value)| FfiConfigEntry { key: RStr::from(key), value: RStr::from(value) })
@@ -194,7 +134,7 @@ impl Plugin {
     ///
     /// [`Error::Call`] if the plugin reports a failure while shutting down.
     pub fn shutdown(&self) -> Result<(), Error> {
-        let _span = tracing::info_span!("shutdown", plugin = %self.name).entered();
+        let _span = tracing::info_span!("shutdown", plugin = %self.identity.name()).entered();
         let result = self.check("shutdown", self.instance.shutdown());
         if let Err(err) = &result {
             tracing::warn!(error = %err, "shutdown failed");
@@ -289,7 +229,7 @@ impl Plugin {
                 ErrorCode::Unsupported,
                 format!(
                     "the plugin was built against interface {}, which has no `{op}` (added in 1.1)",
-                    self.interface_version
+                    self.identity.interface_version()
                 ),
             )),
         }
@@ -300,44 +240,14 @@ impl Plugin {
     fn ffi_error(&self, op: &'static str, err: FfiError) -> Error {
         let (code, message) = decode_error(err);
         if code == ErrorCode::PluginPanicked {
-            tracing::warn!(plugin = %self.name, op, %message, "plugin panicked");
+            tracing::warn!(plugin = %self.identity.name(), op, %message, "plugin panicked");
         }
         self.call_error(op, code, message)
     }
 
     #[cold]
     fn call_error(&self, op: &'static str, code: ErrorCode, message: String) -> Error {
-        Error::Call { plugin: self.name.clone(), op, code, message }
-    }
-}
-
-/// A group of root module functions added by an interface minor version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Extension {
-    /// `sin`, `cos`, `tan`, `log`, `pow`, `sqrt`, `set_angle_unit`, `angle_unit` (interface 1.1).
-    Scientific,
-}
-
-impl Extension {
-    /// The extension's name, e.g. `scientific`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Extension::Scientific => "scientific",
-        }
-    }
-
-    /// The interface version that added it.
-    pub const fn since(self) -> &'static str {
-        match self {
-            Extension::Scientific => "1.1",
-        }
-    }
-}
-
-impl fmt::Display for Extension {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        Error::Call { plugin: self.identity.name().to_owned(), op, code, message }
     }
 }
 
@@ -349,13 +259,6 @@ fn decode_error(err: FfiError) -> (ErrorCode, String) {
             format!("unknown error code {} from a newer plugin: {}", err.code, err.message),
         ),
     }
-}
-
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn convert_metadata(raw: FfiMetadata) -> Metadata {
@@ -393,27 +296,6 @@ fn convert_status(raw: FfiStatus) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    proptest::proptest! {
-        #[test]
-        fn fuzz_plugin_names_are_checked_without_panics(name in "\\PC{0,80}") {
-            let valid = valid_name(&name);
-            proptest::prop_assert_eq!(
-                valid,
-                !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-            );
-        }
-    }
-
-    #[test]
-    fn plugin_names_are_restricted() {
-        assert!(valid_name("basic"));
-        assert!(valid_name("sci-calc_2"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("Basic"));
-        assert!(!valid_name("../evil"));
-        assert!(!valid_name(&"a".repeat(65)));
-    }
 
     #[test]
     fn unknown_error_codes_become_internal_with_the_number() {

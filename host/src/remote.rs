@@ -38,7 +38,7 @@ pub use supervisor::Circuit;
 use supervisor::{Breaker, Supervisor};
 use wire::{Request, Response};
 
-use crate::{Error, Extension};
+use crate::{Error, Extension, Identity};
 
 /// go-plugin's "core protocol version": the version of the runner handshake line itself.
 pub const CORE_PROTOCOL_VERSION: u32 = 1;
@@ -103,14 +103,9 @@ impl Default for RemoteOptions {
 /// Dropping it stops the runner (its stdin closes) and removes its socket directory.
 #[derive(Debug)]
 pub struct RemotePlugin {
-    library: PathBuf,
+    identity: Identity,
     options: RemoteOptions,
     runner: PathBuf,
-    name: String,
-    version: Version,
-    interface_version: Version,
-    metadata: Metadata,
-    extensions: Vec<Extension>,
     process: RwLock<Option<Arc<Process>>>,
     supervisor: Mutex<Supervisor>,
 }
@@ -148,45 +143,9 @@ impl RemotePlugin {
         spawn_plugin(path.as_ref(), options)
     }
 
-    /// The name the plugin is addressed by (from its metadata).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The plugin's own version.
-    pub fn version(&self) -> &Version {
-        &self.version
-    }
-
-    /// The interface version the plugin was built against.
-    pub fn interface_version(&self) -> &Version {
-        &self.interface_version
-    }
-
-    /// The plugin's metadata.
-    pub fn metadata(&self) -> &Metadata {
-        &self.metadata
-    }
-
-    /// The library file the runner serves.
-    pub fn path(&self) -> &Path {
-        &self.library
-    }
-
-    /// The extension groups the plugin's library has.
-    pub fn extensions(&self) -> &[Extension] {
-        &self.extensions
-    }
-
-    /// Whether the plugin can perform `op` (see [`Plugin::supports`](crate::Plugin::supports)).
-    pub fn supports(&self, op: Op) -> bool {
-        let present = !op.is_scientific() || self.extensions.contains(&Extension::Scientific);
-        present && self.metadata.supports(op)
-    }
-
-    /// Whether the plugin implements the whole scientific extension.
-    pub fn has_scientific(&self) -> bool {
-        Op::SCIENTIFIC.iter().all(|op| self.supports(*op))
+    /// What the plugin is: name, versions, metadata, library file, extension groups.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The runner's process id, if one is running.
@@ -359,7 +318,7 @@ impl RemotePlugin {
             self.process.write().take()
         };
         if let Some(process) = process {
-            tracing::info!(plugin = %self.name, pid = process.pid, "runner stopped");
+            tracing::info!(plugin = %self.identity.name(), pid = process.pid, "runner stopped");
             // Dropped here unless a call still holds it: the last holder ends the process.
             drop(process);
         }
@@ -380,14 +339,14 @@ impl RemotePlugin {
     #[cold]
     fn unexpected(&self, op: &str, response: &Response) -> Error {
         Error::Wire {
-            plugin: self.name.clone(),
+            plugin: self.identity.name().to_owned(),
             reason: format!("unexpected answer to {op}: {response:?}"),
         }
     }
 
     #[cold]
     fn call_error(&self, op: &'static str, code: ErrorCode, message: String) -> Error {
-        Error::Call { plugin: self.name.clone(), op, code, message }
+        Error::Call { plugin: self.identity.name().to_owned(), op, code, message }
     }
 }
 
@@ -421,9 +380,6 @@ fn spawn_plugin(library: &Path, options: RemoteOptions) -> Result<RemotePlugin, 
         }
     };
     let bad = |reason: String| Error::BadMetadata { reason }.with_path(library.clone());
-    let version = Version::parse(&metadata.version).map_err(|err| {
-        bad(format!("plugin version {:?} is not semver: {err}", metadata.version))
-    })?;
     let interface_version = Version::parse(&hello.interface_version)
         .map_err(|err| bad(format!("interface version {:?}: {err}", hello.interface_version)))?;
     let extensions = hello
@@ -431,15 +387,11 @@ fn spawn_plugin(library: &Path, options: RemoteOptions) -> Result<RemotePlugin, 
         .iter()
         .filter_map(|name| (name == Extension::Scientific.name()).then_some(Extension::Scientific))
         .collect();
-    tracing::info!(plugin = %metadata.name, %version, pid = process.pid, "out-of-process plugin started");
+    let identity = Identity::new(library, metadata, interface_version, extensions)?;
+    tracing::info!(plugin = identity.name(), version = %identity.version(), pid = process.pid, "out-of-process plugin started");
     Ok(RemotePlugin {
-        name: metadata.name.clone(),
-        library,
+        identity,
         runner,
-        version,
-        interface_version,
-        extensions,
-        metadata,
         process: RwLock::new(Some(Arc::new(process))),
         supervisor: Mutex::new(Supervisor { generation: 1, ..Supervisor::default() }),
         options,

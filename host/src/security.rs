@@ -388,7 +388,7 @@ fn run_probe(path: &Path, probe: &ProbeSettings) -> Result<(), Error> {
     match crate::remote::RemotePlugin::spawn(path, options) {
         // The runner loaded it, passed the handshake and answered; dropping it ends the probe.
         Ok(probe) => {
-            tracing::debug!(plugin = probe.name(), "probe passed");
+            tracing::debug!(plugin = probe.identity().name(), "probe passed");
             Ok(())
         }
         Err(err) => match err.without_path() {

@@ -61,9 +61,9 @@ fn check_current(package: &str, expect: Expect) {
             plugin.initialize(&Config::new()).unwrap();
             assert_eq!(plugin.add(2.0, 3.0).unwrap(), 5.0, "{package}");
             assert_eq!(plugin.divide(1.0, 4.0).unwrap(), 0.25, "{package}");
-            assert_eq!(plugin.has_scientific(), scientific, "{package}");
+            assert_eq!(plugin.identity().has_scientific(), scientific, "{package}");
             if scientific {
-                assert_eq!(plugin.extensions(), [Extension::Scientific]);
+                assert_eq!(plugin.identity().extensions(), [Extension::Scientific]);
                 assert_eq!(plugin.sqrt(9.0).unwrap(), 3.0);
                 assert_eq!(plugin.log(2.0, 8.0).unwrap(), 3.0);
             } else {
@@ -132,11 +132,11 @@ fn check_old_host(package: &str, expect: Expect) {
 #[test]
 fn a_1_0_plugin_reports_the_scientific_extension_absent() {
     let plugin = crate::util::load("basic-v1_0");
-    assert_eq!(plugin.interface_version(), &semver::Version::new(1, 0, 0));
-    assert!(plugin.extensions().is_empty());
-    assert!(!plugin.has_scientific());
-    assert!(!plugin.supports(Op::Sqrt));
-    assert!(plugin.supports(Op::Add));
+    assert_eq!(plugin.identity().interface_version(), &semver::Version::new(1, 0, 0));
+    assert!(plugin.identity().extensions().is_empty());
+    assert!(!plugin.identity().has_scientific());
+    assert!(!plugin.identity().supports(Op::Sqrt));
+    assert!(plugin.identity().supports(Op::Add));
     plugin.initialize(&Config::new()).unwrap();
     let err = plugin.set_angle_unit(host::AngleUnit::Degrees).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Unsupported));
@@ -148,8 +148,8 @@ fn a_1_0_plugin_reports_the_scientific_extension_absent() {
 fn a_1_0_source_rebuilt_against_1_1_has_the_fields_but_not_the_operations() {
     // `panicky` implements only the 1.0 methods: the trait's defaults answer for the rest.
     let plugin = crate::util::ready("panicky", &Config::new().with("mode", "internal"));
-    assert_eq!(plugin.extensions(), [Extension::Scientific]);
-    assert!(!plugin.has_scientific());
+    assert_eq!(plugin.identity().extensions(), [Extension::Scientific]);
+    assert!(!plugin.identity().has_scientific());
     let err = plugin.sqrt(4.0).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Unsupported));
     assert!(err.to_string().contains("does not implement `sqrt`"), "{err}");

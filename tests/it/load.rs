@@ -10,14 +10,14 @@ use crate::util::{artifacts, copy_as, load, scratch};
 #[test]
 fn basic_plugin_loads_with_its_metadata() {
     let plugin = load("basic");
-    assert_eq!(plugin.name(), "basic");
-    assert_eq!(plugin.version(), &semver::Version::new(1, 0, 0));
-    assert_eq!(plugin.interface_version().to_string(), interface::INTERFACE_VERSION);
-    let meta = plugin.metadata();
+    assert_eq!(plugin.identity().name(), "basic");
+    assert_eq!(plugin.identity().version(), &semver::Version::new(1, 0, 0));
+    assert_eq!(plugin.identity().interface_version().to_string(), interface::INTERFACE_VERSION);
+    let meta = plugin.identity().metadata();
     assert_eq!(meta.operations, ["add", "subtract", "multiply", "divide"]);
     let keys: Vec<_> = meta.config.iter().map(|k| k.key.as_str()).collect();
     assert_eq!(keys, ["precision", "max_value"]);
-    assert!(plugin.path().is_absolute());
+    assert!(plugin.identity().path().is_absolute());
     assert_eq!(plugin.status().unwrap().state, host::PluginState::Uninitialized);
 }
 
@@ -173,7 +173,7 @@ fn discovery_reports_every_file_and_keeps_the_good_ones() {
     let missing = dir.path().join("no-such-dir");
     let found = host::discover(&[dir.path().to_owned(), missing.clone()]);
     let loaded: Vec<_> =
-        found.iter().filter_map(|f| f.outcome.as_ref().ok()).map(|p| p.name()).collect();
+        found.iter().filter_map(|f| f.outcome.as_ref().ok()).map(|p| p.identity().name()).collect();
     assert_eq!(loaded, ["basic"]);
     assert_eq!(found.len(), 7, "6 libraries and 1 missing directory: {found:#?}");
     let last = found.last().unwrap();

@@ -61,8 +61,8 @@ fn discovery_loads_the_good_reports_the_bad_and_the_shadowed() {
     let manager = manager(dir.path(), "");
     assert_eq!(manager.names(), ["basic", "reload"]);
     let reload = manager.get("reload").unwrap();
-    assert_eq!(reload.version().to_string(), "2.0.0", "the higher version serves");
-    assert!(reload.source().ends_with(lib("reload-v2")));
+    assert_eq!(reload.identity().version().to_string(), "2.0.0", "the higher version serves");
+    assert!(reload.identity().path().ends_with(lib("reload-v2")));
     assert_eq!(reload.add(1.0, 1.0).unwrap(), 4.0, "reload 2.x answers a + b + 2");
     assert_eq!(manager.call("basic", Op::Divide, 1.0, 4.0).unwrap(), 0.25);
 
@@ -378,7 +378,7 @@ fn hot_reload_under_load_loses_no_call() {
         errors.len(),
         errors.first()
     );
-    assert_eq!(reload.version().to_string(), "1.0.0", "the last build installed serves");
+    assert_eq!(reload.identity().version().to_string(), "1.0.0", "the last build installed serves");
     let status = reload.status();
     assert_eq!(status.reloads, RELOADS);
     assert_eq!(status.reload_failures, 0);
@@ -755,7 +755,7 @@ fn out_of_process_plugins_hot_reload_by_starting_a_new_runner() {
     wait_for("the new runner to answer", || {
         reload.generation() == 2 && reload.add(0.0, 0.0).is_ok_and(|v| v == 2.0)
     });
-    assert_eq!(reload.version().to_string(), "2.0.0");
+    assert_eq!(reload.identity().version().to_string(), "2.0.0");
     let new_runner = reload.status().runner_pid.expect("a runner serves it");
     assert_ne!(new_runner, old_runner);
     // The replaced library's runner is stopped once its calls are done, not at shutdown.

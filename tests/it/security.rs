@@ -69,7 +69,11 @@ fn enforce_loads_a_signed_plugin_and_refuses_tampered_unsigned_and_foreign_ones(
     let plugin = load_with(&library, &policy).expect("a signed plugin loads");
     plugin.initialize(&host::Config::new()).unwrap();
     assert_eq!(plugin.add(2.0, 3.0).unwrap(), 5.0);
-    assert_eq!(plugin.path(), library, "errors and listings name the file, not the memory image");
+    assert_eq!(
+        plugin.identity().path(),
+        library,
+        "errors and listings name the file, not the memory image"
+    );
     assert!(!mapped_from_file(&library), "the verified bytes are mapped, not the file");
     assert!(mapped_from_memory(&library), "the verified bytes are mapped from memory");
 
@@ -256,7 +260,7 @@ fn a_corpus_of_hostile_files_is_refused_one_by_one_while_the_good_plugin_loads()
             .outcome
             .as_ref()
     };
-    assert_eq!(outcome("basic").unwrap().name(), "basic");
+    assert_eq!(outcome("basic").unwrap().identity().name(), "basic");
     let expectations: [(&str, Check, &str); 9] = [
         ("empty", |e| matches!(e.without_path(), Error::NotALibrary { .. }), "the file is empty"),
         (

@@ -73,7 +73,7 @@ pub(crate) fn bench(
         manager.get(name).with_context(|| format!("the plugin manager does not serve `{name}`"))?;
     plugin.add(1.0, 2.0).with_context(|| format!("{name}: add(1, 2) fails"))?;
     handle.add(1.0, 2.0).with_context(|| format!("{name}: add(1, 2) through the manager fails"))?;
-    let remote = RemotePlugin::spawn(plugin.path(), RemoteOptions::default())
+    let remote = RemotePlugin::spawn(plugin.identity().path(), RemoteOptions::default())
         .and_then(|remote| remote.initialize(&plugin_config).map(|()| remote));
     let no_ipc = remote.as_ref().err().map(|err| format!("{err}"));
 
@@ -164,9 +164,9 @@ pub(crate) fn bench(
     let mut out = io::stdout().lock();
     if as_json {
         let value = json!({
-            "plugin": plugin.name(),
-            "version": plugin.version().to_string(),
-            "path": plugin.path().display().to_string(),
+            "plugin": plugin.identity().name(),
+            "version": plugin.identity().version().to_string(),
+            "path": plugin.identity().path().display().to_string(),
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "seconds": seconds,
             "per_call_ns": {
@@ -185,7 +185,13 @@ pub(crate) fn bench(
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "{} {} ({})", plugin.name(), plugin.version(), plugin.path().display())?;
+    writeln!(
+        out,
+        "{} {} ({})",
+        plugin.identity().name(),
+        plugin.identity().version(),
+        plugin.identity().path().display()
+    )?;
     if cfg!(debug_assertions) {
         writeln!(
             out,

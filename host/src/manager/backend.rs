@@ -4,10 +4,9 @@
 //! inlinable call: the match on the variant is one predictable branch.
 
 use interface::{BatchOp, BatchResult, Config, Op, Status};
-use semver::Version;
 
 use crate::remote::RemotePlugin;
-use crate::{Error, Plugin};
+use crate::{Error, Identity, Plugin};
 
 /// A plugin, in process or out of process.
 #[derive(Debug)]
@@ -31,12 +30,8 @@ macro_rules! both {
 }
 
 impl Backend {
-    pub(crate) fn name(&self) -> &str {
-        both!(self, p => p.name())
-    }
-
-    pub(crate) fn version(&self) -> &Version {
-        both!(self, p => p.version())
+    pub(crate) fn identity(&self) -> &Identity {
+        both!(self, p => p.identity())
     }
 
     pub(crate) fn runner_pid(&self) -> Option<u32> {

@@ -1,14 +1,12 @@
 //! `Handle`: the cheap, cloneable way a host calls one managed plugin.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use interface::{BatchOp, BatchResult, Op};
-use semver::Version;
 
 use super::metrics::{op_index, BATCH};
 use super::{Handle, Health, LifecycleState, PluginStatus};
-use crate::Error;
+use crate::{Error, Identity};
 
 impl Handle {
     /// The plugin's name.
@@ -16,14 +14,11 @@ impl Handle {
         &self.slot.name
     }
 
-    /// The version of the library serving the name now.
-    pub fn version(&self) -> Version {
-        self.slot.generation().plugin.version().clone()
-    }
-
-    /// The library file serving the name now.
-    pub fn source(&self) -> PathBuf {
-        self.slot.generation().source.clone()
+    /// What the library serving the name now is: its version, metadata, extension groups, and
+    /// as its path the file the user put in place (not the manager's private copy).
+    pub fn identity(&self) -> Identity {
+        let generation = self.slot.generation();
+        generation.plugin.identity().clone().at(generation.source.clone())
     }
 
     /// Which load of this name serves now: 1 for the first library, +1 per reload.

@@ -66,7 +66,7 @@ impl Inner {
                 Ok(generation) => {
                     control.files.insert(path.clone(), FileRecord { stamp, problem: None });
                     by_name
-                        .entry(generation.plugin.name().to_owned())
+                        .entry(generation.plugin.identity().name().to_owned())
                         .or_default()
                         .push((path, generation));
                 }
@@ -94,7 +94,9 @@ impl Inner {
         names.sort();
         for name in names {
             let Some(mut loaded) = by_name.remove(&name) else { continue };
-            loaded.sort_by(|(_, a), (_, b)| b.plugin.version().cmp(a.plugin.version()));
+            loaded.sort_by(|(_, a), (_, b)| {
+                b.plugin.identity().version().cmp(a.plugin.identity().version())
+            });
             let slot = self.registry.load().get(&name).cloned();
             let mut loaded = loaded.into_iter();
             let Some((path, best)) = loaded.next() else { continue };
@@ -106,16 +108,19 @@ impl Inner {
                     let current = slot.generation();
                     let serving_changed = current.source == path
                         || loaded.as_slice().iter().any(|(p, _)| *p == current.source);
-                    serving_changed || best.plugin.version() > current.plugin.version()
+                    serving_changed
+                        || best.plugin.identity().version() > current.plugin.identity().version()
                 }
             };
             let (winner_path, winner_version) = if winner {
-                (path.clone(), best.plugin.version().clone())
+                (path.clone(), best.plugin.identity().version().clone())
             } else {
                 let current = slot.as_ref().map(|s| s.generation());
                 match current {
-                    Some(current) => (current.source.clone(), current.plugin.version().clone()),
-                    None => (path.clone(), best.plugin.version().clone()),
+                    Some(current) => {
+                        (current.source.clone(), current.plugin.identity().version().clone())
+                    }
+                    None => (path.clone(), best.plugin.identity().version().clone()),
                 }
             };
             let mut losers: Vec<(PathBuf, Generation)> = loaded.collect();
@@ -127,7 +132,7 @@ impl Inner {
             for (path, generation) in losers {
                 let err = Error::Shadowed {
                     name: name.clone(),
-                    version: generation.plugin.version().clone(),
+                    version: generation.plugin.identity().version().clone(),
                     winner_path: winner_path.clone(),
                     winner_version: Box::new(winner_version.clone()),
                 }
@@ -189,7 +194,7 @@ impl Inner {
                 });
             }
             Some(slot) => {
-                let _span = tracing::info_span!("reload", plugin = %name, path = %path.display(), version = %generation.plugin.version()).entered();
+                let _span = tracing::info_span!("reload", plugin = %name, path = %path.display(), version = %generation.plugin.identity().version()).entered();
                 if let Err(err) = initialized {
                     // The new library is dropped (and shut down); the old one keeps serving.
                     slot.reload_failures.fetch_add(1, Ordering::Relaxed);
@@ -201,7 +206,7 @@ impl Inner {
                 }
                 let old = slot.generations.replace(generation);
                 slot.reloads.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(old = %old.plugin.version(), "reloaded");
+                tracing::info!(old = %old.plugin.identity().version(), "reloaded");
                 report.reloaded.push(name.to_owned());
                 slot.retire(old, self.config.shutdown_timeout());
             }
@@ -241,7 +246,7 @@ impl Inner {
                 step(LifecycleState::Loading);
                 step(LifecycleState::Handshaking);
                 let mut state = state;
-                state.rename(plugin.name());
+                state.rename(plugin.identity().name());
                 Ok(Generation {
                     plugin,
                     source: source.to_owned(),
@@ -283,7 +288,7 @@ impl Inner {
         fs::write(&copy, &bytes)
             .map_err(|err| Error::Io { source: err }.with_path(copy.clone()))?;
         let remote = RemotePlugin::spawn(&copy, self.config.isolation().options().clone())?;
-        if self.config.mode_of(remote.name()) == Mode::OutOfProcess {
+        if self.config.mode_of(remote.identity().name()) == Mode::OutOfProcess {
             return Ok(Backend::Remote(Box::new(remote)));
         }
         // Configured in process: the runner was its probe; map the same bytes here.
@@ -337,7 +342,7 @@ impl Inner {
         for slot in &slots {
             let serving = slot.generation();
             match serving.close() {
-                Ok(()) => report.closed.push(serving.plugin.name().to_owned()),
+                Ok(()) => report.closed.push(serving.plugin.identity().name().to_owned()),
                 Err(err) => report.failed.push(err),
             }
             // Its runner ends now, not when the last `Handle` to it is dropped.

@@ -15,7 +15,7 @@ use crate::Error;
 impl Generation {
     pub(super) fn initialize(&self, config: &ManagerConfig) -> Result<(), Error> {
         let _ = self.state.transition(LifecycleState::Initializing);
-        let plugin_config = config.plugin(self.plugin.name());
+        let plugin_config = config.plugin(self.plugin.identity().name());
         match self.plugin.initialize(&plugin_config) {
             Ok(()) => {
                 let _ = self.state.transition(LifecycleState::Ready);
@@ -288,7 +288,7 @@ impl Slot {
         let generation = self.generation();
         PluginStatus {
             name: self.name.clone(),
-            version: generation.plugin.version().clone(),
+            version: generation.plugin.identity().version().clone(),
             source: generation.source.clone(),
             state: self.state(),
             mode: if generation.plugin.is_isolated() {

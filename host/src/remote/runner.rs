@@ -141,7 +141,7 @@ fn serve(library: &Path, dir: &Path) -> Result<(), String> {
     .and_then(|()| out.flush())
     .map_err(|err| format!("cannot write the handshake line: {err}"))?;
     drop(out);
-    tracing::info!(plugin = plugin.name(), socket = %socket.display(), "serving");
+    tracing::info!(plugin = plugin.identity().name(), socket = %socket.display(), "serving");
 
     for stream in listener.incoming() {
         match stream {
@@ -198,10 +198,10 @@ fn serve_connection(plugin: &Plugin, mut stream: UnixStream) {
 fn greet(plugin: &Plugin, request: Request) -> (Response, bool) {
     match request {
         Request::Hello { wire_version } if wire_version == WIRE_VERSION => {
-            let extensions = plugin.extensions().iter().map(|e| e.name().to_owned()).collect();
+            let extensions = plugin.identity().extensions().iter().map(|e| e.name().to_owned()).collect();
             let hello = Hello {
                 wire_version: WIRE_VERSION,
-                interface_version: plugin.interface_version().to_string(),
+                interface_version: plugin.identity().interface_version().to_string(),
                 extensions,
                 pid: std::process::id(),
             };
@@ -283,7 +283,7 @@ fn dispatch(plugin: &Plugin, request: Request) -> Response {
 }
 
 fn metadata(plugin: &Plugin) -> WireMetadata {
-    let meta = plugin.metadata();
+    let meta = plugin.identity().metadata();
     WireMetadata {
         name: meta.name.clone(),
         version: meta.version.clone(),

@@ -121,7 +121,7 @@ impl RemotePlugin {
                 return Err(error);
             }
             attempt += 1;
-            tracing::warn!(plugin = %self.name, op, attempt, error = %error, "retrying on a new runner");
+            tracing::warn!(plugin = %self.identity.name(), op, attempt, error = %error, "retrying on a new runner");
         }
     }
 
@@ -131,11 +131,11 @@ impl RemotePlugin {
     fn fail(&self, process: &Process, op: &'static str, failure: Transport) -> Failed {
         match failure {
             Transport::Timeout => {
-                tracing::error!(plugin = %self.name, op, timeout = ?self.options.call_timeout, "call timed out: killing the runner");
+                tracing::error!(plugin = %self.identity.name(), op, timeout = ?self.options.call_timeout, "call timed out: killing the runner");
                 self.record_failure(process);
                 process.kill();
                 Failed::Final(Error::CallTimeout {
-                    plugin: self.name.clone(),
+                    plugin: self.identity.name().to_owned(),
                     op,
                     after: self.options.call_timeout,
                 })
@@ -143,7 +143,7 @@ impl RemotePlugin {
             Transport::Malformed(reason) => {
                 self.record_failure(process);
                 process.kill();
-                Failed::Final(Error::Wire { plugin: self.name.clone(), reason })
+                Failed::Final(Error::Wire { plugin: self.identity.name().to_owned(), reason })
             }
             Transport::Closed => {
                 let status = process.wait_for_exit(Duration::from_secs(2));
@@ -156,9 +156,12 @@ impl RemotePlugin {
                     }
                 };
                 if first {
-                    tracing::error!(plugin = %self.name, op, %status, pid = process.pid, "runner died");
+                    tracing::error!(plugin = %self.identity.name(), op, %status, pid = process.pid, "runner died");
                 }
-                Failed::Retryable(Error::PluginCrashed { plugin: self.name.clone(), status })
+                Failed::Retryable(Error::PluginCrashed {
+                    plugin: self.identity.name().to_owned(),
+                    status,
+                })
             }
         }
     }
@@ -172,7 +175,9 @@ impl RemotePlugin {
         }
         let mut supervisor = self.supervisor.lock();
         if supervisor.stopped {
-            return Err(Unavailable::Refused(Error::Stopped { plugin: self.name.clone() }));
+            return Err(Unavailable::Refused(Error::Stopped {
+                plugin: self.identity.name().to_owned(),
+            }));
         }
         // Another thread may have restarted it while we waited for the lock (a runner is only
         // marked dead with this lock held, so this check is final).
@@ -187,14 +192,14 @@ impl RemotePlugin {
                 let window = self.options.failure_window;
                 supervisor.failures.retain(|t| now.duration_since(*t) < window);
                 return Err(Unavailable::Refused(Error::CircuitOpen {
-                    plugin: self.name.clone(),
+                    plugin: self.identity.name().to_owned(),
                     failures: supervisor.failures.len(),
                     window,
                     next_trial_in: until - now,
                 }));
             }
             Breaker::Open { cooldown, .. } => {
-                tracing::info!(plugin = %self.name, "circuit half-open: starting a trial runner");
+                tracing::info!(plugin = %self.identity.name(), "circuit half-open: starting a trial runner");
                 supervisor.breaker = Breaker::HalfOpen { cooldown };
             }
             // The backoff applies between restarts while the circuit is closed; a trial
@@ -211,19 +216,20 @@ impl RemotePlugin {
         let process = match self.start_replaying(&supervisor) {
             Ok(process) => Arc::new(process),
             Err(error) => {
-                tracing::error!(plugin = %self.name, error = %error, "the runner did not start");
+                tracing::error!(plugin = %self.identity.name(), error = %error, "the runner did not start");
                 self.count_failure(&mut supervisor);
                 return Err(Unavailable::StartFailed(error));
             }
         };
-        tracing::info!(plugin = %self.name, pid = process.pid, generation = supervisor.generation, "runner started");
+        tracing::info!(plugin = %self.identity.name(), pid = process.pid, generation = supervisor.generation, "runner started");
         *self.process.write() = Some(Arc::clone(&process));
         Ok(process)
     }
 
     /// Starts a runner and replays the last `initialize` on it.
     fn start_replaying(&self, supervisor: &Supervisor) -> Result<Process, Error> {
-        let process = start_process(&self.runner, &self.library, &self.name, &self.options)?;
+        let process =
+            start_process(&self.runner, self.identity.path(), self.identity.name(), &self.options)?;
         if let Some(config) = &supervisor.config {
             let entries = config.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
             match process.roundtrip(&Request::Initialize(entries)) {
@@ -231,7 +237,7 @@ impl RemotePlugin {
                 Ok(other) => return Err(self.unexpected("initialize (replayed)", &other)),
                 Err(_) => {
                     return Err(Error::PluginCrashed {
-                        plugin: self.name.clone(),
+                        plugin: self.identity.name().to_owned(),
                         status: "died while being initialized again".to_owned(),
                     })
                 }
@@ -276,7 +282,7 @@ impl RemotePlugin {
         };
         if let Some(cooldown) = cooldown {
             tracing::error!(
-                plugin = %self.name,
+                plugin = %self.identity.name(),
                 failures = supervisor.failures.len(),
                 ?window,
                 ?cooldown,
@@ -297,7 +303,7 @@ impl RemotePlugin {
         supervisor.backoff = Duration::ZERO;
         supervisor.next_start = None;
         if let Breaker::HalfOpen { .. } = supervisor.breaker {
-            tracing::info!(plugin = %self.name, pid = process.pid, "circuit closed: the trial runner answered");
+            tracing::info!(plugin = %self.identity.name(), pid = process.pid, "circuit closed: the trial runner answered");
             supervisor.breaker = Breaker::Closed;
             supervisor.failures.clear();
         }
