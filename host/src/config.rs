@@ -281,7 +281,7 @@ impl ManagerConfig {
             if source.kind() == std::io::ErrorKind::NotFound {
                 Error::NotFound.with_path(path.to_owned())
             } else {
-                Error::Io { source }.with_path(path.to_owned())
+                Error::Io { error: source }.with_path(path.to_owned())
             }
         })?;
         ManagerConfig::parse(&text, path)

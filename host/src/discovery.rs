@@ -28,12 +28,13 @@ pub fn library_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound.with_path(dir.to_owned())
         } else {
-            Error::Io { source }.with_path(dir.to_owned())
+            Error::Io { error: source }.with_path(dir.to_owned())
         }
     })?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Io { source }.with_path(dir.to_owned()))?;
+        let entry =
+            entry.map_err(|source| Error::Io { error: source }.with_path(dir.to_owned()))?;
         let name = entry.file_name();
         let is_library = name.to_str().is_some_and(|name| {
             name.len() > LIBRARY_SUFFIX.len() && name.ends_with(LIBRARY_SUFFIX)

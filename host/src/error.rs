@@ -13,8 +13,8 @@ use crate::lifecycle::LifecycleState;
 ///
 /// Load errors name the library file and say what was expected and what was found; call errors
 /// name the plugin and the operation and carry the plugin's [`ErrorCode`].
-/// Each renders as one line; `{:#}` with `anyhow` or [`std::error::Error::source`] gives the
-/// underlying OS error where there is one.
+/// Each renders as one line that says everything, the OS or loader error included, and has no
+/// [`source`](std::error::Error::source): `{:#}` with `anyhow` prints it once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -28,7 +28,6 @@ pub enum Error {
         /// directory, a manifest or signature file.
         path: PathBuf,
         /// What is wrong with it.
-        #[source]
         err: Box<Error>,
     },
 
@@ -44,11 +43,10 @@ pub enum Error {
     },
 
     /// The file or directory could not be read.
-    #[error("cannot read: {source}")]
+    #[error("cannot read: {error}")]
     Io {
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The file name does not end in this platform's library suffix.
@@ -67,11 +65,10 @@ pub enum Error {
     },
 
     /// The system's dynamic loader refused the library.
-    #[error("the dynamic loader refused it: {source}")]
+    #[error("the dynamic loader refused it: {error}")]
     Open {
         /// The loader's error (`dlerror`).
-        #[source]
-        source: libloading::Error,
+        error: libloading::Error,
     },
 
     /// The library does not export an abi_stable root module: it is not a calcplug plugin.
@@ -262,21 +259,19 @@ pub enum Error {
     },
 
     /// A directory could not be watched for changes.
-    #[error("cannot watch for changes: {source}")]
+    #[error("cannot watch for changes: {error}")]
     Watch {
         /// The file watcher's error.
-        #[source]
-        source: Box<notify::Error>,
+        error: Box<notify::Error>,
     },
 
     /// The runner binary of the out-of-process mode could not be started.
-    #[error("cannot start the plugin runner {}: {source}", runner.display())]
+    #[error("cannot start the plugin process {}: {error}", runner.display())]
     Spawn {
-        /// The runner binary.
+        /// The runner binary or plugin executable.
         runner: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// No runner binary was found for the out-of-process mode.
@@ -291,6 +286,15 @@ pub enum Error {
     #[error("out-of-process runner failed: {reason}")]
     RunnerFailed {
         /// What the runner said, or what went wrong with it.
+        reason: String,
+    },
+
+    /// A plugin executable did not complete go-plugin's handshake: it exited first, printed no
+    /// or a garbled handshake line, speaks another protocol or version, or did not answer on the
+    /// address it gave.
+    #[error("plugin handshake failed: {reason}")]
+    PluginHandshake {
+        /// What was expected and what was found.
         reason: String,
     },
 

@@ -54,6 +54,9 @@ pub trait PluginHandle: Send + Sync + fmt::Debug {
     }
     /// Whether the plugin runs in a runner process.
     fn is_isolated(&self) -> bool;
+    /// How calls reach the plugin: `in-process`, `child` (a calcplug runner over its socket
+    /// transport) or `grpc` (a plugin executable speaking go-plugin's gRPC protocol).
+    fn transport(&self) -> &'static str;
 
     /// Initializes the plugin.
     ///
@@ -112,13 +115,17 @@ pub trait PluginHandle: Send + Sync + fmt::Debug {
 
 /// Implements [`PluginHandle`] by calling the type's inherent methods of the same names.
 macro_rules! delegate_handle {
-    ($ty:ty, isolated = $isolated:expr) => {
+    ($ty:ty, isolated = $isolated:expr, transport = $transport:expr) => {
         impl PluginHandle for $ty {
             fn identity(&self) -> &Identity {
                 <$ty>::identity(self)
             }
             fn is_isolated(&self) -> bool {
                 $isolated
+            }
+            fn transport(&self) -> &'static str {
+                let transport: fn(&$ty) -> &'static str = $transport;
+                transport(self)
             }
             fn initialize(&self, config: &Config) -> Result<(), Error> {
                 <$ty>::initialize(self, config)
@@ -149,5 +156,9 @@ macro_rules! delegate_handle {
     };
 }
 
-delegate_handle!(Plugin, isolated = false);
-delegate_handle!(crate::remote::RemotePlugin, isolated = true);
+delegate_handle!(Plugin, isolated = false, transport = |_| "in-process");
+delegate_handle!(
+    crate::remote::RemotePlugin,
+    isolated = true,
+    transport = crate::remote::RemotePlugin::transport
+);

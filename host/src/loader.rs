@@ -49,8 +49,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Plugin, Error> {
 pub(crate) fn load_path(path: &Path) -> Result<Plugin, Error> {
     let _span = tracing::info_span!("load", path = %path.display()).entered();
     let path = inspect_file(path)?;
-    let file = File::open(&path).map_err(|source| Error::Io { source }.with_path(path.clone()))?;
-    let len = file.metadata().map_err(|source| Error::Io { source }.with_path(path.clone()))?.len();
+    let file =
+        File::open(&path).map_err(|source| Error::Io { error: source }.with_path(path.clone()))?;
+    let len = file
+        .metadata()
+        .map_err(|source| Error::Io { error: source }.with_path(path.clone()))?
+        .len();
     check_format(&path, &ReadCache::new(file), len)?;
     let header = ffi::open(&path, &path)?;
     finish_load(path, header)
@@ -114,7 +118,7 @@ fn inspect_file(path: &Path) -> Result<PathBuf, Error> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NotFound.with_path(path.to_owned()));
         }
-        Err(source) => return Err(Error::Io { source }.with_path(path.to_owned())),
+        Err(source) => return Err(Error::Io { error: source }.with_path(path.to_owned())),
     };
     if !metadata.is_file() {
         return Err(Error::NotAFile { found: file_kind(&metadata) }.with_path(path.to_owned()));
@@ -127,7 +131,8 @@ fn inspect_file(path: &Path) -> Result<PathBuf, Error> {
         return Err(Error::WrongExtension { expected: LIBRARY_SUFFIX }.with_path(path.to_owned()));
     }
     // An absolute path, so that the system loader never searches its library path for it.
-    std::path::absolute(path).map_err(|source| Error::Io { source }.with_path(path.to_owned()))
+    std::path::absolute(path)
+        .map_err(|source| Error::Io { error: source }.with_path(path.to_owned()))
 }
 
 fn file_kind(metadata: &fs::Metadata) -> &'static str {

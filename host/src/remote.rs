@@ -16,6 +16,8 @@
 //! Unix only (Unix domain sockets). The runner's socket lives in a private directory (0700)
 //! the host creates and removes; the socket itself is 0600.
 
+mod grpc;
+mod hclog;
 mod process;
 mod runner;
 mod supervisor;
@@ -32,7 +34,7 @@ use interface::{
 use parking_lot::{Mutex, RwLock};
 use semver::Version;
 
-use process::{start_process, Process};
+use process::{start_process, Launch, Process};
 pub use runner::{runner_main, serve_if_runner, started_as_runner};
 pub use supervisor::Circuit;
 use supervisor::{Breaker, Supervisor};
@@ -105,7 +107,7 @@ impl Default for RemoteOptions {
 pub struct RemotePlugin {
     identity: Identity,
     options: RemoteOptions,
-    runner: PathBuf,
+    launch: Launch,
     process: RwLock<Option<Arc<Process>>>,
     supervisor: Mutex<Supervisor>,
 }
@@ -132,15 +134,56 @@ macro_rules! remote_operations {
 interface::calculator_ops!(flat remote_operations);
 
 impl RemotePlugin {
-    /// Starts a runner for the library at `path` and completes the handshake.
+    /// Starts the plugin at `path` and completes the handshake: a library (a file ending in
+    /// [`LIBRARY_SUFFIX`](crate::LIBRARY_SUFFIX)) is served by a runner; any other file is run
+    /// as a plugin executable speaking go-plugin's gRPC protocol (see
+    /// [`RemotePlugin::spawn_command`]).
     ///
     /// # Errors
     ///
     /// [`Error::RunnerFailed`] with the runner's reason if it cannot load the library (every
-    /// check of [`crate::load`] runs in the runner), [`Error::Spawn`] if the runner cannot be
+    /// check of [`crate::load`] runs in the runner), [`Error::PluginHandshake`] if an executable
+    /// does not complete go-plugin's handshake, [`Error::Spawn`] if the process cannot be
     /// started.
     pub fn spawn(path: impl AsRef<Path>, options: RemoteOptions) -> Result<RemotePlugin, Error> {
-        spawn_plugin(path.as_ref(), options)
+        let path = path.as_ref();
+        if is_library(path) {
+            let runner = find_runner(options.runner.as_deref())?;
+            spawn_plugin(path, Launch::Runner(runner), options)
+        } else {
+            spawn_plugin(path, Launch::Grpc(Vec::new()), options)
+        }
+    }
+
+    /// Starts the plugin executable `program` with `args`, as a go-plugin host does (the magic
+    /// cookie and `PLUGIN_PROTOCOL_VERSIONS` in its environment, its handshake line read from
+    /// its stdout), and talks to it over gRPC with the `calcplug.v1` contract. The executable
+    /// may be written in any language; restarts, retries and the circuit breaker work as for a
+    /// runner.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PluginHandshake`] naming what was expected and found, [`Error::Spawn`],
+    /// [`Error::IncompatibleVersion`] for a plugin of another interface major version.
+    pub fn spawn_command<I, A>(
+        program: impl AsRef<Path>,
+        args: I,
+        options: RemoteOptions,
+    ) -> Result<RemotePlugin, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString>,
+    {
+        let args = args.into_iter().map(Into::into).collect();
+        spawn_plugin(program.as_ref(), Launch::Grpc(args), options)
+    }
+
+    /// How the plugin's process talks: `child` for a runner, `grpc` for a plugin executable.
+    pub fn transport(&self) -> &'static str {
+        match self.launch {
+            Launch::Runner(_) => "child",
+            Launch::Grpc(_) => "grpc",
+        }
     }
 
     /// What the plugin is: name, versions, metadata, library file, extension groups.
@@ -350,15 +393,24 @@ impl RemotePlugin {
     }
 }
 
-fn spawn_plugin(library: &Path, options: RemoteOptions) -> Result<RemotePlugin, Error> {
-    let _span = tracing::info_span!("spawn", library = %library.display()).entered();
+fn is_library(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.ends_with(crate::LIBRARY_SUFFIX))
+}
+
+fn spawn_plugin(
+    library: &Path,
+    launch: Launch,
+    options: RemoteOptions,
+) -> Result<RemotePlugin, Error> {
+    let _span = tracing::info_span!("spawn", path = %library.display()).entered();
     let library = std::path::absolute(library)
-        .map_err(|source| Error::Io { source }.with_path(library.to_owned()))?;
-    let runner = find_runner(options.runner.as_deref())?;
+        .map_err(|source| Error::Io { error: source }.with_path(library.to_owned()))?;
     let label = library
         .file_name()
         .map_or_else(|| "plugin".to_owned(), |n| n.to_string_lossy().into_owned());
-    let process = start_process(&runner, &library, &label, &options)?;
+    let process = start_process(&launch, &library, &label, &options)?;
     let hello = process.hello.clone();
     let metadata = match process.roundtrip(&Request::Metadata) {
         Ok(Response::Metadata(raw)) => Metadata {
@@ -382,6 +434,11 @@ fn spawn_plugin(library: &Path, options: RemoteOptions) -> Result<RemotePlugin, 
     let bad = |reason: String| Error::BadMetadata { reason }.with_path(library.clone());
     let interface_version = Version::parse(&hello.interface_version)
         .map_err(|err| bad(format!("interface version {:?}: {err}", hello.interface_version)))?;
+    let host_version = crate::host_interface_version();
+    if !crate::interface_compatible(&host_version, &interface_version) {
+        return Err(Error::IncompatibleVersion { host: host_version, found: interface_version }
+            .with_path(library));
+    }
     let extensions = hello
         .extensions
         .iter()
@@ -391,7 +448,7 @@ fn spawn_plugin(library: &Path, options: RemoteOptions) -> Result<RemotePlugin, 
     tracing::info!(plugin = identity.name(), version = %identity.version(), pid = process.pid, "out-of-process plugin started");
     Ok(RemotePlugin {
         identity,
-        runner,
+        launch,
         process: RwLock::new(Some(Arc::new(process))),
         supervisor: Mutex::new(Supervisor { generation: 1, ..Supervisor::default() }),
         options,

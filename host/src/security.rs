@@ -100,7 +100,7 @@ impl Manifest {
     /// [`Error::Io`] if it cannot be read, [`Error::Integrity`] if it does not parse.
     pub fn read(path: &Path) -> Result<Manifest, Error> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { source }.with_path(path.to_owned()))?;
+            .map_err(|source| Error::Io { error: source }.with_path(path.to_owned()))?;
         Manifest::parse(&text, path)
     }
 
@@ -240,7 +240,7 @@ pub(crate) fn checked_bytes(path: &Path, policy: &LoadPolicy) -> Result<Vec<u8>,
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound.with_path(path.to_owned())
         } else {
-            Error::Io { source }.with_path(path.to_owned())
+            Error::Io { error: source }.with_path(path.to_owned())
         }
     })?;
     if policy.verifies() {
@@ -308,7 +308,7 @@ fn verify(path: &Path, bytes: &[u8], policy: &LoadPolicy) -> Result<(), Error> {
                     sig_path.display()
                 )));
             }
-            Err(source) => return Err(Error::Io { source }.with_path(sig_path)),
+            Err(source) => return Err(Error::Io { error: source }.with_path(sig_path)),
         };
         let signature =
             decode_hex::<64>(text.trim()).map(|bytes| Signature::from_bytes(&bytes)).ok_or_else(
@@ -338,12 +338,12 @@ fn check_permissions(path: &Path) -> Result<(), Error> {
 
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let link = std::fs::symlink_metadata(path)
-        .map_err(|source| Error::Io { source }.with_path(path.to_owned()))?;
+        .map_err(|source| Error::Io { error: source }.with_path(path.to_owned()))?;
     if link.file_type().is_symlink() {
         let target = std::fs::canonicalize(path)
-            .map_err(|source| Error::Io { source }.with_path(path.to_owned()))?;
+            .map_err(|source| Error::Io { error: source }.with_path(path.to_owned()))?;
         let real_dir = std::fs::canonicalize(dir)
-            .map_err(|source| Error::Io { source }.with_path(dir.to_owned()))?;
+            .map_err(|source| Error::Io { error: source }.with_path(dir.to_owned()))?;
         if target.parent() != Some(real_dir.as_path()) {
             return Err(Error::SymlinkEscape { target }.with_path(path.to_owned()));
         }
@@ -351,7 +351,7 @@ fn check_permissions(path: &Path) -> Result<(), Error> {
     let me = rustix::process::geteuid().as_raw();
     for (what, checked) in [("library", path), ("plugin directory", dir)] {
         let meta = std::fs::metadata(checked)
-            .map_err(|source| Error::Io { source }.with_path(checked.to_owned()))?;
+            .map_err(|source| Error::Io { error: source }.with_path(checked.to_owned()))?;
         let mode = meta.mode() & 0o7777;
         if mode & 0o022 != 0 {
             return Err(Error::InsecurePermissions {

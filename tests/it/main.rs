@@ -19,6 +19,8 @@ mod panics;
 /// The out-of-process mode: conformance in both modes, crashes, hangs, kills, hostile bytes.
 mod ipc;
 
+mod grpc;
+
 /// Runners killed now and then, or in a storm, under four calling threads: no lost call, and
 /// the circuit breaker opening and closing.
 mod supervision;

@@ -72,6 +72,24 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// Builds (once per test binary) the Go peers of the gRPC interop tests: a go-plugin plugin and
+/// a go-plugin host, with calcplug's magic cookie.
+///
+/// # Panics
+///
+/// If Go or go-plugin is not installed (the message says what to install) or the build fails.
+pub fn go_peers() -> &'static xtask::peers::GoPeers {
+    static PEERS: OnceLock<xtask::peers::GoPeers> = OnceLock::new();
+    PEERS.get_or_init(|| {
+        let root = xtask::workspace_root();
+        let out = root.join("target").join("test-artifacts").join("go");
+        match xtask::peers::build_go_peers(&root, &out, interface::MAGIC_COOKIE_VALUE) {
+            Ok(peers) => peers,
+            Err(err) => panic!("{err:#}"),
+        }
+    })
+}
+
 fn build_all() -> anyhow::Result<Artifacts> {
     let root = xtask::workspace_root();
     let out = root.join("target").join("test-artifacts");

@@ -24,6 +24,13 @@ impl flags::Ci {
 
 impl flags::Test {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
+        // The gRPC interop tests run real go-plugin peers. Install them when missing (CI runs
+        // as root on a fresh machine); if that cannot be done, those tests fail saying what is
+        // missing.
+        let missing = xtask::peers::install_go_peers()?;
+        if !missing.is_empty() {
+            eprintln!("==> warning: {}", xtask::peers::go_install_hint(&missing));
+        }
         run_steps(&[
             (&["test", "--workspace"], &[]),
             // A bare test-name filter makes cargo build and run every library's test harness,

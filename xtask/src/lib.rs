@@ -29,6 +29,7 @@
 mod build;
 mod install;
 mod metadata;
+pub mod peers;
 pub mod signing;
 
 use std::{

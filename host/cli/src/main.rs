@@ -10,7 +10,7 @@
 
 use std::env;
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -166,6 +166,11 @@ fn init_tracing(verbose: u8) {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = manager::load_config(cli.config.as_deref())?;
     let config_dirs: Vec<PathBuf> = config.paths().map(PathBuf::from).collect();
+    // `call` and `info` given a file (a path, with a `/`) need no plugin directory.
+    let by_path = matches!(
+        &cli.command,
+        Command::Call { plugin, .. } | Command::Info { plugin, .. } if plugin.contains('/')
+    );
     let dirs = match (cli.plugin_dirs.is_empty(), config_dirs.is_empty()) {
         (false, _) => cli.plugin_dirs,
         (true, false) => {
@@ -174,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.check_paths()?;
             config_dirs
         }
+        (true, true) if by_path => Vec::new(),
         (true, true) => default_plugin_dirs()?,
     };
     let config = config.with_paths(&dirs);
@@ -303,7 +309,9 @@ fn find_plugin(dirs: &[PathBuf], name: &str) -> anyhow::Result<Plugin> {
     }
 }
 
-/// The plugin named `name`, in process or (with `isolate`) served by a runner process.
+/// The plugin named `name`, in process or (with `isolate`) served by a runner process; or,
+/// when `name` is a path (it has a `/`), the plugin in that file: a library, or a plugin
+/// executable speaking go-plugin's gRPC protocol.
 ///
 /// Out of process, every library is opened by a runner of its own, never by this process.
 fn find_handle(
@@ -311,6 +319,15 @@ fn find_handle(
     name: &str,
     isolate: bool,
 ) -> anyhow::Result<Box<dyn PluginHandle>> {
+    if name.contains('/') {
+        let path = Path::new(name);
+        let library = path.to_str().is_some_and(|p| p.ends_with(host::LIBRARY_SUFFIX));
+        return Ok(if library && !isolate {
+            Box::new(host::load(path)?)
+        } else {
+            Box::new(RemotePlugin::spawn(path, RemoteOptions::default())?)
+        });
+    }
     if !isolate {
         return Ok(Box::new(find_plugin(dirs, name)?));
     }
@@ -380,7 +397,11 @@ fn info(dirs: &[PathBuf], name: &str, as_json: bool, isolate: bool) -> anyhow::R
     writeln!(out, "path:        {}", plugin.path().display())?;
     writeln!(out, "operations:  {}", meta.operations.join(", "))?;
     writeln!(out, "extensions:  {}", extensions_line(plugin))?;
-    let mode = if plugin.is_isolated() { "out-of-process (calcplug-runner)" } else { "in-process" };
+    let mode = match plugin.transport() {
+        "child" => "out-of-process (calcplug-runner)",
+        "grpc" => "out-of-process (gRPC, go-plugin protocol)",
+        other => other,
+    };
     writeln!(out, "mode:        {mode}")?;
     if meta.config.is_empty() {
         writeln!(out, "config:      (none)")?;

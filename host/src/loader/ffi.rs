@@ -75,7 +75,7 @@ fn open_library(path: &Path, image: &Path) -> Result<libloading::Library, Error>
     let library = unsafe { Library::open(Some(image), RTLD_NOW | RTLD_LOCAL) };
     library
         .map(libloading::Library::from)
-        .map_err(|source| Error::Open { source }.with_path(path.to_owned()))
+        .map_err(|source| Error::Open { error: source }.with_path(path.to_owned()))
 }
 
 fn describe_abi_header(header: &AbiHeader) -> String {

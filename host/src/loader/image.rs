@@ -33,7 +33,7 @@ impl Image {
         use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
         use std::os::fd::AsRawFd;
 
-        let io = |source: std::io::Error| Error::Io { source }.with_path(origin.to_owned());
+        let io = |source: std::io::Error| Error::Io { error: source }.with_path(origin.to_owned());
         // `/proc/PID/maps` shows it as `/memfd:calcplug:libbasic.so (deleted)`: which plugin
         // a mapping holds stays visible (the kernel keeps 249 bytes of a name).
         let file_name = origin.file_name().map_or_else(|| "plugin".into(), |n| n.to_string_lossy());
@@ -53,7 +53,7 @@ impl Image {
 
     #[cfg(not(target_os = "linux"))]
     pub(crate) fn new(origin: &Path, bytes: &[u8]) -> Result<Image, Error> {
-        let io = |source: std::io::Error| Error::Io { source }.with_path(origin.to_owned());
+        let io = |source: std::io::Error| Error::Io { error: source }.with_path(origin.to_owned());
         let dir = tempfile::Builder::new().prefix("calcplug-image-").tempdir().map_err(io)?;
         let name = origin.file_name().unwrap_or_else(|| std::ffi::OsStr::new("plugin"));
         let path = dir.path().join(name);

@@ -285,8 +285,7 @@ impl Inner {
         let file_name =
             source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let copy = self.copies.join(format!("{number}-{file_name}"));
-        fs::write(&copy, &bytes)
-            .map_err(|err| Error::Io { source: err }.with_path(copy.clone()))?;
+        fs::write(&copy, &bytes).map_err(|err| Error::Io { error: err }.with_path(copy.clone()))?;
         let remote = RemotePlugin::spawn(&copy, self.config.isolation().options().clone())?;
         if self.config.mode_of(remote.identity().name()) == Mode::OutOfProcess {
             return Ok(Backend::Remote(Box::new(remote)));
@@ -386,7 +385,8 @@ pub(super) fn failed_step(err: &Error) -> LifecycleState {
 pub(super) fn copies_dir() -> Result<PathBuf, Error> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let dir = std::env::temp_dir().join(format!("calcplug-{}-{nanos}", std::process::id()));
-    fs::create_dir_all(&dir).map_err(|source| Error::Io { source }.with_path(dir.clone()))?;
+    fs::create_dir_all(&dir)
+        .map_err(|source| Error::Io { error: source }.with_path(dir.clone()))?;
     Ok(dir)
 }
 

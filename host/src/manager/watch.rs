@@ -46,10 +46,10 @@ impl Background {
                     Err(err) => tracing::warn!(error = %err, "file watcher error"),
                 },
             )
-            .map_err(|source| Error::Watch { source: Box::new(source) })?;
+            .map_err(|source| Error::Watch { error: Box::new(source) })?;
             for dir in inner.config.paths() {
                 watcher.watch(dir, RecursiveMode::NonRecursive).map_err(|source| {
-                    Error::Watch { source: Box::new(source) }.with_path(dir.to_owned())
+                    Error::Watch { error: Box::new(source) }.with_path(dir.to_owned())
                 })?;
                 tracing::info!(dir = %dir.display(), "watching");
             }
@@ -61,7 +61,9 @@ impl Background {
         let thread = thread::Builder::new()
             .name("calcplug-manager".to_owned())
             .spawn(move || run(weak, receiver))
-            .map_err(|source| Error::Io { source }.with_path(PathBuf::from("<manager thread>")))?;
+            .map_err(|source| {
+                Error::Io { error: source }.with_path(PathBuf::from("<manager thread>"))
+            })?;
         Ok(Background { sender, thread: Some(thread), _watcher: watcher })
     }
 

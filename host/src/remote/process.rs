@@ -1,6 +1,8 @@
-//! One runner process: starting it and reading its handshake, its pool of connections, one
-//! round trip, and ending it.
+//! One plugin process: starting it and reading its handshake, its pool of connections, one
+//! round trip, and ending it. The process is a calcplug runner serving a library over the
+//! socket transport, or a plugin executable speaking go-plugin's gRPC protocol.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
@@ -14,9 +16,30 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use interface::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use parking_lot::Mutex;
 
+use super::grpc::client::GrpcLink;
+use super::grpc::handshake as grpc_handshake;
 use super::wire::{self, FrameError, Request, Response};
 use super::{runner, RemoteOptions, RUNNER_NAME};
 use crate::Error;
+
+/// How a plugin process is started, and what it speaks.
+#[derive(Debug, Clone)]
+pub(super) enum Launch {
+    /// A calcplug runner (this program or `calcplug-runner`) serving a library over the socket
+    /// transport.
+    Runner(PathBuf),
+    /// A plugin executable speaking go-plugin's gRPC protocol, with these arguments.
+    Grpc(Vec<OsString>),
+}
+
+/// The connections to a plugin process.
+#[derive(Debug)]
+enum Link {
+    /// calcplug's socket transport: a pool of connections to the runner's socket.
+    Frames { socket: PathBuf, pool: Mutex<Vec<Connection>> },
+    /// go-plugin's gRPC protocol.
+    Grpc(GrpcLink),
+}
 
 /// Why a round trip failed.
 #[derive(Debug)]
@@ -37,8 +60,7 @@ pub(super) struct Process {
     /// Closing it tells the runner to exit.
     stdin: Mutex<Option<ChildStdin>>,
     dir: PathBuf,
-    socket: PathBuf,
-    pool: Mutex<Vec<Connection>>,
+    link: Link,
     dead: AtomicBool,
     /// Its failure was counted (see [`RemotePlugin::record_failure`](super::RemotePlugin)).
     pub(super) failed: AtomicBool,
@@ -59,87 +81,40 @@ struct Connection {
 }
 
 pub(super) fn start_process(
+    launch: &Launch,
+    path: &Path,
+    label: &str,
+    options: &RemoteOptions,
+) -> Result<Process, Error> {
+    match launch {
+        Launch::Runner(runner) => start_runner(runner, path, label, options),
+        Launch::Grpc(args) => start_grpc(path, args, label, options),
+    }
+}
+
+fn start_runner(
     runner: &Path,
     library: &Path,
     label: &str,
     options: &RemoteOptions,
 ) -> Result<Process, Error> {
-    let dir =
-        private_dir().map_err(|source| Error::Io { source }.with_path(std::env::temp_dir()))?;
-    let mut child = Command::new(runner)
-        // What `serve_if_runner` recognises; `ps` shows the process as a runner either way.
-        .arg0(RUNNER_NAME)
-        .arg("serve")
-        .arg(library)
-        .arg(&dir)
-        .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| {
-            let _ = std::fs::remove_dir_all(&dir);
-            Error::Spawn { runner: runner.to_owned(), source }
-        })?;
-    let pid = child.id();
-    if let Some(stderr) = child.stderr.take() {
-        let label = label.to_owned();
-        let _ = std::thread::Builder::new()
-            .name(format!("runner-log-{pid}"))
-            .spawn(move || runner::forward_logs(&label, stderr));
-    }
-    let stdin = child.stdin.take();
-    let mut process = Process {
-        pid,
-        child: Mutex::new(child),
-        stdin: Mutex::new(stdin),
-        dir,
-        socket: PathBuf::new(),
-        pool: Mutex::new(Vec::new()),
-        dead: AtomicBool::new(false),
-        failed: AtomicBool::new(false),
-        answered: AtomicBool::new(false),
-        next_id: AtomicU64::new(1),
-        hello: wire::Hello {
-            wire_version: 0,
-            interface_version: String::new(),
-            extensions: Vec::new(),
-            pid,
-        },
-        call_timeout: options.call_timeout,
-    };
+    let dir = private_dir()
+        .map_err(|source| Error::Io { error: source }.with_path(std::env::temp_dir()))?;
+    let mut command = Command::new(runner);
+    // What `serve_if_runner` recognises; `ps` shows the process as a runner either way.
+    command.arg0(RUNNER_NAME).arg("serve").arg(library).arg(&dir).stdin(Stdio::piped());
+    let (mut process, _) = Process::spawn(command, runner, dir, label, options)?;
     let failed = |reason: String| Error::RunnerFailed { reason }.with_path(library.to_owned());
-    let stdout = process.child.lock().stdout.take();
-    let Some(stdout) = stdout else { return Err(failed("the runner has no stdout".to_owned())) };
-    let (sender, receiver) = mpsc::channel();
-    let _ = std::thread::Builder::new().name(format!("runner-handshake-{pid}")).spawn(move || {
-        let mut line = String::new();
-        let result = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-        let _ = sender.send(result);
-    });
-    let line = match receiver.recv_timeout(options.start_timeout) {
-        Ok(Ok(line)) if !line.is_empty() => line,
-        Ok(Ok(_)) | Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            let status = process.wait_for_exit(Duration::from_secs(2));
-            let why = status.map_or_else(|| "no output".to_owned(), describe_exit);
-            return Err(failed(format!("the runner exited before its handshake ({why})")));
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            process.kill();
-            return Err(failed(format!(
-                "the runner printed no handshake within {:?}",
-                options.start_timeout
-            )));
-        }
-    };
-    process.socket = runner::parse_handshake(&line).map_err(failed)?;
-    if process.socket.parent() != Some(process.dir.as_path()) {
+    let line = process.handshake_line(options.start_timeout, "runner").map_err(failed)?;
+    let socket = runner::parse_handshake(&line).map_err(failed)?;
+    if socket.parent() != Some(process.dir.as_path()) {
         process.kill();
         return Err(failed(format!(
             "the runner listens on {}, outside the directory it was given",
-            process.socket.display()
+            socket.display()
         )));
     }
+    process.link = Link::Frames { socket, pool: Mutex::new(Vec::new()) };
     match process.roundtrip(&Request::Hello { wire_version: wire::WIRE_VERSION }) {
         Ok(Response::Hello(hello)) if hello.wire_version == wire::WIRE_VERSION => {
             process.hello = hello
@@ -147,6 +122,52 @@ pub(super) fn start_process(
         Ok(Response::Error { message, .. }) => return Err(failed(message)),
         Ok(other) => return Err(failed(format!("unexpected answer to Hello: {other:?}"))),
         Err(err) => return Err(failed(format!("handshake failed: {err:?}"))),
+    }
+    Ok(process)
+}
+
+/// Starts a plugin executable the way a go-plugin host does, and connects to it over gRPC.
+fn start_grpc(
+    program: &Path,
+    args: &[OsString],
+    label: &str,
+    options: &RemoteOptions,
+) -> Result<Process, Error> {
+    let failed = |reason: String| Error::PluginHandshake { reason }.with_path(program.to_owned());
+    let dir = private_dir()
+        .map_err(|source| Error::Io { error: source }.with_path(std::env::temp_dir()))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env(grpc_handshake::PROTOCOL_VERSIONS_ENV, interface::PROTOCOL_VERSION.to_string())
+        .env("PLUGIN_MIN_PORT", "10000")
+        .env("PLUGIN_MAX_PORT", "25000")
+        .env(grpc_handshake::UNIX_SOCKET_DIR_ENV, &dir)
+        .stdin(Stdio::null());
+    let (mut process, tail) = Process::spawn(command, program, dir, label, options)?;
+    let line = match process.handshake_line(options.start_timeout, "plugin") {
+        Ok(line) => line,
+        Err(reason) => return Err(failed(tail.explain(reason))),
+    };
+    let handshake = match grpc_handshake::parse(&line, interface::PROTOCOL_VERSION) {
+        Ok(handshake) => handshake,
+        Err(reason) => {
+            process.kill();
+            return Err(failed(reason));
+        }
+    };
+    let link = GrpcLink::connect(handshake.address, options.start_timeout)
+        .and_then(|link| link.interface(options.start_timeout).map(|interface| (link, interface)));
+    match link {
+        Ok((link, (interface_version, extensions))) => {
+            process.hello.interface_version = interface_version;
+            process.hello.extensions = extensions;
+            process.link = Link::Grpc(link);
+        }
+        Err(reason) => {
+            process.kill();
+            return Err(failed(reason));
+        }
     }
     Ok(process)
 }
@@ -169,17 +190,100 @@ fn private_dir() -> std::io::Result<PathBuf> {
 }
 
 impl Process {
+    /// Starts `command` (its stdin already set) with the magic cookie in its environment and
+    /// its stderr forwarded to the log; the process, not yet connected, and the tail of its
+    /// stderr. `dir` is its private directory, removed with it.
+    fn spawn(
+        mut command: Command,
+        program: &Path,
+        dir: PathBuf,
+        label: &str,
+        options: &RemoteOptions,
+    ) -> Result<(Process, runner::LogTail), Error> {
+        let mut child = command
+            .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| {
+                let _ = std::fs::remove_dir_all(&dir);
+                Error::Spawn { runner: program.to_owned(), error: source }
+            })?;
+        let pid = child.id();
+        let tail = runner::LogTail::default();
+        if let Some(stderr) = child.stderr.take() {
+            let (label, tail) = (label.to_owned(), tail.clone());
+            let _ = std::thread::Builder::new()
+                .name(format!("plugin-log-{pid}"))
+                .spawn(move || runner::forward_logs(&label, stderr, &tail));
+        }
+        let stdin = child.stdin.take();
+        let process = Process {
+            pid,
+            child: Mutex::new(child),
+            stdin: Mutex::new(stdin),
+            dir,
+            link: Link::Frames { socket: PathBuf::new(), pool: Mutex::new(Vec::new()) },
+            dead: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            hello: wire::Hello {
+                wire_version: 0,
+                interface_version: String::new(),
+                extensions: Vec::new(),
+                pid,
+            },
+            call_timeout: options.call_timeout,
+        };
+        Ok((process, tail))
+    }
+
+    /// The first line the process prints on stdout, within `limit`; its later output is
+    /// drained into the log so that it never blocks on a full pipe.
+    fn handshake_line(&self, limit: Duration, what: &str) -> Result<String, String> {
+        let stdout = self.child.lock().stdout.take();
+        let Some(stdout) = stdout else { return Err(format!("the {what} has no stdout")) };
+        let (sender, receiver) = mpsc::channel();
+        let pid = self.pid;
+        let _ = std::thread::Builder::new().name(format!("plugin-stdout-{pid}")).spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let result = reader.read_line(&mut line).map(|_| line);
+            let _ = sender.send(result);
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                tracing::debug!(target: "calcplug::runner", pid, "stdout: {line}");
+            }
+        });
+        match receiver.recv_timeout(limit) {
+            Ok(Ok(line)) if !line.is_empty() => Ok(line),
+            Ok(Ok(_)) | Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = self.wait_for_exit(Duration::from_secs(2));
+                let why = status.map_or_else(|| "no output".to_owned(), describe_exit);
+                Err(format!("the {what} exited before its handshake ({why})"))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.kill();
+                Err(format!("the {what} printed no handshake within {limit:?}"))
+            }
+        }
+    }
+
     pub(super) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }
 
     pub(super) fn mark_dead(&self) {
         self.dead.store(true, Ordering::Release);
-        self.pool.lock().clear();
+        match &self.link {
+            Link::Frames { pool, .. } => pool.lock().clear(),
+            Link::Grpc(link) => link.clear(),
+        }
     }
 
-    fn connect(&self) -> Result<Connection, Transport> {
-        let stream = UnixStream::connect(&self.socket).map_err(|_| Transport::Closed)?;
+    fn connect(&self, socket: &Path) -> Result<Connection, Transport> {
+        let stream = UnixStream::connect(socket).map_err(|_| Transport::Closed)?;
         // Set once per connection: a call on it costs no syscall beyond its `write` and `read`.
         stream.set_read_timeout(Some(self.call_timeout)).map_err(|_| Transport::Closed)?;
         let mut connection = Connection { stream, inbox: wire::Inbox::new(), outbuf: Vec::new() };
@@ -205,14 +309,18 @@ impl Process {
         if self.is_dead() {
             return Err(Transport::Closed);
         }
-        let pooled = self.pool.lock().pop();
+        let (socket, pool) = match &self.link {
+            Link::Frames { socket, pool } => (socket, pool),
+            Link::Grpc(link) => return link.roundtrip(request, self.call_timeout),
+        };
+        let pooled = pool.lock().pop();
         let mut connection = match pooled {
             Some(connection) => connection,
-            None => self.connect()?,
+            None => self.connect(socket)?,
         };
         let response = self.exchange(&mut connection, request)?;
         if !self.is_dead() {
-            self.pool.lock().push(connection);
+            pool.lock().push(connection);
         }
         Ok(response)
     }
@@ -271,8 +379,12 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.dead.store(true, Ordering::Release);
-        self.pool.get_mut().clear();
-        // Closing stdin asks the runner to exit; give it a moment, then make sure.
+        match &self.link {
+            Link::Frames { pool, .. } => pool.lock().clear(),
+            // go-plugin's way: the controller's `Shutdown`, then a kill if it lingers.
+            Link::Grpc(link) => link.shutdown(Duration::from_millis(500)),
+        }
+        // Closing stdin asks a runner to exit; give it a moment, then make sure.
         self.stdin.get_mut().take();
         if self.wait_for_exit(Duration::from_millis(500)).is_none() {
             let child = self.child.get_mut();

@@ -95,8 +95,22 @@ pub fn runner_main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let (library, dir) = match args.as_slice() {
         [serve, library, dir] if serve == "serve" => (PathBuf::from(library), PathBuf::from(dir)),
+        [grpc, library] if grpc == "--grpc" => {
+            return match super::grpc::server::serve(Path::new(library)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(reason) => {
+                    tracing::error!(library = %Path::new(library).display(), "{reason}");
+                    let _ = writeln!(io::stderr(), "calcplug-runner: {reason}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         _ => {
-            let _ = writeln!(io::stderr(), "usage: calcplug-runner serve LIBRARY DIR");
+            let _ = writeln!(
+                io::stderr(),
+                "usage: calcplug-runner serve LIBRARY DIR (for calcplug hosts)\n       \
+                 calcplug-runner --grpc LIBRARY (for go-plugin hosts)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -326,17 +340,49 @@ pub(super) fn parse_handshake(line: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(address))
 }
 
-/// Reads lines from `input` (the runner's stderr) and re-emits them as `tracing` events of the
-/// host, tagged with the plugin, at the level the runner logged them at.
-pub(super) fn forward_logs(plugin: &str, input: impl Read) {
+/// The last lines a plugin process wrote on stderr, for the error when it fails to start:
+/// a go-plugin plugin started with the wrong cookie says why there, and exits.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LogTail(Arc<parking_lot::Mutex<std::collections::VecDeque<String>>>);
+
+impl LogTail {
+    const KEEP: usize = 3;
+
+    fn push(&self, line: &str) {
+        let mut lines = self.0.lock();
+        if lines.len() == Self::KEEP {
+            lines.pop_front();
+        }
+        lines.push_back(line.chars().take(300).collect());
+    }
+
+    /// `reason`, and what the process last said on stderr, if anything.
+    pub(super) fn explain(&self, reason: String) -> String {
+        // The reader thread may still be reading the last lines of a process that just exited.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let lines = self.0.lock();
+        if lines.is_empty() {
+            reason
+        } else {
+            let said: Vec<&str> = lines.iter().map(String::as_str).collect();
+            format!("{reason}; it said on stderr: {}", said.join(" / "))
+        }
+    }
+}
+
+/// Reads lines from `input` (a plugin process's stderr) and re-emits them as `tracing` events
+/// of the host, tagged with the plugin, at the level the process logged them at: calcplug
+/// runners write `LEVEL message`, go-plugin plugins hclog's JSON (`@level`, `@message`) or
+/// `[LEVEL] message` text; anything else is forwarded at warn level as it is.
+pub(super) fn forward_logs(plugin: &str, input: impl Read, tail: &LogTail) {
     for line in BufReader::new(input).lines() {
         let Ok(line) = line else { return };
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let (level, rest) = line.split_once(' ').unwrap_or(("", line));
-        let message = rest.trim_start();
+        let (level, message) = log_level(line);
+        tail.push(if level.is_empty() { line } else { &message });
         match level {
             "ERROR" => tracing::error!(target: "calcplug::runner", plugin, "{message}"),
             "WARN" => tracing::warn!(target: "calcplug::runner", plugin, "{message}"),
@@ -346,6 +392,36 @@ pub(super) fn forward_logs(plugin: &str, input: impl Read) {
             // Anything the plugin printed itself (a panic message, say).
             _ => tracing::warn!(target: "calcplug::runner", plugin, "{line}"),
         }
+    }
+}
+
+/// The level (upper case, or "" when none is recognised) and the message of one log line.
+fn log_level(line: &str) -> (&'static str, String) {
+    const LEVELS: [&str; 5] = ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"];
+    let known = |level: &str| LEVELS.into_iter().find(|l| l.eq_ignore_ascii_case(level));
+    if line.starts_with('{') {
+        if let Some(fields) = super::hclog::parse(line) {
+            let level = fields.iter().find(|(k, _)| k == "@level").and_then(|(_, v)| known(v));
+            let message = fields.iter().find(|(k, _)| k == "@message").map(|(_, v)| v.clone());
+            if let (Some(level), Some(mut message)) = (level, message) {
+                for (key, value) in fields.iter().filter(|(k, _)| !k.starts_with('@')) {
+                    message.push_str(&format!(" {key}={value}"));
+                }
+                return (level, message);
+            }
+        }
+    }
+    if let Some(rest) = line.strip_prefix('[') {
+        if let Some((level, message)) = rest.split_once(']') {
+            if let Some(level) = known(level) {
+                return (level, message.trim_start().to_owned());
+            }
+        }
+    }
+    let (level, rest) = line.split_once(' ').unwrap_or(("", line));
+    match LEVELS.into_iter().find(|l| *l == level) {
+        Some(level) => (level, rest.trim_start().to_owned()),
+        None => ("", line.to_owned()),
     }
 }
 

@@ -229,7 +229,7 @@ impl RemotePlugin {
     /// Starts a runner and replays the last `initialize` on it.
     fn start_replaying(&self, supervisor: &Supervisor) -> Result<Process, Error> {
         let process =
-            start_process(&self.runner, self.identity.path(), self.identity.name(), &self.options)?;
+            start_process(&self.launch, self.identity.path(), self.identity.name(), &self.options)?;
         if let Some(config) = &supervisor.config {
             let entries = config.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
             match process.roundtrip(&Request::Initialize(entries)) {

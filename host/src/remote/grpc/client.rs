@@ -1,0 +1,340 @@
+//! Calling a plugin executable over go-plugin's gRPC protocol.
+//!
+//! Like the runner's socket transport, a [`GrpcLink`] keeps a pool of connections, and a call
+//! takes one for itself. Each connection carries its own single-threaded `tokio` runtime, which
+//! the calling thread drives for the length of the call: the request is written and the answer
+//! read on the caller's own thread, with no hop to a runtime thread and back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use interface::{Op, OpCode};
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::handshake::Address;
+use super::pb::calculator_client::CalculatorClient;
+use super::{error_from_pb, go_plugin, pb, HEALTH_SERVICE};
+use crate::remote::process::Transport;
+use crate::remote::wire::{Request, Response, WireMetadata, WireStatus};
+
+/// The connections to one plugin process.
+#[derive(Debug)]
+pub(in crate::remote) struct GrpcLink {
+    address: Address,
+    pool: Mutex<Vec<Connection>>,
+    /// The interface version of the last metadata answer, for [`GrpcLink::interface`].
+    interface_version: Mutex<Option<String>>,
+}
+
+/// One HTTP/2 connection and the runtime that drives it.
+struct Connection {
+    runtime: tokio::runtime::Runtime,
+    channel: Channel,
+    calculator: CalculatorClient<Channel>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
+
+impl GrpcLink {
+    /// Connects to the plugin at `address` and asks its health service whether it serves.
+    pub(in crate::remote) fn connect(address: Address, timeout: Duration) -> Result<Self, String> {
+        let link =
+            GrpcLink { address, pool: Mutex::new(Vec::new()), interface_version: Mutex::new(None) };
+        let connection = link.open().map_err(|err| format!("cannot connect: {err}"))?;
+        let channel = connection.channel.clone();
+        let health = connection.runtime.block_on(async move {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            let request = tonic_health::pb::HealthCheckRequest { service: HEALTH_SERVICE.into() };
+            tokio::time::timeout(timeout, client.check(request)).await
+        });
+        match health {
+            Ok(Ok(answer)) if answer.get_ref().status == 1 => {}
+            Ok(Ok(answer)) => {
+                return Err(format!(
+                    "its health service says `{HEALTH_SERVICE}` is not serving (status {})",
+                    answer.get_ref().status
+                ))
+            }
+            Ok(Err(status)) => {
+                return Err(format!("its health service did not answer: {}", status.message()))
+            }
+            Err(_) => return Err(format!("its health service did not answer within {timeout:?}")),
+        }
+        link.pool.lock().push(connection);
+        Ok(link)
+    }
+
+    /// The interface version the plugin implements and the extension groups that gives it:
+    /// what its metadata says, or for a plugin that leaves it empty, 1.1.0 when it lists a
+    /// scientific operation and 1.0.0 otherwise.
+    pub(in crate::remote) fn interface(
+        &self,
+        timeout: Duration,
+    ) -> Result<(String, Vec<String>), String> {
+        let metadata = match self.roundtrip(&Request::Metadata, timeout) {
+            Ok(Response::Metadata(metadata)) => metadata,
+            Ok(Response::Error { message, .. }) => return Err(format!("GetMetadata: {message}")),
+            Ok(other) => return Err(format!("unexpected answer to GetMetadata: {other:?}")),
+            Err(err) => return Err(format!("GetMetadata failed: {err:?}")),
+        };
+        let scientific =
+            Op::SCIENTIFIC.iter().any(|op| metadata.operations.iter().any(|o| o == op.name()));
+        let version = match self.interface_version.lock().take() {
+            Some(version) if !version.is_empty() => version,
+            _ if scientific => "1.1.0".to_owned(),
+            _ => "1.0.0".to_owned(),
+        };
+        let minor = semver::Version::parse(&version).map_or(0, |v| v.minor);
+        let extensions = if minor >= 1 {
+            vec![crate::Extension::Scientific.name().to_owned()]
+        } else {
+            Vec::new()
+        };
+        Ok((version, extensions))
+    }
+
+    fn open(&self) -> Result<Connection, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| format!("cannot start a runtime: {err}"))?;
+        let channel = runtime.block_on(connect_channel(&self.address))?;
+        // go-plugin hosts lift gRPC's 4 MiB message limit too: batches are large.
+        let calculator = CalculatorClient::new(channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        Ok(Connection { runtime, channel, calculator })
+    }
+
+    /// Drops the idle connections (the process is gone or going).
+    pub(in crate::remote) fn clear(&self) {
+        self.pool.lock().clear();
+    }
+
+    /// One request and its answer, within `timeout`.
+    pub(in crate::remote) fn roundtrip(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, Transport> {
+        let pooled = self.pool.lock().pop();
+        let mut connection = match pooled {
+            Some(connection) => connection,
+            None => self.open().map_err(|_| Transport::Closed)?,
+        };
+        let calculator = &mut connection.calculator;
+        let interface_version = &self.interface_version;
+        let answer = connection.runtime.block_on(async {
+            tokio::time::timeout(timeout, exchange(calculator, request, interface_version)).await
+        });
+        let response = match answer {
+            Ok(result) => result?,
+            Err(_) => return Err(Transport::Timeout),
+        };
+        self.pool.lock().push(connection);
+        Ok(response)
+    }
+
+    /// Asks the plugin process to exit (go-plugin's controller), waiting at most `timeout`.
+    pub(in crate::remote) fn shutdown(&self, timeout: Duration) {
+        let Some(connection) = self.pool.lock().pop() else { return };
+        let channel = connection.channel.clone();
+        let _ = connection.runtime.block_on(async move {
+            let mut controller =
+                go_plugin::grpc_controller_client::GrpcControllerClient::new(channel);
+            tokio::time::timeout(timeout, controller.shutdown(go_plugin::Empty {})).await
+        });
+    }
+}
+
+async fn connect_channel(address: &Address) -> Result<Channel, String> {
+    match address {
+        Address::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|err| err.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|err| format!("{addr}: {err}")),
+        Address::Unix(path) => {
+            let path: PathBuf = path.clone();
+            let shown = path.display().to_string();
+            // The URI is not used: the connector dials the socket.
+            Endpoint::from_static("http://plugin.invalid")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                }))
+                .await
+                .map_err(|err| format!("{shown}: {err}"))
+        }
+    }
+}
+
+/// Does one request over `calculator`: the wire request as the `calcplug.v1` call it means.
+async fn exchange(
+    calculator: &mut CalculatorClient<Channel>,
+    request: &Request,
+    interface_version: &Mutex<Option<String>>,
+) -> Result<Response, Transport> {
+    let outcome = |error| match error_from_pb(error) {
+        None => Response::Done,
+        Some((code, message)) => Response::Error { code: code.as_u8(), message },
+    };
+    Ok(match request {
+        // The socket transport's greeting; a gRPC plugin greets through its handshake line.
+        Request::Hello { .. } => {
+            return Err(Transport::Malformed("no Hello over gRPC".to_owned()));
+        }
+        Request::Metadata => {
+            let m = match calculator.get_metadata(pb::Empty {}).await {
+                Ok(answer) => answer.into_inner(),
+                Err(err) => return failed(err, "metadata"),
+            };
+            *interface_version.lock() = Some(m.interface_version.clone());
+            Response::Metadata(WireMetadata {
+                name: m.name,
+                version: m.version,
+                description: m.description,
+                operations: m.operations,
+                config: m
+                    .config
+                    .into_iter()
+                    .map(|key| (key.key, key.default_value, key.description))
+                    .collect(),
+            })
+        }
+        Request::Initialize(entries) => {
+            let config = entries.iter().cloned().collect();
+            match calculator.initialize(pb::InitializeRequest { config }).await {
+                Ok(answer) => outcome(answer.into_inner().error),
+                Err(err) => return failed(err, "initialize"),
+            }
+        }
+        Request::Shutdown => match calculator.shutdown(pb::Empty {}).await {
+            Ok(answer) => outcome(answer.into_inner().error),
+            Err(err) => return failed(err, "shutdown"),
+        },
+        Request::Status => {
+            let s = match calculator.get_status(pb::Empty {}).await {
+                Ok(answer) => answer.into_inner(),
+                Err(err) => return failed(err, "status"),
+            };
+            Response::Status(WireStatus {
+                state: super::state_from_pb(s.state) as u8,
+                message: s.message,
+                started_at_unix_nanos: u64::try_from(s.started_at_unix_nanos)
+                    .ok()
+                    .filter(|nanos| *nanos > 0),
+                uptime_nanos: s.uptime_nanos,
+                request_count: s.request_count,
+                average_latency_nanos: Some(s.average_latency_nanos).filter(|nanos| *nanos > 0),
+            })
+        }
+        Request::Call { op, a, b } => {
+            let Some(op) = OpCode::from_u8(*op).op() else {
+                return Ok(Response::Error {
+                    code: interface::ErrorCode::Unsupported.as_u8(),
+                    message: format!("unknown operation code {op}"),
+                });
+            };
+            let answer = call(calculator, op, pb::Operands { a: *a, b: *b }).await;
+            match answer {
+                Ok(result) => {
+                    let result = result.into_inner();
+                    match error_from_pb(result.error) {
+                        None => Response::Value(result.value),
+                        Some((code, message)) => Response::Error { code: code.as_u8(), message },
+                    }
+                }
+                Err(err) => return failed(err, op.name()),
+            }
+        }
+        Request::Batch(items) => {
+            let items = items.iter().map(|&(op, a, b)| pb::BatchItem { op: op.into(), a, b });
+            let request = pb::BatchRequest { items: items.collect() };
+            match calculator.process_batch(request).await {
+                Ok(answer) => Response::Batch(
+                    answer
+                        .into_inner()
+                        .results
+                        .into_iter()
+                        .map(|item| {
+                            let code = u8::try_from(item.code).unwrap_or(u8::MAX);
+                            (code, item.value)
+                        })
+                        .collect(),
+                ),
+                Err(err) => return failed(err, "process_batch"),
+            }
+        }
+        Request::SetAngleUnit(unit) => {
+            let request = pb::AngleUnitMessage { unit: i32::from(*unit), error: None };
+            match calculator.set_angle_unit(request).await {
+                Ok(answer) => outcome(answer.into_inner().error),
+                Err(err) => return failed(err, "set_angle_unit"),
+            }
+        }
+        Request::AngleUnit => match calculator.get_angle_unit(pb::Empty {}).await {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                match error_from_pb(answer.error) {
+                    None => Response::AngleUnit(u8::try_from(answer.unit).unwrap_or(u8::MAX)),
+                    Some((code, message)) => Response::Error { code: code.as_u8(), message },
+                }
+            }
+            Err(err) => return failed(err, "angle_unit"),
+        },
+    })
+}
+
+/// The `calcplug.v1` call of each operation, from the table of operations.
+macro_rules! call_by_op {
+    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        async fn call(
+            calculator: &mut CalculatorClient<Channel>,
+            op: Op,
+            operands: pb::Operands,
+        ) -> Result<tonic::Response<pb::Result>, tonic::Status> {
+            match op {
+                $(Op::$variant => calculator.$method(operands).await,)*
+                _ => Err(tonic::Status::unimplemented(format!("this host has no call for `{op}`"))),
+            }
+        }
+    };
+}
+
+interface::calculator_ops!(flat call_by_op);
+
+/// What a call that ended in a gRPC status means.
+///
+/// `UNIMPLEMENTED` is a plugin built against an older `calcplug.v1` that does not have the call:
+/// the operation is unsupported. A broken or refused connection, a deadline or a cancellation is
+/// the transport failing (the process is gone or stuck), which the supervisor handles. Any other
+/// status is the plugin failing the call (a Python exception is `UNKNOWN`, say): an `Internal`
+/// error, and the plugin keeps serving.
+fn failed(err: tonic::Status, op: &str) -> Result<Response, Transport> {
+    let error = |code: interface::ErrorCode, message: String| {
+        Ok(Response::Error { code: code.as_u8(), message })
+    };
+    match err.code() {
+        tonic::Code::Unimplemented => error(
+            interface::ErrorCode::Unsupported,
+            format!("the plugin does not implement `{op}` (gRPC UNIMPLEMENTED)"),
+        ),
+        tonic::Code::DeadlineExceeded => Err(Transport::Timeout),
+        tonic::Code::Unavailable | tonic::Code::Cancelled => Err(Transport::Closed),
+        // A status made here from a broken connection carries the I/O or HTTP/2 error as its
+        // source; one the plugin sent has none.
+        _ if std::error::Error::source(&err).is_some() => Err(Transport::Closed),
+        code => error(
+            interface::ErrorCode::Internal,
+            format!("gRPC status {code:?}: {}", err.message()),
+        ),
+    }
+}

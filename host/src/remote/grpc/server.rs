@@ -1,0 +1,297 @@
+//! Serving a calcplug library to a go-plugin host: `calcplug-runner --grpc LIBRARY`.
+//!
+//! The runner loads the library with every check of [`crate::load`], listens on a Unix socket
+//! (in `PLUGIN_UNIX_SOCKET_DIR`, else the temporary directory), prints go-plugin's handshake line
+//! and serves `calcplug.v1.Calculator`, `grpc.health.v1.Health` (`plugin` is serving),
+//! go-plugin's controller (whose `Shutdown` ends the process) and broker (answered, relaying
+//! nothing) until the host shuts it down or kills it.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use interface::{AngleUnit, BatchOp, BatchResult, Config, Op, OpCode, PROTOCOL_VERSION};
+use tokio::sync::Notify;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::handshake::{self, Address};
+use super::pb::calculator_server::{Calculator, CalculatorServer};
+use super::{angle_unit_to_pb, error_to_pb, go_plugin, pb, state_to_pb, HEALTH_SERVICE};
+use crate::{Error, Plugin, PluginHandle};
+
+/// Serves the library at `library` until the host asks the process to stop; the error is one
+/// line for the host's log.
+pub(crate) fn serve(library: &Path) -> Result<(), String> {
+    let app = handshake::negotiate(
+        &[PROTOCOL_VERSION],
+        std::env::var(handshake::PROTOCOL_VERSIONS_ENV).ok().as_deref(),
+    );
+    let plugin = Arc::new(crate::load(library).map_err(|err| err.to_string())?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start a runtime: {err}"))?;
+    runtime.block_on(serve_plugin(plugin, app))
+}
+
+async fn serve_plugin(plugin: Arc<Plugin>, app: u32) -> Result<(), String> {
+    let dir = std::env::var_os(handshake::UNIX_SOCKET_DIR_ENV)
+        .map_or_else(std::env::temp_dir, PathBuf::from);
+    let nanos = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let socket = dir.join(format!("calcplug-plugin-{}-{nanos:x}.sock", std::process::id()));
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|err| format!("{}: cannot listen: {err}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|err| format!("{}: cannot restrict permissions: {err}", socket.display()))?;
+
+    let stop = Arc::new(Notify::new());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving).await;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let calculator = CalculatorServer::new(Served { plugin: plugin.clone() })
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let controller =
+        go_plugin::grpc_controller_server::GrpcControllerServer::new(Controller(stop.clone()));
+    let broker = go_plugin::grpc_broker_server::GrpcBrokerServer::new(Broker);
+
+    let line = handshake::format(app, &Address::Unix(socket.clone()), None);
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|err| format!("cannot write the handshake: {err}"))?;
+    drop(stdout);
+    tracing::info!(plugin = plugin.name(), socket = %socket.display(), "serving over gRPC");
+
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(calculator)
+        .add_service(controller)
+        .add_service(broker)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            async move { stop.notified().await },
+        )
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    if let Err(err) = plugin.shutdown() {
+        tracing::warn!(error = %err, "shutdown failed");
+    }
+    served.map_err(|err| format!("serving failed: {err}"))
+}
+
+/// The plugin behind `calcplug.v1.Calculator`.
+struct Served {
+    plugin: Arc<Plugin>,
+}
+
+/// A `calcplug.v1` error from a host error: the plugin's own code and message for a call
+/// error, `Internal` and the whole message otherwise.
+fn error(err: Error) -> pb::Error {
+    match err {
+        Error::Call { code, message, .. } => error_to_pb(code, message),
+        other => error_to_pb(interface::ErrorCode::Internal, other.to_string()),
+    }
+}
+
+fn outcome(result: Result<(), Error>) -> Response<pb::Outcome> {
+    Response::new(pb::Outcome { error: result.err().map(error) })
+}
+
+fn value(result: Result<f64, Error>) -> Response<pb::Result> {
+    Response::new(match result {
+        Ok(value) => pb::Result { value, error: None },
+        Err(err) => pb::Result { value: 0.0, error: Some(error(err)) },
+    })
+}
+
+/// The `calcplug.v1.Calculator` service: the non-operation calls, then one call per row of the
+/// table of operations.
+macro_rules! calculator_service {
+    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        #[tonic::async_trait]
+        impl Calculator for Served {
+            async fn initialize(
+                &self,
+                request: Request<pb::InitializeRequest>,
+            ) -> Result<Response<pb::Outcome>, Status> {
+                let config: Config = request
+                    .get_ref()
+                    .config
+                    .iter()
+                    .map(|(key, value)| (key.as_str(), value.as_str()))
+                    .collect();
+                let plugin = self.plugin.clone();
+                let result = tokio::task::spawn_blocking(move || plugin.initialize(&config))
+                    .await
+                    .map_err(|err| Status::internal(err.to_string()))?;
+                Ok(outcome(result))
+            }
+
+            async fn shutdown(&self, _: Request<pb::Empty>) -> Result<Response<pb::Outcome>, Status> {
+                let plugin = self.plugin.clone();
+                let result = tokio::task::spawn_blocking(move || plugin.shutdown())
+                    .await
+                    .map_err(|err| Status::internal(err.to_string()))?;
+                Ok(outcome(result))
+            }
+
+            async fn get_status(
+                &self,
+                _: Request<pb::Empty>,
+            ) -> Result<Response<pb::StatusResponse>, Status> {
+                let status = self.plugin.status().map_err(|err| Status::internal(err.to_string()))?;
+                let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+                Ok(Response::new(pb::StatusResponse {
+                    state: state_to_pb(status.state),
+                    message: status.message,
+                    started_at_unix_nanos: status
+                        .started_at
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+                    uptime_nanos: nanos(status.uptime),
+                    request_count: status.request_count,
+                    average_latency_nanos: status.average_latency.map_or(0, nanos),
+                }))
+            }
+
+            async fn get_metadata(
+                &self,
+                _: Request<pb::Empty>,
+            ) -> Result<Response<pb::MetadataResponse>, Status> {
+                let identity = self.plugin.identity();
+                let metadata = identity.metadata();
+                Ok(Response::new(pb::MetadataResponse {
+                    name: metadata.name.clone(),
+                    version: metadata.version.clone(),
+                    description: metadata.description.clone(),
+                    operations: metadata.operations.clone(),
+                    config: metadata
+                        .config
+                        .iter()
+                        .map(|key| pb::ConfigKey {
+                            key: key.key.clone(),
+                            default_value: key.default.clone(),
+                            description: key.description.clone(),
+                        })
+                        .collect(),
+                    interface_version: identity.interface_version().to_string(),
+                }))
+            }
+
+            async fn process_batch(
+                &self,
+                request: Request<pb::BatchRequest>,
+            ) -> Result<Response<pb::BatchResponse>, Status> {
+                let ops: Vec<BatchOp> = request
+                    .into_inner()
+                    .items
+                    .into_iter()
+                    .map(|item| BatchOp {
+                        // A number beyond any op code reads as code 0: no operation, unsupported.
+                        op: OpCode::from_u8(u8::try_from(item.op).unwrap_or(0)),
+                        a: item.a,
+                        b: item.b,
+                    })
+                    .collect();
+                let mut results = vec![BatchResult::PENDING; ops.len()];
+                self.plugin
+                    .process_batch(&ops, &mut results)
+                    .map_err(|err| Status::internal(err.to_string()))?;
+                let results = results
+                    .iter()
+                    .map(|result| match result.result() {
+                        Ok(value) => pb::BatchItemResult { value, code: 0 },
+                        Err(code) => pb::BatchItemResult { value: 0.0, code: code.as_u8().into() },
+                    })
+                    .collect();
+                Ok(Response::new(pb::BatchResponse { results }))
+            }
+
+            async fn set_angle_unit(
+                &self,
+                request: Request<pb::AngleUnitMessage>,
+            ) -> Result<Response<pb::Outcome>, Status> {
+                let raw = request.get_ref().unit;
+                let Some(unit) = u8::try_from(raw).ok().and_then(AngleUnit::from_u8) else {
+                    return Ok(Response::new(pb::Outcome {
+                        error: Some(error_to_pb(
+                            interface::ErrorCode::InvalidInput,
+                            format!("unknown angle unit code {raw}"),
+                        )),
+                    }));
+                };
+                Ok(outcome(self.plugin.set_angle_unit(unit)))
+            }
+
+            async fn get_angle_unit(
+                &self,
+                _: Request<pb::Empty>,
+            ) -> Result<Response<pb::AngleUnitMessage>, Status> {
+                Ok(Response::new(match self.plugin.angle_unit() {
+                    Ok(unit) => pb::AngleUnitMessage { unit: angle_unit_to_pb(unit), error: None },
+                    Err(err) => pb::AngleUnitMessage { unit: 0, error: Some(error(err)) },
+                }))
+            }
+
+            $(
+                async fn $method(
+                    &self,
+                    request: Request<pb::Operands>,
+                ) -> Result<Response<pb::Result>, Status> {
+                    let pb::Operands { a, b } = request.into_inner();
+                    Ok(value(self.plugin.call(Op::$variant, a, b)))
+                }
+            )*
+        }
+    };
+}
+
+interface::calculator_ops!(flat calculator_service);
+
+/// go-plugin's controller: `Shutdown` ends serving, then the process.
+struct Controller(Arc<Notify>);
+
+#[tonic::async_trait]
+impl go_plugin::grpc_controller_server::GrpcController for Controller {
+    async fn shutdown(
+        &self,
+        _: Request<go_plugin::Empty>,
+    ) -> Result<Response<go_plugin::Empty>, Status> {
+        tracing::info!("the host asked the plugin to shut down");
+        self.0.notify_one();
+        Ok(Response::new(go_plugin::Empty {}))
+    }
+}
+
+/// go-plugin's broker: the host opens its stream at start; calcplug relays no connection over
+/// it, so the answer stream stays open, silent, until the host closes its side.
+struct Broker;
+
+type ConnInfoStream = Pin<Box<dyn Stream<Item = Result<go_plugin::ConnInfo, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl go_plugin::grpc_broker_server::GrpcBroker for Broker {
+    type StartStreamStream = ConnInfoStream;
+
+    async fn start_stream(
+        &self,
+        request: Request<Streaming<go_plugin::ConnInfo>>,
+    ) -> Result<Response<ConnInfoStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            // Holds the sender (keeping the answer stream open) until the host's side ends.
+            while let Ok(Some(info)) = incoming.message().await {
+                tracing::debug!(service = info.service_id, "broker connection info ignored");
+            }
+            drop(sender);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}

@@ -1,0 +1,248 @@
+//! go-plugin's gRPC protocol against real go-plugin peers, both ways: a Go host (go-plugin 1.0,
+//! from Debian) running calcplug libraries through `calcplug-runner --grpc`, and the calcplug
+//! host running a Go plugin. The peers are built from `tests/go` by `tests::go_peers`, which
+//! fails with what to install when Go or go-plugin is missing.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use host::remote::{RemoteOptions, RemotePlugin};
+use host::{AngleUnit, BatchOp, Config, Error, ErrorCode, Op, PluginHandle, PluginState};
+
+use crate::util::artifacts;
+
+/// Runs the Go host on `plugin` (a command line) with `commands`; its stdout, one line per
+/// command.
+fn go_host(plugin: &[&std::ffi::OsStr], commands: &[&str]) -> Vec<String> {
+    let output = Command::new(&tests::go_peers().host)
+        .args(plugin)
+        .arg("--")
+        .args(commands)
+        .output()
+        .expect("run the Go host");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the Go host failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().map(str::to_owned).collect()
+}
+
+fn runner_serving(package: &str) -> Vec<std::ffi::OsString> {
+    vec![artifacts().runner.clone().into(), "--grpc".into(), artifacts().library(package).into()]
+}
+
+#[test]
+fn a_go_plugin_host_runs_a_calcplug_library_through_the_runner() {
+    let plugin = runner_serving("basic");
+    let plugin: Vec<&std::ffi::OsStr> = plugin.iter().map(|s| s.as_os_str()).collect();
+    let lines = go_host(
+        &plugin,
+        &[
+            "ping",
+            "metadata",
+            "add:1:2",
+            "init:max_value=100",
+            "add:2:3",
+            "subtract:2:3",
+            "multiply:2.5:4",
+            "divide:1:4",
+            "divide:1:0",
+            "add:1000:1",
+            "sin:0",
+            "status",
+            "batch:add,1,2;divide,1,0;sqrt,4,0",
+            "shutdown",
+            "add:1:1",
+        ],
+    );
+    assert_eq!(
+        lines,
+        [
+            "ping -> ok",
+            "metadata -> name=basic version=1.0.0 interface=1.1.0 operations=add,subtract,multiply,divide",
+            "add:1:2 -> error ERROR_CODE_NOT_INITIALIZED: call initialize first",
+            "init:max_value=100 -> ok",
+            "add:2:3 -> 5",
+            "subtract:2:3 -> -1",
+            "multiply:2.5:4 -> 10",
+            "divide:1:4 -> 0.25",
+            "divide:1:0 -> error ERROR_CODE_DIVISION_BY_ZERO: cannot divide 1 by zero",
+            "add:1000:1 -> error ERROR_CODE_OUT_OF_RANGE: add(1000, 1): operand 1e3 exceeds max_value 1e2",
+            "sin:0 -> error ERROR_CODE_UNSUPPORTED: this plugin does not implement `sin`",
+            "status -> state=PLUGIN_STATE_READY requests=6",
+            "batch:add,1,2;divide,1,0;sqrt,4,0 -> 3 ERROR_CODE_DIVISION_BY_ZERO ERROR_CODE_UNSUPPORTED",
+            "shutdown -> ok",
+            "add:1:1 -> error ERROR_CODE_NOT_INITIALIZED: the plugin has been shut down",
+        ]
+    );
+}
+
+#[test]
+fn a_go_plugin_host_gets_the_scientific_extension_of_a_calcplug_library() {
+    let plugin = runner_serving("scientific");
+    let plugin: Vec<&std::ffi::OsStr> = plugin.iter().map(|s| s.as_os_str()).collect();
+    let lines = go_host(
+        &plugin,
+        &["init", "sin:0", "angle:degrees", "sin:90", "log:2:1024", "sqrt:-1", "pow:2:10"],
+    );
+    assert_eq!(
+        lines,
+        [
+            "init -> ok",
+            "sin:0 -> 0",
+            "angle:degrees -> ok",
+            "sin:90 -> 1",
+            "log:2:1024 -> 10",
+            "sqrt:-1 -> error ERROR_CODE_INVALID_INPUT: sqrt(-1) is outside the operation's domain",
+            "pow:2:10 -> 1024",
+        ]
+    );
+}
+
+fn go_plugin(args: &[&str]) -> Result<RemotePlugin, Error> {
+    let options =
+        RemoteOptions { start_timeout: Duration::from_secs(10), ..RemoteOptions::default() };
+    RemotePlugin::spawn_command(&tests::go_peers().plugin, args, options)
+}
+
+#[test]
+fn the_calcplug_host_calls_a_go_plugin_with_the_same_api_and_errors() {
+    let plugin = go_plugin(&[]).unwrap();
+    assert_eq!(plugin.transport(), "grpc");
+    assert_eq!(plugin.name(), "go-calc");
+    assert_eq!(plugin.version().to_string(), "1.2.0");
+    assert_eq!(plugin.interface_version().to_string(), "1.1.0");
+    assert!(plugin.has_scientific());
+    assert_eq!(plugin.path(), tests::go_peers().plugin.as_path());
+    assert_eq!(plugin.status().unwrap().state, PluginState::Uninitialized);
+    let err = plugin.add(1.0, 2.0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "go-calc: add: plugin not initialized: the Go plugin is not initialized"
+    );
+
+    let err = plugin.initialize(&Config::new().with("max_valu", "5")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "go-calc: initialize: invalid input: unknown config key `max_valu`"
+    );
+    plugin.initialize(&Config::new().with("max_value", "100")).unwrap();
+    assert_eq!(plugin.add(2.0, 3.0).unwrap(), 5.0);
+    assert_eq!(plugin.subtract(2.0, 3.0).unwrap(), -1.0);
+    assert_eq!(plugin.multiply(2.5, 4.0).unwrap(), 10.0);
+    assert_eq!(plugin.divide(1.0, 4.0).unwrap(), 0.25);
+    let err = plugin.divide(1.0, 0.0).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DivisionByZero));
+    assert_eq!(
+        err.to_string(),
+        "go-calc: divide: division by zero: go-calc cannot divide 1 by zero"
+    );
+    assert_eq!(plugin.add(1000.0, 1.0).unwrap_err().code(), Some(ErrorCode::OutOfRange));
+    assert_eq!(plugin.add(f64::NAN, 1.0).unwrap_err().code(), Some(ErrorCode::InvalidInput));
+    assert_eq!(plugin.pow(2.0, 10.0).unwrap(), 1024.0);
+    assert_eq!(plugin.sqrt(-4.0).unwrap_err().code(), Some(ErrorCode::InvalidInput));
+    assert_eq!(plugin.log(2.0, 64.0).unwrap(), 6.0);
+    plugin.set_angle_unit(AngleUnit::Degrees).unwrap();
+    assert_eq!(plugin.angle_unit().unwrap(), AngleUnit::Degrees);
+    assert_eq!(plugin.sin(90.0).unwrap(), 1.0);
+    assert_eq!(plugin.call(Op::Cos, 0.0, 0.0).unwrap(), 1.0);
+
+    let ops = [
+        BatchOp::new(Op::Add, 1.0, 2.0),
+        BatchOp::new(Op::Divide, 1.0, 0.0),
+        BatchOp::new(Op::Sqrt, 9.0, 0.0),
+        BatchOp { op: interface::OpCode::from_u8(77), a: 1.0, b: 1.0 },
+    ];
+    let results: Vec<_> = plugin.batch(&ops).unwrap().iter().map(|r| r.result()).collect();
+    assert_eq!(
+        results,
+        [Ok(3.0), Err(ErrorCode::DivisionByZero), Ok(3.0), Err(ErrorCode::Unsupported)]
+    );
+    let status = plugin.status().unwrap();
+    assert_eq!(status.state, PluginState::Ready);
+    // Counted by the Go plugin: the 12 calls made since initialize, and 3 known batch items.
+    assert_eq!(status.request_count, 15);
+    plugin.shutdown().unwrap();
+    assert_eq!(plugin.status().unwrap().state, PluginState::Closed);
+}
+
+#[test]
+fn a_killed_go_plugin_is_restarted_and_the_call_retried() {
+    let plugin = go_plugin(&[]).unwrap();
+    plugin.initialize(&Config::new().with("max_value", "50")).unwrap();
+    let first = plugin.runner_pid().expect("a running plugin process");
+    Command::new("kill").args(["-9", &first.to_string()]).status().unwrap();
+    let started = Instant::now();
+    // The call finds the process dead, starts a new one, replays the config and retries.
+    assert_eq!(plugin.add(2.0, 3.0).unwrap(), 5.0);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let second = plugin.runner_pid().expect("a new plugin process");
+    assert_ne!(first, second);
+    assert_eq!(plugin.generation(), 2);
+    // The replayed config is in force in the new process.
+    assert_eq!(plugin.add(60.0, 1.0).unwrap_err().code(), Some(ErrorCode::OutOfRange));
+}
+
+/// The error a misbehaving Go plugin gets, without the path prefix.
+fn refusal(mode: &str) -> String {
+    let err = go_plugin(&[&format!("-mode={mode}")]).unwrap_err();
+    assert!(matches!(err.without_path(), Error::PluginHandshake { .. }), "{mode}: {err:?}");
+    assert_eq!(err.path(), Some(tests::go_peers().plugin.as_path()), "{mode}");
+    assert!(!err.to_string().contains('\n'), "{mode}: one line: {err}");
+    err.reason()
+}
+
+#[test]
+fn go_plugins_that_break_the_handshake_are_refused_in_one_line() {
+    assert_eq!(
+        refusal("netrpc"),
+        "plugin handshake failed: the plugin speaks go-plugin's net/rpc protocol; calcplug \
+         supports only gRPC (serve it with plugin.GRPCServer and a GRPCPlugin)"
+    );
+    assert_eq!(
+        refusal("app2"),
+        "plugin handshake failed: expected app protocol version 1 (the host offered 1), found \"2\""
+    );
+    assert_eq!(
+        refusal("garbled"),
+        "plugin handshake failed: expected a go-plugin handshake line \
+         `CORE|APP|NETWORK|ADDRESS|PROTOCOL|CERT` on stdout, found \"hello from a plugin that \
+         forgot its handshake\""
+    );
+    assert_eq!(
+        refusal("stderr-only"),
+        "plugin handshake failed: the plugin exited before its handshake (exited with code 3); \
+         it said on stderr: refusing to start reason=asked to"
+    );
+    let cookie = refusal("other-cookie");
+    assert!(
+        cookie.starts_with(
+            "plugin handshake failed: the plugin exited before its handshake (exited with code \
+             1); it said on stderr: "
+        ) && cookie.contains("This binary is a plugin."),
+        "{cookie}"
+    );
+}
+
+#[test]
+fn the_cli_calls_a_go_plugin_executable_by_its_path() {
+    let plugin = &tests::go_peers().plugin;
+    let out =
+        crate::util::calcplug().arg("call").arg(plugin).args(["add", "2", "3"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "5\n", "{out:?}");
+    assert!(out.status.success());
+    let out = crate::util::calcplug()
+        .arg("call")
+        .arg(plugin)
+        .args(["divide", "1", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: go-calc: divide: division by zero: go-calc cannot divide 1 by zero\n"
+    );
+}

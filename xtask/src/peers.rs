@@ -1,0 +1,165 @@
+//! The real go-plugin peers of the gRPC interop tests and benchmarks: what they need installed,
+//! installing it, and building them.
+//!
+//! The Go side is built in GOPATH mode from Debian's packages (`GO111MODULE=off`, `GOPATH` =
+//! `tests/go`, the generated `calcplug.v1` code, `/usr/share/gocode`), so no module proxy is
+//! needed: a Go plugin (`tests/go/src/calc-plugin`) and a Go host (`tests/go/src/calc-host`),
+//! both using go-plugin.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// The Debian packages the Go peers are built from.
+pub const GO_PACKAGES: &[&str] = &[
+    "golang-go",
+    "golang-github-hashicorp-go-plugin-dev",
+    "golang-google-grpc-dev",
+    "golang-goprotobuf-dev",
+    "protobuf-compiler",
+];
+
+/// Where Debian's Go packages put their sources.
+const GOCODE: &str = "/usr/share/gocode";
+
+/// What is missing for the Go peers, one entry per missing piece; empty when all is there.
+pub fn go_missing() -> Vec<String> {
+    let mut missing = Vec::new();
+    for (program, package) in [
+        ("go", "golang-go"),
+        ("protoc", "protobuf-compiler"),
+        ("protoc-gen-go", "golang-goprotobuf-dev"),
+    ] {
+        if which(program).is_none() {
+            missing.push(format!("`{program}` (Debian package {package})"));
+        }
+    }
+    for (dir, package) in [
+        ("github.com/hashicorp/go-plugin", "golang-github-hashicorp-go-plugin-dev"),
+        ("google.golang.org/grpc", "golang-google-grpc-dev"),
+    ] {
+        if !Path::new(GOCODE).join("src").join(dir).is_dir() {
+            missing.push(format!("Go package {dir} (Debian package {package})"));
+        }
+    }
+    missing
+}
+
+/// Installs the Go peers' packages with `apt-get` when some are missing and this process may
+/// (it runs as root and `apt-get` exists); returns what is still missing.
+pub fn install_go_peers() -> anyhow::Result<Vec<String>> {
+    let missing = go_missing();
+    if missing.is_empty() {
+        return Ok(missing);
+    }
+    let root = running_as_root();
+    if !root || which("apt-get").is_none() {
+        return Ok(missing);
+    }
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!("`apt-get {}` failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend_from_slice(GO_PACKAGES);
+    apt(&install)?;
+    Ok(go_missing())
+}
+
+/// The one-line explanation of what to install, for a test that cannot run without the peers.
+pub fn go_install_hint(missing: &[String]) -> String {
+    format!(
+        "the Go peers cannot be built: missing {}; install them with `apt-get install {}` \
+         (`cargo xtask test` does this itself when it runs as root)",
+        missing.join(", "),
+        GO_PACKAGES.join(" ")
+    )
+}
+
+/// The built Go peers.
+#[derive(Debug, Clone)]
+pub struct GoPeers {
+    /// A Calculator plugin written in Go with go-plugin (gRPC).
+    pub plugin: PathBuf,
+    /// A go-plugin host that runs a plugin command and prints one line per command it runs.
+    pub host: PathBuf,
+}
+
+/// Builds the Go plugin and host into `out` (`out/bin`), with `cookie` as the magic cookie
+/// value: generates the `calcplug.v1` Go code with `protoc` into `out/gen`, then `go build`s
+/// in GOPATH mode with its cache in `out/cache`.
+pub fn build_go_peers(root: &Path, out: &Path, cookie: &str) -> anyhow::Result<GoPeers> {
+    let missing = go_missing();
+    if !missing.is_empty() {
+        bail!("{}", go_install_hint(&missing));
+    }
+    let proto_dir = root.join("interface").join("proto");
+    let gen = out.join("gen");
+    let gen_src = gen.join("src");
+    std::fs::create_dir_all(&gen_src)
+        .with_context(|| format!("cannot create {}", gen_src.display()))?;
+    run(Command::new("protoc")
+        .arg("-I")
+        .arg(&proto_dir)
+        .arg(format!("--go_out=plugins=grpc:{}", gen_src.display()))
+        .arg(proto_dir.join("calcplug").join("v1").join("calculator.proto")))?;
+    let gopath = std::env::join_paths([root.join("tests").join("go"), gen, PathBuf::from(GOCODE)])
+        .context("a GOPATH entry contains a path separator")?;
+    let bin = out.join("bin");
+    let mut peers = Vec::new();
+    for package in ["calc-plugin", "calc-host"] {
+        let output = bin.join(package);
+        run(Command::new("go")
+            .current_dir(root.join("tests").join("go"))
+            .args(["build", "-ldflags"])
+            .arg(format!("-X calcshared.CookieValue={cookie}"))
+            .arg("-o")
+            .arg(&output)
+            .arg(package)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", &gopath)
+            .env("GOCACHE", out.join("cache"))
+            .env("GOFLAGS", "")
+            .env("CGO_ENABLED", "0"))?;
+        peers.push(output);
+    }
+    let host = peers.pop().context("built no Go host")?;
+    let plugin = peers.pop().context("built no Go plugin")?;
+    Ok(GoPeers { plugin, host })
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let output = command.output().with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            command.get_program(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The program's path if it is on `PATH`.
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+}
+
+fn running_as_root() -> bool {
+    // `id -u` rather than a libc dependency for one call.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
