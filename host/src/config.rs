@@ -235,7 +235,7 @@ impl IsolationConfig {
     }
 
     /// `call_timeout`, `start_timeout`, `retries`, `max_failures`, `failure_window`,
-    /// `circuit_cooldown`, `max_circuit_cooldown`, `runner`.
+    /// `circuit_cooldown`, `max_circuit_cooldown`, `runner`, `auto_mtls`.
     pub fn options(&self) -> &crate::remote::RemoteOptions {
         &self.options
     }

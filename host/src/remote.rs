@@ -78,11 +78,16 @@ pub struct RemoteOptions {
     pub circuit_cooldown: Duration,
     /// The longest an open circuit waits before a trial.
     pub max_circuit_cooldown: Duration,
+    /// For plugin executables (go-plugin's gRPC protocol): ask for go-plugin's automatic
+    /// mutual TLS, a fresh certificate on each side, each pinning the other's. A plugin that
+    /// does not return its certificate is then refused.
+    pub auto_mtls: bool,
 }
 
 impl Default for RemoteOptions {
     /// 5 s per call, 10 s to start, 3 retries, backoff from 50 ms to 5 s, circuit open after 5
-    /// failures in 60 s, a trial after 1 s, then 2 s, then every 4 s while trials fail.
+    /// failures in 60 s, a trial after 1 s, then 2 s, then every 4 s while trials fail;
+    /// automatic mutual TLS with plugin executables.
     fn default() -> RemoteOptions {
         RemoteOptions {
             runner: None,
@@ -95,6 +100,7 @@ impl Default for RemoteOptions {
             failure_window: Duration::from_secs(60),
             circuit_cooldown: Duration::from_secs(1),
             max_circuit_cooldown: Duration::from_secs(4),
+            auto_mtls: true,
         }
     }
 }

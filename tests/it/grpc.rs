@@ -103,9 +103,54 @@ fn a_go_plugin_host_gets_the_scientific_extension_of_a_calcplug_library() {
 }
 
 fn go_plugin(args: &[&str]) -> Result<RemotePlugin, Error> {
-    let options =
-        RemoteOptions { start_timeout: Duration::from_secs(10), ..RemoteOptions::default() };
-    RemotePlugin::spawn_command(&tests::go_peers().plugin, args, options)
+    RemotePlugin::spawn_command(&tests::go_peers().plugin, args, RemoteOptions::default())
+}
+
+#[test]
+fn automatic_mutual_tls_is_on_by_default_and_can_be_turned_off() {
+    let plugin = go_plugin(&[]).unwrap();
+    assert_eq!(plugin.status().unwrap().message, "go-calc over TLS");
+    let options = RemoteOptions { auto_mtls: false, ..RemoteOptions::default() };
+    let plain = RemotePlugin::spawn_command(&tests::go_peers().plugin, [""; 0], options).unwrap();
+    assert_eq!(plain.status().unwrap().message, "go-calc over plaintext");
+    plain.initialize(&Config::new()).unwrap();
+    assert_eq!(plain.add(2.0, 2.0).unwrap(), 4.0);
+}
+
+#[test]
+fn a_go_plugin_host_with_automtls_runs_a_calcplug_library() {
+    let plugin = runner_serving("basic");
+    let mut args: Vec<&std::ffi::OsStr> = vec!["-automtls".as_ref()];
+    args.extend(plugin.iter().map(|s| s.as_os_str()));
+    let lines = go_host(&args, &["ping", "init", "add:2:3", "divide:1:0"]);
+    assert_eq!(
+        lines,
+        [
+            "ping -> ok",
+            "init -> ok",
+            "add:2:3 -> 5",
+            "divide:1:0 -> error ERROR_CODE_DIVISION_BY_ZERO: cannot divide 1 by zero",
+        ]
+    );
+}
+
+#[test]
+fn the_calcplug_host_calls_a_calcplug_library_over_grpc_with_and_without_tls() {
+    for auto_mtls in [true, false] {
+        let options = RemoteOptions { auto_mtls, ..RemoteOptions::default() };
+        let args = ["--grpc".into(), artifacts().library("scientific").into_os_string()];
+        let plugin = RemotePlugin::spawn_command(&artifacts().runner, args, options).unwrap();
+        assert_eq!(plugin.transport(), "grpc");
+        assert_eq!((plugin.name(), plugin.has_scientific()), ("scientific", true));
+        plugin.initialize(&Config::new().with("angle_unit", "degrees")).unwrap();
+        assert_eq!(plugin.sin(90.0).unwrap(), 1.0, "auto_mtls {auto_mtls}");
+        assert_eq!(plugin.sqrt(-1.0).unwrap_err().code(), Some(ErrorCode::InvalidInput));
+        let big: Vec<_> =
+            (0..10_000).map(|i| BatchOp::new(Op::Sqrt, f64::from(i * i), 0.0)).collect();
+        let results = plugin.batch(&big).unwrap();
+        assert!(results.iter().enumerate().all(|(i, r)| r.result() == Ok(i as f64)));
+        assert_eq!(plugin.status().unwrap().request_count, 2 + 10_000);
+    }
 }
 
 #[test]

@@ -1,17 +1,134 @@
-//! The runner's logging: plain `LEVEL target: message` lines on stderr, which the host reads
-//! and re-emits as its own `tracing` events (`host::remote`'s log forwarding).
+//! The runner's logging on stderr, in the format of the host that started it: plain
+//! `LEVEL target: message` lines for a calcplug host (which re-emits them as its own `tracing`
+//! events), hclog's JSON (`@level`, `@message`, `@timestamp`, `@module`, then the fields) for a
+//! go-plugin host, which shows them at their level (`calcplug-runner --grpc`).
 //!
 //! Shared by `calcplug` (when it is started as its own runner) and `calcplug-runner`.
 
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
 /// Installs the runner's subscriber: `CALCPLUG_RUNNER_LOG` (any `tracing` filter), else
-/// `info`; no colour and no time, which the host adds.
+/// `info`; no colour. Plain lines carry no time (the host adds it); hclog lines do.
 pub(crate) fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CALCPLUG_RUNNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "--grpc") {
+        let _ = tracing_subscriber::registry().with(Hclog.with_filter(filter)).try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_ansi(false)
         .without_time()
         .try_init();
+}
+
+/// Writes each event as one hclog JSON line on stderr.
+struct Hclog;
+
+impl<S: tracing::Subscriber> Layer<S> for Hclog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let metadata = event.metadata();
+        let mut line = serde_json::Map::new();
+        line.insert("@level".into(), metadata.level().as_str().to_ascii_lowercase().into());
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        line.insert("@message".into(), fields.message.into());
+        line.insert("@timestamp".into(), timestamp(SystemTime::now()).into());
+        line.insert("@module".into(), metadata.target().into());
+        line.extend(fields.rest);
+        let mut text = serde_json::Value::Object(line).to_string();
+        text.push('\n');
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: Vec<(String, serde_json::Value)>,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.rest.push((field.name().to_owned(), text.into()));
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            self.rest.push((field.name().to_owned(), value.into()));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.rest.push((field.name().to_owned(), value.into()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.rest.push((field.name().to_owned(), value.into()));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.rest.push((field.name().to_owned(), value.into()));
+    }
+}
+
+/// hclog's timestamp layout, `2006-01-02T15:04:05.000000Z07:00`, in UTC.
+fn timestamp(now: SystemTime) -> String {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_micros()
+    )
+}
+
+/// The calendar date of a day number (days since 1970-01-01), after Howard Hinnant's
+/// `civil_from_days`.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_have_hclogs_layout() {
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_865_575_580_123);
+        assert_eq!(timestamp(t), "2026-11-28T11:32:55.580123Z");
+        // A leap day and the turn of a century.
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(10_957), (2000, 1, 1));
+    }
 }

@@ -310,6 +310,7 @@ impl Cx<'_> {
                 "isolation.max_circuit_cooldown",
                 d.max_circuit_cooldown,
             )?,
+            auto_mtls: raw.auto_mtls.unwrap_or(d.auto_mtls),
             ..d.clone()
         };
         Ok(IsolationConfig { mode, options })

@@ -76,6 +76,7 @@ pub(super) struct RawIsolation {
     pub(super) circuit_cooldown: Option<Spanned<String>>,
     pub(super) max_circuit_cooldown: Option<Spanned<String>>,
     pub(super) runner: Option<String>,
+    pub(super) auto_mtls: Option<bool>,
 }
 
 /// A plugin config value: a string, number or boolean, handed to `initialize` as a string.

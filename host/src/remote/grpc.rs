@@ -5,12 +5,14 @@
 //! The contract is `calcplug.v1` (`interface/proto/calcplug/v1/calculator.proto`); the wire
 //! protocol around it is go-plugin's: the magic cookie in the environment, the handshake line
 //! on stdout ([`handshake`]), the `grpc.health.v1` service answering for `plugin`, and
-//! go-plugin's controller and broker services. The broker is answered but relays nothing, and
+//! go-plugin's controller and broker services, and its automatic mutual TLS ([`mtls`]). The
+//! broker is answered but relays nothing, and
 //! the handshake line never carries go-plugin 1.6's seventh field: a host that asks for
 //! multiplexing (`PLUGIN_MULTIPLEX_GRPC`) gets a plugin without it, as from go-plugin ≤ 1.5.
 
 pub(super) mod client;
 pub(crate) mod handshake;
+pub(crate) mod mtls;
 pub(crate) mod server;
 
 use interface::{AngleUnit, ErrorCode, PluginState};

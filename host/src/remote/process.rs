@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use super::grpc::client::GrpcLink;
 use super::grpc::handshake as grpc_handshake;
+use super::grpc::mtls::{self, Credentials};
 use super::wire::{self, FrameError, Request, Response};
 use super::{runner, RemoteOptions, RUNNER_NAME};
 use crate::Error;
@@ -136,7 +137,14 @@ fn start_grpc(
     let failed = |reason: String| Error::PluginHandshake { reason }.with_path(program.to_owned());
     let dir = private_dir()
         .map_err(|source| Error::Io { error: source }.with_path(std::env::temp_dir()))?;
+    let credentials = match options.auto_mtls {
+        true => Some(Credentials::generate().map_err(failed)?),
+        false => None,
+    };
     let mut command = Command::new(program);
+    if let Some(credentials) = &credentials {
+        command.env(mtls::CLIENT_CERT_ENV, credentials.pem());
+    }
     command
         .args(args)
         .env(grpc_handshake::PROTOCOL_VERSIONS_ENV, interface::PROTOCOL_VERSION.to_string())
@@ -156,7 +164,20 @@ fn start_grpc(
             return Err(failed(reason));
         }
     };
-    let link = GrpcLink::connect(handshake.address, options.start_timeout)
+    let tls = match (credentials, handshake.certificate) {
+        (Some(ours), Some(theirs)) => Some(mtls::client_config(&ours, theirs).map_err(failed)?),
+        (Some(_), None) => {
+            process.kill();
+            return Err(failed(
+                "expected the plugin's certificate in the handshake line's last field \
+                 (automatic mutual TLS), found none: the plugin does not support AutoMTLS; set \
+                 `auto_mtls = false` to talk to it without TLS"
+                    .to_owned(),
+            ));
+        }
+        (None, _) => None,
+    };
+    let link = GrpcLink::connect(handshake.address, tls, options.start_timeout)
         .and_then(|link| link.interface(options.start_timeout).map(|interface| (link, interface)));
     match link {
         Ok((link, (interface_version, extensions))) => {

@@ -5,7 +5,7 @@
 //! the calling thread drives for the length of the call: the request is written and the answer
 //! read on the caller's own thread, with no hop to a runtime thread and back.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -23,6 +23,8 @@ use crate::remote::wire::{Request, Response, WireMetadata, WireStatus};
 #[derive(Debug)]
 pub(in crate::remote) struct GrpcLink {
     address: Address,
+    /// The TLS configuration when the plugin agreed to automatic mutual TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
     pool: Mutex<Vec<Connection>>,
     /// The interface version of the last metadata answer, for [`GrpcLink::interface`].
     interface_version: Mutex<Option<String>>,
@@ -43,9 +45,17 @@ impl std::fmt::Debug for Connection {
 
 impl GrpcLink {
     /// Connects to the plugin at `address` and asks its health service whether it serves.
-    pub(in crate::remote) fn connect(address: Address, timeout: Duration) -> Result<Self, String> {
-        let link =
-            GrpcLink { address, pool: Mutex::new(Vec::new()), interface_version: Mutex::new(None) };
+    pub(in crate::remote) fn connect(
+        address: Address,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let link = GrpcLink {
+            address,
+            tls,
+            pool: Mutex::new(Vec::new()),
+            interface_version: Mutex::new(None),
+        };
         let connection = link.open().map_err(|err| format!("cannot connect: {err}"))?;
         let channel = connection.channel.clone();
         let health = connection.runtime.block_on(async move {
@@ -104,7 +114,7 @@ impl GrpcLink {
             .enable_all()
             .build()
             .map_err(|err| format!("cannot start a runtime: {err}"))?;
-        let channel = runtime.block_on(connect_channel(&self.address))?;
+        let channel = runtime.block_on(connect_channel(&self.address, self.tls.clone()))?;
         // go-plugin hosts lift gRPC's 4 MiB message limit too: batches are large.
         let calculator = CalculatorClient::new(channel.clone())
             .max_decoding_message_size(usize::MAX)
@@ -153,28 +163,54 @@ impl GrpcLink {
     }
 }
 
-async fn connect_channel(address: &Address) -> Result<Channel, String> {
-    match address {
-        Address::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|err| err.to_string())?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|err| format!("{addr}: {err}")),
-        Address::Unix(path) => {
-            let path: PathBuf = path.clone();
-            let shown = path.display().to_string();
-            // The URI is not used: the connector dials the socket.
-            Endpoint::from_static("http://plugin.invalid")
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
-                }))
-                .await
-                .map_err(|err| format!("{shown}: {err}"))
-        }
-    }
+async fn connect_channel(
+    address: &Address,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Channel, String> {
+    let shown = match address {
+        Address::Unix(path) => path.display().to_string(),
+        Address::Tcp(addr) => addr.to_string(),
+    };
+    let address = address.clone();
+    // The URI is not used: the connector dials the address itself.
+    Endpoint::from_static("http://plugin.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let (address, tls) = (address.clone(), tls.clone());
+            async move {
+                let stream: Box<dyn Stream> = match &address {
+                    Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+                    Address::Tcp(addr) => {
+                        let stream = tokio::net::TcpStream::connect(addr).await?;
+                        stream.set_nodelay(true)?;
+                        Box::new(stream)
+                    }
+                };
+                let stream: Box<dyn Stream> = match tls {
+                    None => stream,
+                    Some(config) => {
+                        let name =
+                            rustls::pki_types::ServerName::try_from(super::mtls::SERVER_NAME)
+                                .map_err(std::io::Error::other)?;
+                        Box::new(
+                            tokio_rustls::TlsConnector::from(config).connect(name, stream).await?,
+                        )
+                    }
+                };
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|err| {
+            let cause =
+                std::error::Error::source(&err).map_or_else(String::new, |c| format!(": {c}"));
+            format!("{shown}: {err}{cause}")
+        })
 }
+
+/// A connection to the plugin, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// Does one request over `calculator`: the wire request as the `calcplug.v1` call it means.
 async fn exchange(

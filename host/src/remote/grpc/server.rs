@@ -4,7 +4,8 @@
 //! (in `PLUGIN_UNIX_SOCKET_DIR`, else the temporary directory), prints go-plugin's handshake line
 //! and serves `calcplug.v1.Calculator`, `grpc.health.v1.Health` (`plugin` is serving),
 //! go-plugin's controller (whose `Shutdown` ends the process) and broker (answered, relaying
-//! nothing) until the host shuts it down or kills it.
+//! nothing) until the host shuts it down or kills it. When the host sends its certificate in
+//! `PLUGIN_CLIENT_CERT`, every connection is mutual TLS ([`super::mtls`]).
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -15,10 +16,11 @@ use std::time::UNIX_EPOCH;
 
 use interface::{AngleUnit, BatchOp, BatchResult, Config, Op, OpCode, PROTOCOL_VERSION};
 use tokio::sync::Notify;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::handshake::{self, Address};
+use super::mtls;
 use super::pb::calculator_server::{Calculator, CalculatorServer};
 use super::{angle_unit_to_pb, error_to_pb, go_plugin, pb, state_to_pb, HEALTH_SERVICE};
 use crate::{Error, Plugin, PluginHandle};
@@ -60,7 +62,20 @@ async fn serve_plugin(plugin: Arc<Plugin>, app: u32) -> Result<(), String> {
         go_plugin::grpc_controller_server::GrpcControllerServer::new(Controller(stop.clone()));
     let broker = go_plugin::grpc_broker_server::GrpcBrokerServer::new(Broker);
 
-    let line = handshake::format(app, &Address::Unix(socket.clone()), None);
+    // go-plugin's automatic mutual TLS, when the host asks for it.
+    let tls = match std::env::var(mtls::CLIENT_CERT_ENV) {
+        Ok(client) if !client.trim().is_empty() => {
+            let ours = mtls::Credentials::generate()?;
+            let config = mtls::server_config(&ours, &client)?;
+            Some((ours, tokio_rustls::TlsAcceptor::from(config)))
+        }
+        _ => None,
+    };
+    let line = handshake::format(
+        app,
+        &Address::Unix(socket.clone()),
+        tls.as_ref().map(|(ours, _)| ours.der()),
+    );
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())
@@ -68,21 +83,84 @@ async fn serve_plugin(plugin: Arc<Plugin>, app: u32) -> Result<(), String> {
     drop(stdout);
     tracing::info!(plugin = plugin.name(), socket = %socket.display(), "serving over gRPC");
 
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(calculator)
         .add_service(controller)
-        .add_service(broker)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            async move { stop.notified().await },
-        )
-        .await;
+        .add_service(broker);
+    let stopped = async move { stop.notified().await };
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let served = match tls {
+        None => router.serve_with_incoming_shutdown(incoming, stopped).await,
+        Some((_, acceptor)) => {
+            let incoming = incoming.then(move |stream| {
+                let acceptor = acceptor.clone();
+                async move {
+                    let handshake = acceptor.accept(stream?);
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                        Ok(Ok(stream)) => Ok(TlsConnection(stream)),
+                        Ok(Err(err)) => {
+                            tracing::warn!(error = %err, "refused a connection: TLS handshake failed");
+                            Err(err)
+                        }
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "TLS handshake timed out",
+                        )),
+                    }
+                }
+            });
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    };
     let _ = std::fs::remove_file(&socket);
     if let Err(err) = plugin.shutdown() {
         tracing::warn!(error = %err, "shutdown failed");
     }
     served.map_err(|err| format!("serving failed: {err}"))
+}
+
+/// One accepted TLS connection, as tonic's server takes it.
+struct TlsConnection(tokio_rustls::server::TlsStream<tokio::net::UnixStream>);
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// The plugin behind `calcplug.v1.Calculator`.

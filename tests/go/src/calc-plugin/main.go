@@ -24,6 +24,7 @@ import (
 
 	hclog "github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc/peer"
 )
 
 type calculator struct {
@@ -106,10 +107,15 @@ func (c *calculator) Shutdown(context.Context, *calcplugv1.Empty) (*calcplugv1.O
 	return &calcplugv1.Outcome{}, nil
 }
 
-func (c *calculator) GetStatus(context.Context, *calcplugv1.Empty) (*calcplugv1.StatusResponse, error) {
+// GetStatus's message says whether the call came over TLS, for the AutoMTLS tests.
+func (c *calculator) GetStatus(ctx context.Context, _ *calcplugv1.Empty) (*calcplugv1.StatusResponse, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := &calcplugv1.StatusResponse{State: c.state, Message: "go-calc", RequestCount: atomic.LoadUint64(&c.requests)}
+	message := "go-calc over plaintext"
+	if p, ok := peer.FromContext(ctx); ok && p.AuthInfo != nil && p.AuthInfo.AuthType() == "tls" {
+		message = "go-calc over TLS"
+	}
+	s := &calcplugv1.StatusResponse{State: c.state, Message: message, RequestCount: atomic.LoadUint64(&c.requests)}
 	if !c.started.IsZero() {
 		s.StartedAtUnixNanos = c.started.UnixNano()
 		s.UptimeNanos = uint64(time.Since(c.started).Nanoseconds())
