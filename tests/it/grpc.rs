@@ -291,3 +291,61 @@ fn the_cli_calls_a_go_plugin_executable_by_its_path() {
         "error: go-calc: divide: division by zero: go-calc cannot divide 1 by zero\n"
     );
 }
+
+/// The Python plugin, started as the calcplug host starts any plugin executable.
+fn python_plugin(options: RemoteOptions) -> Result<RemotePlugin, Error> {
+    let peer = tests::python_peer();
+    let args = [
+        peer.script.clone().into_os_string(),
+        peer.generated.clone().into_os_string(),
+        interface::MAGIC_COOKIE_VALUE.into(),
+    ];
+    RemotePlugin::spawn_command(&peer.python, args, options)
+}
+
+#[test]
+fn the_calcplug_host_calls_a_python_plugin() {
+    let plugin =
+        python_plugin(RemoteOptions { auto_mtls: false, ..RemoteOptions::default() }).unwrap();
+    assert_eq!((plugin.name(), plugin.transport()), ("py-calc", "grpc"));
+    assert_eq!(plugin.interface_version().to_string(), "1.0.0");
+    assert!(!plugin.has_scientific(), "a 1.0 plugin has no scientific extension");
+    assert_eq!(plugin.add(1.0, 1.0).unwrap_err().code(), Some(ErrorCode::NotInitialized));
+    plugin.initialize(&Config::new().with("greeting", "hi")).unwrap();
+    assert_eq!(plugin.add(2.0, 3.0).unwrap(), 5.0);
+    assert_eq!(plugin.multiply(2.5, 4.0).unwrap(), 10.0);
+    let err = plugin.divide(1.0, 0.0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "py-calc: divide: division by zero: py-calc cannot divide 1 by zero"
+    );
+    // A call the Python plugin does not have: grpcio answers UNIMPLEMENTED.
+    let err = plugin.sin(1.0).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unsupported));
+    assert_eq!(
+        err.to_string(),
+        "py-calc: sin: unsupported operation: the plugin does not implement `sin` (gRPC UNIMPLEMENTED)"
+    );
+    let ops = [
+        BatchOp::new(Op::Add, 1.0, 2.0),
+        BatchOp::new(Op::Divide, 1.0, 0.0),
+        BatchOp::new(Op::Sqrt, 4.0, 0.0),
+    ];
+    let results: Vec<_> = plugin.batch(&ops).unwrap().iter().map(|r| r.result()).collect();
+    assert_eq!(results, [Ok(3.0), Err(ErrorCode::DivisionByZero), Err(ErrorCode::Unsupported)]);
+    assert_eq!(plugin.status().unwrap().request_count, 5);
+    plugin.shutdown().unwrap();
+    assert_eq!(plugin.status().unwrap().state, PluginState::Closed);
+}
+
+#[test]
+fn a_plugin_without_automtls_is_refused_when_it_is_asked_for() {
+    let err = python_plugin(RemoteOptions::default()).unwrap_err();
+    assert_eq!(err.path(), Some(tests::python_peer().python.as_path()));
+    assert_eq!(
+        err.reason(),
+        "plugin handshake failed: expected the plugin's certificate in the handshake line's last \
+         field (automatic mutual TLS), found none: the plugin does not support AutoMTLS; set \
+         `auto_mtls = false` to talk to it without TLS"
+    );
+}

@@ -90,6 +90,24 @@ pub fn go_peers() -> &'static xtask::peers::GoPeers {
     })
 }
 
+/// Sets up (once per test binary) the Python plugin of the gRPC interop tests: a virtualenv
+/// with grpcio (from PyPI when missing) and the generated code.
+///
+/// # Panics
+///
+/// If Python or the packages cannot be had; the message says what failed.
+pub fn python_peer() -> &'static xtask::peers::PythonPeer {
+    static PEER: OnceLock<xtask::peers::PythonPeer> = OnceLock::new();
+    PEER.get_or_init(|| {
+        let root = xtask::workspace_root();
+        let out = root.join("target").join("test-artifacts").join("python");
+        match xtask::peers::build_python_peer(&root, &out) {
+            Ok(peer) => peer,
+            Err(err) => panic!("{err:#}"),
+        }
+    })
+}
+
 fn build_all() -> anyhow::Result<Artifacts> {
     let root = xtask::workspace_root();
     let out = root.join("target").join("test-artifacts");

@@ -31,6 +31,11 @@ impl flags::Test {
         if !missing.is_empty() {
             eprintln!("==> warning: {}", xtask::peers::go_install_hint(&missing));
         }
+        let root = xtask::workspace_root();
+        let python = root.join("target").join("test-artifacts").join("python");
+        if let Err(err) = xtask::peers::build_python_peer(&root, &python) {
+            eprintln!("==> warning: the Python plugin cannot be set up: {err:#}");
+        }
         run_steps(&[
             (&["test", "--workspace"], &[]),
             // A bare test-name filter makes cargo build and run every library's test harness,

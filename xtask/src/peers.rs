@@ -4,7 +4,9 @@
 //! The Go side is built in GOPATH mode from Debian's packages (`GO111MODULE=off`, `GOPATH` =
 //! `tests/go`, the generated `calcplug.v1` code, `/usr/share/gocode`), so no module proxy is
 //! needed: a Go plugin (`tests/go/src/calc-plugin`) and a Go host (`tests/go/src/calc-host`),
-//! both using go-plugin.
+//! both using go-plugin. The Python side is a plugin written with grpcio
+//! (`tests/python/calc_plugin.py`), run from a virtualenv that is made, and filled from PyPI,
+//! when it is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -135,6 +137,61 @@ pub fn build_go_peers(root: &Path, out: &Path, cookie: &str) -> anyhow::Result<G
     let host = peers.pop().context("built no Go host")?;
     let plugin = peers.pop().context("built no Go plugin")?;
     Ok(GoPeers { plugin, host })
+}
+
+/// The PyPI packages of the Python plugin, pinned.
+pub const PYTHON_PACKAGES: &[&str] =
+    &["grpcio==1.85.3", "grpcio-tools==1.85.1", "grpcio-health-checking==1.85.1"];
+
+/// The Python plugin, ready to run: `python script GENERATED COOKIE`.
+#[derive(Debug, Clone)]
+pub struct PythonPeer {
+    /// The virtualenv's interpreter.
+    pub python: PathBuf,
+    /// `tests/python/calc_plugin.py`.
+    pub script: PathBuf,
+    /// The generated `calcplug.v1` and go-plugin Python code.
+    pub generated: PathBuf,
+}
+
+/// Makes the Python plugin runnable from `out`: a virtualenv in `out/venv` with grpcio
+/// ([`PYTHON_PACKAGES`], installed from PyPI when they are not there yet), and the Python code
+/// of `calcplug.v1` and go-plugin's controller generated into `out/gen`.
+pub fn build_python_peer(root: &Path, out: &Path) -> anyhow::Result<PythonPeer> {
+    let venv = out.join("venv");
+    let python = venv.join("bin").join("python");
+    if !python.is_file() {
+        let system = which("python3").context(
+            "the Python plugin needs `python3` with the venv module (Debian: python3-venv)",
+        )?;
+        run(Command::new(system).args(["-m", "venv"]).arg(&venv))
+            .context("cannot make the Python virtualenv")?;
+    }
+    let ready = Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools, grpc_health"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !ready {
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES))
+        .with_context(|| {
+            format!("cannot install the Python plugin's packages ({})", PYTHON_PACKAGES.join(" "))
+        })?;
+    }
+    let generated = out.join("gen");
+    std::fs::create_dir_all(&generated)
+        .with_context(|| format!("cannot create {}", generated.display()))?;
+    run(Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("interface").join("proto"))
+        .arg("-I")
+        .arg(root.join("host").join("proto"))
+        .arg(format!("--python_out={}", generated.display()))
+        .arg(format!("--grpc_python_out={}", generated.display()))
+        .args(["calcplug/v1/calculator.proto", "go_plugin.proto"]))?;
+    let script = root.join("tests").join("python").join("calc_plugin.py");
+    Ok(PythonPeer { python, script, generated })
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
