@@ -21,6 +21,8 @@ mod ipc;
 
 mod grpc;
 
+mod proto_evolution;
+
 /// Runners killed now and then, or in a storm, under four calling threads: no lost call, and
 /// the circuit breaker opening and closing.
 mod supervision;

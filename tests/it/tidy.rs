@@ -143,29 +143,32 @@ fn architecture_names_exactly_the_library_files_allowed_unsafe() {
     assert_eq!(named, allowed, "ARCHITECTURE.md's `unsafe` invariants vs the tidy list");
 }
 
-/// The frozen interface 1.0 is the compatibility matrix's oracle: "fixing" it would make the
-/// matrix test nothing. Its files hash to this (FNV-1a over each path and content, in order).
-const FROZEN_INTERFACE_1_0: u64 = 0x30ff_6b12_3e97_891f;
+/// The frozen copies are the compatibility tests' oracles: "fixing" one would make its test
+/// test nothing. Each one's files hash to this (FNV-1a over each path and content, in order).
+const FROZEN: &[(&str, u64)] =
+    &[("interface-v1_0", 0x30ff_6b12_3e97_891f), ("proto-v1", 0xa646_f549_df1a_4509)];
 
 #[test]
-fn the_frozen_interface_1_0_is_unchanged() {
-    let dir = root().join("tests").join("compat").join("interface-v1_0");
-    let mut files = Vec::new();
-    collect_all(&dir, &mut files);
-    files.sort();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for path in &files {
-        let rel = path.strip_prefix(&dir).unwrap().to_string_lossy().replace('\\', "/");
-        for byte in rel.bytes().chain(fs::read(path).unwrap()) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+fn the_frozen_copies_are_unchanged() {
+    for (name, expected) in FROZEN {
+        let dir = root().join("tests").join("compat").join(name);
+        let mut files = Vec::new();
+        collect_all(&dir, &mut files);
+        files.sort();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for path in &files {
+            let rel = path.strip_prefix(&dir).unwrap().to_string_lossy().replace('\\', "/");
+            for byte in rel.bytes().chain(fs::read(path).unwrap()) {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
         }
+        assert_eq!(
+            hash,
+            *expected,
+            "tests/compat/{name} changed ({} files, hash {hash:#018x}): it is frozen; restore it",
+            files.len()
+        );
     }
-    assert_eq!(
-        hash,
-        FROZEN_INTERFACE_1_0,
-        "tests/compat/interface-v1_0 changed ({} files): it is frozen; restore it",
-        files.len()
-    );
 }
 
 fn collect_all(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -97,14 +97,16 @@ pub struct GoPeers {
 }
 
 /// Builds the Go plugin and host into `out` (`out/bin`), with `cookie` as the magic cookie
-/// value: generates the `calcplug.v1` Go code with `protoc` into `out/gen`, then `go build`s
-/// in GOPATH mode with its cache in `out/cache`.
+/// value: generates the Go code of the frozen `calcplug.v1` (`tests/compat/proto-v1`) with
+/// `protoc` into `out/gen`, then `go build`s in GOPATH mode with its cache in `out/cache`.
 pub fn build_go_peers(root: &Path, out: &Path, cookie: &str) -> anyhow::Result<GoPeers> {
     let missing = go_missing();
     if !missing.is_empty() {
         bail!("{}", go_install_hint(&missing));
     }
-    let proto_dir = root.join("interface").join("proto");
+    // The frozen v1 contract, not the current one: the Go peers are the cross-version test (a
+    // v1 host against the current runner, the current host against a v1 plugin).
+    let proto_dir = root.join("tests").join("compat").join("proto-v1");
     let gen = out.join("gen");
     let gen_src = gen.join("src");
     std::fs::create_dir_all(&gen_src)
