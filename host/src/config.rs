@@ -51,6 +51,22 @@ pub struct ManagerConfig {
     isolation: IsolationConfig,
     modes: BTreeMap<String, Mode>,
     plugins: BTreeMap<String, Config>,
+    commands: BTreeMap<String, PluginCommand>,
+}
+
+/// A plugin that is an executable speaking go-plugin's gRPC protocol, in any language:
+/// `[plugins.NAME] command = ["./my-plugin", "--flag"]` (and optionally `transport = "grpc"`,
+/// the only one, and `auto_mtls`). The manager starts it, serves it as `NAME` (its metadata
+/// must say that name) and restarts it when the program file changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginCommand {
+    /// The program: relative to the config file's directory if it has a `/`, else looked up in
+    /// `PATH`.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Overrides `[isolation] auto_mtls` for this plugin.
+    pub auto_mtls: Option<bool>,
 }
 
 /// A plugin directory from the config, with the line that named it.
@@ -266,6 +282,7 @@ impl ManagerConfig {
             },
             modes: BTreeMap::new(),
             plugins: BTreeMap::new(),
+            commands: BTreeMap::new(),
         }
     }
 
@@ -415,6 +432,11 @@ impl ManagerConfig {
     /// The names that have a `[plugins.NAME]` table.
     pub fn configured_plugins(&self) -> impl Iterator<Item = &str> {
         self.plugins.keys().map(String::as_str)
+    }
+
+    /// The plugin executables (`[plugins.NAME] command`), by name.
+    pub fn commands(&self) -> impl Iterator<Item = (&str, &PluginCommand)> {
+        self.commands.iter().map(|(name, command)| (name.as_str(), command))
     }
 }
 

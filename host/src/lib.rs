@@ -51,7 +51,7 @@ pub use plugin::Plugin;
 pub use security::{load_with, Enforcement, LoadPolicy, Manifest, TrustedKey};
 
 pub use config::{
-    IsolationConfig, ManagerConfig, Mode, PanicPolicy, RetryPolicy, SecurityConfig,
+    IsolationConfig, ManagerConfig, Mode, PanicPolicy, PluginCommand, RetryPolicy, SecurityConfig,
     CONFIG_FILE_NAME,
 };
 pub use manager::{

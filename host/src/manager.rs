@@ -138,6 +138,9 @@ struct Control {
     files: HashMap<PathBuf, FileRecord>,
     /// Directories that could not be listed at the last scan.
     dir_errors: HashMap<PathBuf, String>,
+    /// Each plugin executable (`[plugins.NAME] command`) started, by name, with the stamp of its
+    /// program then: it is started again when the program changes.
+    commands: HashMap<String, Option<FileStamp>>,
 }
 
 struct FileRecord {

@@ -349,3 +349,101 @@ fn a_plugin_without_automtls_is_refused_when_it_is_asked_for() {
          `auto_mtls = false` to talk to it without TLS"
     );
 }
+
+/// A plugin manager over an empty plugin directory with this `calcplug.toml` text.
+fn manager_with(toml: &str) -> (tempfile::TempDir, host::PluginManager) {
+    let dir = crate::util::scratch();
+    let config = host::ManagerConfig::parse(toml, &dir.path().join("calcplug.toml")).unwrap();
+    let manager = host::PluginManager::start(config.with_paths(&[dir.path().to_owned()])).unwrap();
+    (dir, manager)
+}
+
+#[test]
+fn the_manager_serves_a_plugin_executable_named_in_the_config() {
+    let go = tests::go_peers().plugin.display().to_string();
+    let python = tests::python_peer();
+    let toml = format!(
+        "[plugins.go-calc]\ncommand = [{go:?}]\ntransport = \"grpc\"\nmax_value = 50\n\n\
+         [plugins.py-calc]\ncommand = [{:?}, {:?}, {:?}, {:?}]\nauto_mtls = false\n",
+        python.python.display().to_string(),
+        python.script.display().to_string(),
+        python.generated.display().to_string(),
+        interface::MAGIC_COOKIE_VALUE,
+    );
+    let (_dir, manager) = manager_with(&toml);
+    let go_calc = manager.get("go-calc").expect("the Go plugin is served");
+    assert_eq!(go_calc.add(2.0, 3.0).unwrap(), 5.0);
+    // Its `[plugins.go-calc]` table, minus the manager's keys, went to `initialize`.
+    assert_eq!(go_calc.add(60.0, 1.0).unwrap_err().code(), Some(ErrorCode::OutOfRange));
+    let py_calc = manager.get("py-calc").expect("the Python plugin is served");
+    assert_eq!(py_calc.divide(1.0, 4.0).unwrap(), 0.25);
+    let status = manager.status();
+    let of = |name: &str| status.plugins.iter().find(|p| p.name == name).unwrap();
+    assert_eq!((of("go-calc").transport, of("go-calc").mode), ("grpc", host::Mode::OutOfProcess));
+    assert_eq!(of("go-calc").source, tests::go_peers().plugin);
+    assert!(of("py-calc").runner_pid.is_some());
+    assert!(manager.shutdown().failed.is_empty());
+}
+
+#[test]
+fn a_plugin_executable_must_call_itself_by_its_configured_name() {
+    let go = tests::go_peers().plugin.display().to_string();
+    let (_dir, manager) = manager_with(&format!("[plugins.calc]\ncommand = [{go:?}]\n"));
+    assert!(manager.get("calc").is_none());
+    let status = manager.status();
+    let problem = status.problems.iter().find(|p| p.path == tests::go_peers().plugin);
+    assert_eq!(
+        problem.map(|p| p.reason.as_str()),
+        Some(
+            "invalid plugin metadata: the plugin calls itself `go-calc`, but it is configured as \
+             `[plugins.calc]`"
+        ),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn bad_plugin_executable_settings_name_the_key_and_line() {
+    let err = |toml: &str| {
+        host::ManagerConfig::parse(toml, std::path::Path::new("/etc/calcplug.toml"))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err("[plugins.x]\ncommand = \"./x\"\n"),
+        "/etc/calcplug.toml:2: `plugins.x.command`: expected the program and its arguments, an \
+         array of strings: command = [\"./my-plugin\", \"--flag\"]"
+    );
+    assert_eq!(
+        err("[plugins.x]\ncommand = [\"./x\"]\ntransport = \"http\"\n"),
+        "/etc/calcplug.toml:3: `plugins.x.transport`: expected \"grpc\" (go-plugin's protocol, \
+         the one a plugin executable speaks), found \"http\""
+    );
+    assert_eq!(
+        err("[plugins.x]\ntransport = \"grpc\"\n"),
+        "/etc/calcplug.toml:2: `plugins.x.transport`: needs `command`, the plugin executable: a \
+         library's is set by `mode`"
+    );
+    assert_eq!(
+        err("[plugins.x]\nprecision = [1]\n"),
+        "/etc/calcplug.toml:2: `plugins.x.precision`: expected a string, number or boolean, \
+         found an array"
+    );
+    let config = host::ManagerConfig::parse(
+        "[plugins.x]\ncommand = [\"bin/x\", \"--flag\"]\nauto_mtls = false\n",
+        std::path::Path::new("/etc/calcplug.toml"),
+    )
+    .unwrap();
+    let commands: Vec<_> = config.commands().collect();
+    assert_eq!(
+        commands,
+        [(
+            "x",
+            &host::PluginCommand {
+                program: "/etc/bin/x".into(),
+                args: vec!["--flag".to_owned()],
+                auto_mtls: Some(false)
+            }
+        )]
+    );
+}

@@ -102,6 +102,9 @@ fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> 
             p.generation,
             p.source.display()
         )?;
+        if p.transport == "grpc" {
+            writeln!(out, "  transport: gRPC (go-plugin protocol)")?;
+        }
         match (p.runner_pid, p.circuit) {
             (Some(pid), Some(circuit)) => writeln!(out, "  runner: pid {pid}, circuit {circuit}")?,
             (Some(pid), None) => writeln!(out, "  runner: pid {pid}")?,
@@ -148,6 +151,7 @@ fn status_json(status: &ManagerStatus) -> serde_json::Value {
                 "path": p.source.display().to_string(),
                 "state": p.state.name(),
                 "mode": p.mode.name(),
+                "transport": p.transport,
                 "runner_pid": p.runner_pid,
                 "circuit": p.circuit.map(|c| match c {
                     Circuit::Closed => json!({ "state": "closed" }),

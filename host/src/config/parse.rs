@@ -14,7 +14,8 @@ use super::raw::{
     RawConfig, RawDiscovery, RawIsolation, RawManager, RawMetrics, RawRetry, RawSecurity,
 };
 use super::{
-    ConfigPath, IsolationConfig, ManagerConfig, Mode, PanicPolicy, RetryPolicy, SecurityConfig,
+    ConfigPath, IsolationConfig, ManagerConfig, Mode, PanicPolicy, PluginCommand, RetryPolicy,
+    SecurityConfig,
 };
 use crate::remote::RemoteOptions;
 use crate::security::{Enforcement, TrustedKey};
@@ -34,7 +35,7 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<ManagerConfig, Error> {
     let retry = cx.retry(raw.retry.unwrap_or_default(), &defaults.retry)?;
     let security = cx.security(raw.security.unwrap_or_default(), &defaults.security)?;
     let isolation = cx.isolation(raw.isolation.unwrap_or_default(), &defaults.isolation)?;
-    let (plugins, modes) = cx.plugins(raw.plugins.unwrap_or_default())?;
+    let PluginTables { plugins, modes, commands } = cx.plugins(raw.plugins.unwrap_or_default())?;
     Ok(ManagerConfig {
         origin: origin.to_owned(),
         paths,
@@ -48,6 +49,7 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<ManagerConfig, Error> {
         isolation,
         modes,
         plugins,
+        commands,
     })
 }
 
@@ -59,8 +61,13 @@ struct Cx<'a> {
     base: PathBuf,
 }
 
-/// A plugin's config table and the `mode` taken out of it, per plugin name.
-type PluginTables = (BTreeMap<String, Config>, BTreeMap<String, Mode>);
+/// The `[plugins.NAME]` tables: each plugin's `initialize` config, and what the manager takes
+/// out of them (`mode`; `command`, `transport` and `auto_mtls` for a plugin executable).
+struct PluginTables {
+    plugins: BTreeMap<String, Config>,
+    modes: BTreeMap<String, Mode>,
+    commands: BTreeMap<String, PluginCommand>,
+}
 
 impl Cx<'_> {
     #[cold]
@@ -320,21 +327,110 @@ impl Cx<'_> {
         &self,
         raw: BTreeMap<String, BTreeMap<String, Spanned<super::raw::PluginValue>>>,
     ) -> Result<PluginTables, Error> {
-        let mut plugins = BTreeMap::new();
-        let mut modes = BTreeMap::new();
+        use super::raw::PluginValue;
+        let mut tables = PluginTables {
+            plugins: BTreeMap::new(),
+            modes: BTreeMap::new(),
+            commands: BTreeMap::new(),
+        };
         for (name, mut table) in raw {
-            // `mode` is for the manager, not for the plugin's `initialize`.
-            if let Some(value) = table.remove("mode") {
+            let key = |key: &str| format!("plugins.{name}.{key}");
+            // A scalar, as the key requires.
+            let scalar = |value: Spanned<PluginValue>, key: &str| {
                 let span = value.span();
-                let text_value = Spanned::new(span, value.into_inner().0);
-                modes
-                    .insert(name.clone(), self.mode(&text_value, &format!("plugins.{name}.mode"))?);
+                match value.into_inner() {
+                    PluginValue::Scalar(text) => Ok(Spanned::new(span, text)),
+                    PluginValue::List(_) => Err(self.fail(
+                        span,
+                        key,
+                        "expected a string, number or boolean, found an array".to_owned(),
+                    )),
+                }
+            };
+            // `mode`, `command`, `transport` and `auto_mtls` are for the manager, not for the
+            // plugin's `initialize`.
+            if let Some(value) = table.remove("mode") {
+                let value = scalar(value, &key("mode"))?;
+                tables.modes.insert(name.clone(), self.mode(&value, &key("mode"))?);
             }
-            let config: Config =
-                table.into_iter().map(|(key, value)| (key, value.into_inner().0)).collect();
-            plugins.insert(name, config);
+            let command = table.remove("command");
+            if let Some(value) = table.remove("transport") {
+                let value = scalar(value, &key("transport"))?;
+                if value.get_ref() != "grpc" {
+                    return Err(self.fail(
+                        value.span(),
+                        &key("transport"),
+                        format!(
+                            "expected \"grpc\" (go-plugin's protocol, the one a plugin executable \
+                             speaks), found {:?}",
+                            value.get_ref()
+                        ),
+                    ));
+                }
+                if command.is_none() {
+                    return Err(self.fail(
+                        value.span(),
+                        &key("transport"),
+                        "needs `command`, the plugin executable: a library's is set by `mode`"
+                            .to_owned(),
+                    ));
+                }
+            }
+            let auto_mtls = match table.remove("auto_mtls") {
+                None => None,
+                Some(value) => {
+                    let value = scalar(value, &key("auto_mtls"))?;
+                    match value.get_ref().as_str() {
+                        "true" => Some((true, value.span())),
+                        "false" => Some((false, value.span())),
+                        other => {
+                            return Err(self.fail(
+                                value.span(),
+                                &key("auto_mtls"),
+                                format!("expected true or false, found {other:?}"),
+                            ))
+                        }
+                    }
+                }
+            };
+            match command {
+                Some(value) => {
+                    let span = value.span();
+                    let usage = "expected the program and its arguments, an array of strings: \
+                                 command = [\"./my-plugin\", \"--flag\"]";
+                    let mut words = match value.into_inner() {
+                        PluginValue::List(words) if !words.is_empty() => words.into_iter(),
+                        _ => return Err(self.fail(span, &key("command"), usage.to_owned())),
+                    };
+                    let program = words.next().unwrap_or_default();
+                    // A bare name is looked up in PATH; a path is relative to this file.
+                    let program = if program.contains('/') {
+                        self.resolve(&program)
+                    } else {
+                        PathBuf::from(program)
+                    };
+                    let auto_mtls = auto_mtls.map(|(on, _)| on);
+                    let command = PluginCommand { program, args: words.collect(), auto_mtls };
+                    tables.commands.insert(name.clone(), command);
+                }
+                None if auto_mtls.is_some() => {
+                    let span = auto_mtls.map(|(_, span)| span).unwrap_or_default();
+                    return Err(self.fail(
+                        span,
+                        &key("auto_mtls"),
+                        "is for a plugin executable (`command`)".to_owned(),
+                    ));
+                }
+                None => {}
+            }
+            let mut config = Config::new();
+            for (item, value) in table {
+                let value = scalar(value, &key(&item))?;
+                config = config.with(&item, value.get_ref());
+            }
+            tables.plugins.insert(name, config);
         }
-        Ok((plugins, modes))
+        Ok(tables)
     }
 }
 

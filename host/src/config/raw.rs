@@ -79,35 +79,51 @@ pub(super) struct RawIsolation {
     pub(super) auto_mtls: Option<bool>,
 }
 
-/// A plugin config value: a string, number or boolean, handed to `initialize` as a string.
+/// A value of a `[plugins.NAME]` table: a string, number or boolean (handed to `initialize` as
+/// a string), or an array of strings (`command`).
 #[derive(Debug)]
-pub(super) struct PluginValue(pub(super) String);
+pub(super) enum PluginValue {
+    Scalar(String),
+    List(Vec<String>),
+}
 
 impl<'de> Deserialize<'de> for PluginValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PluginValue, D::Error> {
-        struct Scalar;
-        impl Visitor<'_> for Scalar {
+        struct Value;
+        impl<'de> Visitor<'de> for Value {
             type Value = PluginValue;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, number or boolean")
+                f.write_str("a string, number, boolean or array of strings")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PluginValue, E> {
-                Ok(PluginValue(v.to_owned()))
+                Ok(PluginValue::Scalar(v.to_owned()))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<PluginValue, E> {
-                Ok(PluginValue(v.to_string()))
+                Ok(PluginValue::Scalar(v.to_string()))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<PluginValue, E> {
-                Ok(PluginValue(v.to_string()))
+                Ok(PluginValue::Scalar(v.to_string()))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<PluginValue, E> {
                 // `Debug` keeps `1e100` short where `Display` writes out 101 digits.
-                Ok(PluginValue(format!("{v:?}")))
+                Ok(PluginValue::Scalar(format!("{v:?}")))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<PluginValue, E> {
-                Ok(PluginValue(v.to_string()))
+                Ok(PluginValue::Scalar(v.to_string()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PluginValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<PluginValue>()? {
+                    match item {
+                        PluginValue::Scalar(text) => items.push(text),
+                        PluginValue::List(_) => {
+                            return Err(de::Error::custom("expected no array inside an array"))
+                        }
+                    }
+                }
+                Ok(PluginValue::List(items))
             }
         }
-        deserializer.deserialize_any(Scalar)
+        deserializer.deserialize_any(Value)
     }
 }

@@ -34,6 +34,13 @@ impl Backend {
         both!(self, p => p.identity())
     }
 
+    pub(crate) fn transport(&self) -> &'static str {
+        match self {
+            Backend::Local(_) => "in-process",
+            Backend::Remote(plugin) => plugin.transport(),
+        }
+    }
+
     pub(crate) fn runner_pid(&self) -> Option<u32> {
         match self {
             Backend::Local(_) => None,

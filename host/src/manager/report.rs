@@ -76,6 +76,9 @@ pub struct PluginStatus {
     pub state: LifecycleState,
     /// Where it runs: in this process, or in a `calcplug-runner` child.
     pub mode: Mode,
+    /// How calls reach it: `in-process`, `child` (a calcplug runner) or `grpc` (a plugin
+    /// executable speaking go-plugin's protocol).
+    pub transport: &'static str,
     /// The process id of its runner, out of process while one runs.
     pub runner_pid: Option<u32>,
     /// Its runner's circuit breaker, out of process.

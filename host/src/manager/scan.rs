@@ -90,6 +90,39 @@ impl Inner {
             }
         }
 
+        // Plugin executables named in the config: started when new, again when their program
+        // changed; a failure is recorded against the program and not retried until it changes.
+        for (name, command) in self.config.commands() {
+            let program = locate(&command.program);
+            let stamp = FileStamp::of(&program);
+            if control.commands.get(name).is_some_and(|seen| *seen == stamp) {
+                continue;
+            }
+            control.commands.insert(name.to_owned(), stamp.clone());
+            match self.load_command(name, command, &program) {
+                Ok(generation) => {
+                    control.files.remove(&program);
+                    by_name.entry(name.to_owned()).or_default().push((program, generation));
+                }
+                Err(err) => {
+                    if let Some(slot) = self.registry.load().get(name) {
+                        slot.reload_failures.fetch_add(1, Ordering::Relaxed);
+                        *slot.last_error.lock() = Some(err.to_string());
+                    }
+                    let problem = FileProblem {
+                        path: program.clone(),
+                        shadowed: false,
+                        failed_in: failed_step(&err),
+                        reason: err.reason(),
+                    };
+                    if let Some(stamp) = stamp {
+                        control.files.insert(program, FileRecord { stamp, problem: Some(problem) });
+                    }
+                    report.failed.push(err);
+                }
+            }
+        }
+
         let mut names: Vec<String> = by_name.keys().cloned().collect();
         names.sort();
         for name in names {
@@ -271,6 +304,50 @@ impl Inner {
         }
     }
 
+    /// Starts the plugin executable configured as `name`, which must call itself `name`.
+    fn load_command(
+        &self,
+        name: &str,
+        command: &crate::PluginCommand,
+        program: &Path,
+    ) -> Result<Generation, Error> {
+        let _span = tracing::info_span!("command", plugin = name).entered();
+        let state = StateMachine::new(name.to_owned());
+        let _ = state.transition(LifecycleState::Validating);
+        let mut options = self.config.isolation().options().clone();
+        options.auto_mtls = command.auto_mtls.unwrap_or(options.auto_mtls);
+        let started = RemotePlugin::spawn_command(&command.program, &command.args, options)
+            .and_then(|plugin| {
+                let called = plugin.identity().name();
+                if called == name {
+                    return Ok(plugin);
+                }
+                Err(Error::BadMetadata {
+                    reason: format!(
+                        "the plugin calls itself `{called}`, but it is configured as \
+                         `[plugins.{name}]`"
+                    ),
+                }
+                .with_path(program))
+            });
+        let _ = state.transition(LifecycleState::Loading);
+        let _ = state.transition(LifecycleState::Handshaking);
+        match started {
+            Ok(plugin) => Ok(Generation {
+                plugin: Backend::Remote(Box::new(plugin)),
+                source: program.to_owned(),
+                state,
+                loaded_at: Instant::now(),
+                shared: AtomicU64::new(0),
+            }),
+            Err(err) => {
+                let _ = state.transition(LifecycleState::Error);
+                tracing::warn!(error = %err, "refused");
+                Err(err)
+            }
+        }
+    }
+
     /// Loads `source`: in a runner if this plugin is configured out of process (the runner
     /// reports the plugin's name, which decides), else in this process. Either way from the
     /// bytes the `[security]` checks passed, so that each load maps a fresh image and a file
@@ -388,6 +465,19 @@ pub(super) fn copies_dir() -> Result<PathBuf, Error> {
     fs::create_dir_all(&dir)
         .map_err(|source| Error::Io { error: source }.with_path(dir.clone()))?;
     Ok(dir)
+}
+
+/// `program` itself when it has a `/`, else the first match in `PATH` (as the process would be
+/// started), else `program` unchanged.
+fn locate(program: &Path) -> PathBuf {
+    if program.components().count() > 1 {
+        return program.to_owned();
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| program.to_owned())
 }
 
 impl FileStamp {

@@ -296,6 +296,7 @@ impl Slot {
             } else {
                 Mode::InProcess
             },
+            transport: generation.plugin.transport(),
             runner_pid: generation.plugin.runner_pid(),
             circuit: generation.plugin.circuit(),
             generation: self.reloads.load(Ordering::Relaxed) + 1,

@@ -115,6 +115,19 @@ impl Report<'_> {
             why_missed: "the plugin's loop is compiled separately from the host, so it cannot be \
                 specialised for the host's data; both loops run the same validated arithmetic",
         });
+        let mean = |id: &str| run.extra(id, "mean_ns");
+        goals.push(Goal {
+            name: "calcplug gRPC call vs go-plugin's own gRPC call (mean per `Add`, both without TLS)",
+            target: "≤ 0.5×",
+            measured: mean("peers/calcplug_grpc_rust_plain")
+                .zip(mean("peers/go_grpc_go"))
+                .map(|(ours, theirs)| ours / theirs)
+                .map(|r| (format!("{r:.2}×"), r <= 0.5)),
+            missing: "peers/go_grpc_go",
+            why_missed: "a gRPC call is an HTTP/2 exchange on both sides (headers, frames, \
+                flow control) plus the wake-up of the plugin process; on this VM the wake-ups \
+                dominate, and both sides pay them",
+        });
         let load = run.extra("cold/load_handshake_initialize", "median_ns");
         goals.push(Goal {
             name: "load + handshake + initialize of one plugin",
@@ -196,6 +209,53 @@ impl Report<'_> {
                 }
                 None => {
                     let _ = writeln!(w, "| {label} | {} | – |", run.why_missing(id));
+                }
+            }
+        }
+
+        let _ = writeln!(w, "\n## gRPC: calcplug and go-plugin, both ways\n");
+        let _ = writeln!(
+            w,
+            "N sequential `Add(1, 2)` calls, each timed, after a warm-up, measured the same way on both sides in the same run: calcplug's rows by the benchmark, the Go rows by the Go host of `tests/go` (go-plugin from Debian's packages). The ratio is to go-plugin's own gRPC call (a Go host calling a Go plugin, no TLS: go-plugin's default).\n"
+        );
+        let _ = writeln!(w, "| Caller → plugin | Protocol | Mean | p50 | p99 | vs go-plugin gRPC |\n|---|---|---:|---:|---:|---:|");
+        let peer_rows = [
+            ("peers/calcplug_socket", "calcplug host → `basic` (runner)", "calcplug socket"),
+            (
+                "peers/calcplug_grpc_rust_plain",
+                "calcplug host → `basic` (`calcplug-runner --grpc`)",
+                "gRPC",
+            ),
+            (
+                "peers/calcplug_grpc_rust_tls",
+                "calcplug host → `basic` (`calcplug-runner --grpc`)",
+                "gRPC + AutoMTLS",
+            ),
+            ("peers/calcplug_grpc_go_tls", "calcplug host → Go plugin", "gRPC + AutoMTLS"),
+            (
+                "peers/go_grpc_calcplug",
+                "go-plugin Go host → `basic` (`calcplug-runner --grpc`)",
+                "gRPC",
+            ),
+            ("peers/go_grpc_go", "go-plugin Go host → Go plugin", "gRPC"),
+            ("peers/go_grpc_go_tls", "go-plugin Go host → Go plugin", "gRPC + AutoMTLS"),
+            ("peers/go_netrpc_go", "go-plugin Go host → Go plugin", "net/rpc"),
+        ];
+        let reference = run.extra("peers/go_grpc_go", "mean_ns");
+        for (id, label, protocol) in peer_rows {
+            match (run.extra(id, "mean_ns"), run.extra(id, "p50_ns"), run.extra(id, "p99_ns")) {
+                (Some(mean), Some(p50), Some(p99)) => {
+                    let ratio = reference.map_or("–".to_owned(), |r| format!("{:.2}×", mean / r));
+                    let _ = writeln!(
+                        w,
+                        "| {label} | {protocol} | {} | {} | {} | {ratio} |",
+                        duration(mean),
+                        duration(p50),
+                        duration(p99)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(w, "| {label} | {protocol} | {} | | | |", run.why_missing(id));
                 }
             }
         }

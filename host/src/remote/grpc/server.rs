@@ -33,8 +33,10 @@ pub(crate) fn serve(library: &Path) -> Result<(), String> {
         std::env::var(handshake::PROTOCOL_VERSIONS_ENV).ok().as_deref(),
     );
     let plugin = Arc::new(crate::load(library).map_err(|err| err.to_string())?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread serves: a call then wakes one thread, not one for the connection and another
+    // for the call (the plugin's calls take nanoseconds; `initialize` and `shutdown` run on the
+    // blocking pool).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| format!("cannot start a runtime: {err}"))?;

@@ -3,6 +3,10 @@
 // and prints one line per command, so the test can compare the exact outcomes.
 //
 //	calc-host [-automtls] PLUGIN [ARG...] -- metadata init:max_value=100 add:2:3 divide:1:0 status
+//
+// `bench:N` times N sequential `Add(1, 2)` calls and prints their mean, median and 99th
+// percentile in nanoseconds. With `-netrpc` the plugin is a net/rpc Calculator (go-plugin's
+// default protocol), and `bench:N` is the only command.
 package main
 
 import (
@@ -10,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -28,9 +33,10 @@ var opCodes = map[string]uint32{
 
 func main() {
 	args := os.Args[1:]
-	autoMTLS := false
-	if len(args) > 0 && args[0] == "-automtls" {
-		autoMTLS = true
+	autoMTLS, netRPC := false, false
+	for len(args) > 0 && (args[0] == "-automtls" || args[0] == "-netrpc") {
+		autoMTLS = autoMTLS || args[0] == "-automtls"
+		netRPC = netRPC || args[0] == "-netrpc"
 		args = args[1:]
 	}
 	split := -1
@@ -47,14 +53,19 @@ func main() {
 	pluginArgs, commands := args[:split], args[split+1:]
 
 	logger := hclog.New(&hclog.LoggerOptions{Name: "calc-host", Output: os.Stderr, Level: hclog.Debug})
-	client := plugin.NewClient(&plugin.ClientConfig{
+	config := &plugin.ClientConfig{
 		HandshakeConfig:  calcshared.Handshake(1),
 		Plugins:          map[string]plugin.Plugin{"calculator": &calcshared.CalculatorPlugin{}},
 		Cmd:              exec.Command(pluginArgs[0], pluginArgs[1:]...),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         autoMTLS,
 		Logger:           logger,
-	})
+	}
+	if netRPC {
+		config.Plugins = map[string]plugin.Plugin{"calculator": calcshared.NetRPCPlugin{}}
+		config.AllowedProtocols = []plugin.Protocol{plugin.ProtocolNetRPC}
+	}
+	client := plugin.NewClient(config)
 	defer client.Kill()
 
 	rpcClient, err := client.Client()
@@ -67,10 +78,50 @@ func main() {
 		fmt.Printf("dispense -> error %v\n", err)
 		os.Exit(1)
 	}
+	if netRPC {
+		calc := raw.(*calcshared.RPCCalculator)
+		for _, command := range commands {
+			fmt.Println(command + " -> " + bench(command, func() error { _, err := calc.Add(1, 2); return err }))
+		}
+		return
+	}
 	calc := raw.(calcplugv1.CalculatorClient)
 	for _, command := range commands {
+		if strings.HasPrefix(command, "bench:") {
+			operands := &calcplugv1.Operands{A: 1, B: 2}
+			fmt.Println(command + " -> " + bench(command, func() error {
+				_, err := calc.Add(context.Background(), operands)
+				return err
+			}))
+			continue
+		}
 		fmt.Println(command + " -> " + run(calc, rpcClient, command))
 	}
+}
+
+// bench runs `bench:N`: N sequential calls of add, each timed.
+func bench(command string, add func() error) string {
+	n, err := strconv.Atoi(strings.TrimPrefix(command, "bench:"))
+	if err != nil || n < 1 {
+		return "error: bench:N needs a positive N"
+	}
+	for i := 0; i < n/10+1; i++ { // warm up
+		if err := add(); err != nil {
+			return "rpc error " + err.Error()
+		}
+	}
+	times := make([]int64, n)
+	start := time.Now()
+	for i := range times {
+		t := time.Now()
+		if err := add(); err != nil {
+			return "rpc error " + err.Error()
+		}
+		times[i] = int64(time.Since(t))
+	}
+	mean := int64(time.Since(start)) / int64(n)
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	return fmt.Sprintf("mean_ns=%d p50_ns=%d p99_ns=%d", mean, times[n/2], times[n*99/100])
 }
 
 func run(calc calcplugv1.CalculatorClient, rpcClient plugin.ClientProtocol, command string) string {

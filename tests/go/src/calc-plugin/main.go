@@ -1,17 +1,16 @@
 // calc-plugin is a Calculator plugin written in Go with go-plugin, for calcplug's interop
 // tests: the four operations and the scientific extension, the tutorial's lifecycle, and
-// hclog JSON logs on stderr. Its one optional argument, `-mode=MODE`, makes it misbehave on
-// purpose: `netrpc` serves go-plugin's net/rpc protocol, `app2` speaks application protocol 2,
+// hclog JSON logs on stderr. Its one optional argument, `-mode=MODE`, changes it: `netrpc`
+// serves the Calculator's `Add` over go-plugin's net/rpc protocol (which calcplug refuses; the
+// benchmarks time it as go-plugin's own default), `app2` speaks application protocol 2,
 // `other-cookie` expects another application's magic cookie, `garbled` prints a line that is
 // not a handshake, `stderr-only` exits at once after logging why.
 package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
-	"net/rpc"
 	"os"
 	"strconv"
 	"strings"
@@ -219,14 +218,6 @@ func (c *calculator) GetAngleUnit(context.Context, *calcplugv1.Empty) (*calcplug
 	return &calcplugv1.AngleUnitMessage{Unit: calcplugv1.AngleUnit_ANGLE_UNIT_RADIANS}, nil
 }
 
-// netRPCPlugin is a go-plugin net/rpc plugin, which calcplug must refuse.
-type netRPCPlugin struct{}
-
-func (netRPCPlugin) Server(*plugin.MuxBroker) (interface{}, error) { return nil, errors.New("no") }
-func (netRPCPlugin) Client(*plugin.MuxBroker, *rpc.Client) (interface{}, error) {
-	return nil, errors.New("no")
-}
-
 func main() {
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: os.Stderr, JSONFormat: true})
 	mode := ""
@@ -245,7 +236,7 @@ func main() {
 	case "netrpc":
 		plugin.Serve(&plugin.ServeConfig{
 			HandshakeConfig: handshake,
-			Plugins:         map[string]plugin.Plugin{"calculator": netRPCPlugin{}},
+			Plugins:         map[string]plugin.Plugin{"calculator": calcshared.NetRPCPlugin{}},
 		})
 		return
 	case "app2":

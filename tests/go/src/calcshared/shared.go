@@ -4,6 +4,7 @@ package calcshared
 
 import (
 	"context"
+	"net/rpc"
 
 	calcplugv1 "calcplug/v1"
 
@@ -37,4 +38,33 @@ func (p *CalculatorPlugin) GRPCServer(broker *plugin.GRPCBroker, s *grpc.Server)
 
 func (p *CalculatorPlugin) GRPCClient(ctx context.Context, broker *plugin.GRPCBroker, c *grpc.ClientConn) (interface{}, error) {
 	return calcplugv1.NewCalculatorClient(c), nil
+}
+
+// Operands are the arguments of a net/rpc call, as the tutorial's net/rpc Calculator has them.
+type Operands struct{ A, B float64 }
+
+// RPCCalculator is the client side of the net/rpc Calculator (go-plugin's default protocol),
+// kept for the benchmarks' peer row: go-plugin's own net/rpc Add.
+type RPCCalculator struct{ Client *rpc.Client }
+
+func (c *RPCCalculator) Add(a, b float64) (float64, error) {
+	var sum float64
+	err := c.Client.Call("Plugin.Add", &Operands{A: a, B: b}, &sum)
+	return sum, err
+}
+
+// RPCServer is the server side: it answers Add with the sum.
+type RPCServer struct{}
+
+func (RPCServer) Add(args *Operands, reply *float64) error {
+	*reply = args.A + args.B
+	return nil
+}
+
+// NetRPCPlugin is the Calculator as a go-plugin net/rpc plugin.
+type NetRPCPlugin struct{}
+
+func (NetRPCPlugin) Server(*plugin.MuxBroker) (interface{}, error) { return RPCServer{}, nil }
+func (NetRPCPlugin) Client(b *plugin.MuxBroker, c *rpc.Client) (interface{}, error) {
+	return &RPCCalculator{Client: c}, nil
 }
