@@ -49,6 +49,38 @@ pub fn library_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
+/// The plugin executables in `dir`: regular files that anyone may execute, not named like a
+/// library and not hidden, sorted by name. They speak go-plugin's gRPC protocol;
+/// [`RemotePlugin::spawn`](crate::remote::RemotePlugin::spawn) starts one.
+///
+/// # Errors
+///
+/// [`Error::NotFound`] or [`Error::Io`] if the directory cannot be listed.
+pub fn plugin_executables(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let entries = fs::read_dir(dir).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound.with_path(dir.to_owned())
+        } else {
+            Error::Io { error: source }.with_path(dir.to_owned())
+        }
+    })?;
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || name.ends_with(LIBRARY_SUFFIX) {
+            continue;
+        }
+        let Ok(meta) = fs::metadata(entry.path()) else { continue };
+        if meta.is_file() && meta.permissions().mode() & 0o111 == 0o111 {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Loads every library in each of `dirs`, in order.
 ///
 /// A directory that cannot be listed or a library that is refused becomes a `Found` with an

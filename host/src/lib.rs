@@ -42,7 +42,7 @@ mod plugin;
 pub mod remote;
 pub mod security;
 
-pub use discovery::{discover, discover_with, library_files, Found};
+pub use discovery::{discover, discover_with, library_files, plugin_executables, Found};
 pub use error::Error;
 pub use handle::PluginHandle;
 pub use identity::{Extension, Identity};

@@ -447,3 +447,45 @@ fn bad_plugin_executable_settings_name_the_key_and_line() {
         )]
     );
 }
+
+#[test]
+fn a_plugin_directory_holds_executables_next_to_libraries() {
+    let dir = crate::util::scratch();
+    crate::util::copy_as(
+        &artifacts().library("basic"),
+        dir.path(),
+        &tests::library_file_name("basic"),
+    );
+    let go = crate::util::copy_as(&tests::go_peers().plugin, dir.path(), "go-calc");
+    // Not executable, not a plugin: ignored.
+    std::fs::write(dir.path().join("SHA256SUMS"), "").unwrap();
+    let out =
+        crate::util::calcplug().arg("--plugin-dir").arg(dir.path()).arg("list").output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[0].starts_with("loaded   basic          1.0.0    in-process interface 1.1.0 "),
+        "{listed}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("loaded   go-calc        1.2.0    grpc       interface 1.1.0   {}", go.display())
+    );
+    let out = crate::util::calcplug()
+        .arg("--plugin-dir")
+        .arg(dir.path())
+        .args(["call", "go-calc", "multiply", "6", "7"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n", "{out:?}");
+    let out = crate::util::calcplug()
+        .arg("--plugin-dir")
+        .arg(dir.path())
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entries[1]["transport"], "grpc", "{entries}");
+    assert_eq!(entries[0]["transport"], "in-process", "{entries}");
+}

@@ -239,11 +239,27 @@ fn default_plugin_dirs() -> anyhow::Result<Vec<PathBuf>> {
     )
 }
 
+/// A plugin found in a plugin directory: loaded (in process, or started as an executable), or
+/// refused and why.
+type Listed = Result<Box<dyn PluginHandle>, host::Error>;
+
 fn list(dirs: &[PathBuf], as_json: bool) -> anyhow::Result<ExitCode> {
-    let found = discover(dirs);
+    let mut found: Vec<(PathBuf, Listed)> = discover(dirs)
+        .into_iter()
+        .map(|Found { path, outcome }| {
+            (path, outcome.map(|plugin| Box::new(plugin) as Box<dyn PluginHandle>))
+        })
+        .collect();
+    // Plugin executables next to the libraries, each started to ask what it is.
+    for path in dirs.iter().filter_map(|dir| host::plugin_executables(dir).ok()).flatten() {
+        let outcome = RemotePlugin::spawn(&path, RemoteOptions::default())
+            .map(|plugin| Box::new(plugin) as Box<dyn PluginHandle>);
+        found.push((path, outcome));
+    }
     let mut out = io::stdout().lock();
     if as_json {
-        let entries: Vec<_> = found.iter().map(found_json).collect();
+        let entries: Vec<_> =
+            found.iter().map(|(path, outcome)| found_json(path, outcome)).collect();
         serde_json::to_writer_pretty(&mut out, &entries)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
@@ -252,13 +268,15 @@ fn list(dirs: &[PathBuf], as_json: bool) -> anyhow::Result<ExitCode> {
         let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
         writeln!(out, "no plugin libraries in {}", shown.join(", "))?;
     }
-    for Found { path, outcome } in &found {
+    for (path, outcome) in &found {
         match outcome {
             Ok(plugin) => writeln!(
                 out,
-                "loaded   {:<14} {:<8} {}",
+                "loaded   {:<14} {:<8} {:<10} interface {:<7} {}",
                 plugin.name(),
                 plugin.version().to_string(),
+                plugin.transport(),
+                plugin.interface_version().to_string(),
                 path.display()
             )?,
             Err(err) => writeln!(out, "refused  {}: {}", path.display(), err.reason())?,
@@ -267,15 +285,19 @@ fn list(dirs: &[PathBuf], as_json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn found_json(found: &Found) -> serde_json::Value {
-    let path = found.path.display().to_string();
-    match &found.outcome {
+fn found_json(
+    path: &Path,
+    outcome: &Result<Box<dyn PluginHandle>, host::Error>,
+) -> serde_json::Value {
+    let path = path.display().to_string();
+    match outcome {
         Ok(plugin) => json!({
             "path": path,
             "status": "loaded",
             "name": plugin.name(),
             "version": plugin.version().to_string(),
             "interface_version": plugin.interface_version().to_string(),
+            "transport": plugin.transport(),
         }),
         Err(err) => json!({
             "path": path,
@@ -329,7 +351,10 @@ fn find_handle(
         });
     }
     if !isolate {
-        return Ok(Box::new(find_plugin(dirs, name)?));
+        return match find_plugin(dirs, name) {
+            Ok(plugin) => Ok(Box::new(plugin)),
+            Err(err) => find_executable(dirs, name).ok_or(err),
+        };
     }
     let mut available = Vec::new();
     let mut best: Option<RemotePlugin> = None;
@@ -351,14 +376,28 @@ fn find_handle(
             }
         }
     }
-    match best {
-        Some(plugin) => Ok(Box::new(plugin)),
-        None => {
-            available.sort();
-            available.dedup();
-            Err(host::Error::UnknownPlugin { name: name.to_owned(), available }.into())
+    if let Some(plugin) = best {
+        return Ok(Box::new(plugin));
+    }
+    if let Some(plugin) = find_executable(dirs, name) {
+        return Ok(plugin);
+    }
+    available.sort();
+    available.dedup();
+    Err(host::Error::UnknownPlugin { name: name.to_owned(), available }.into())
+}
+
+/// The plugin executable named `name` in `dirs`, if one is: each is started to ask its name.
+fn find_executable(dirs: &[PathBuf], name: &str) -> Option<Box<dyn PluginHandle>> {
+    let executables = dirs.iter().filter_map(|dir| host::plugin_executables(dir).ok()).flatten();
+    for path in executables {
+        match RemotePlugin::spawn(&path, RemoteOptions::default()) {
+            Ok(plugin) if plugin.name() == name => return Some(Box::new(plugin)),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "refused"),
         }
     }
+    None
 }
 
 fn info(dirs: &[PathBuf], name: &str, as_json: bool, isolate: bool) -> anyhow::Result<ExitCode> {
