@@ -10,7 +10,7 @@
 //!    `<target>/criterion/<group>/<name>[/<size>]/new/estimates.json`. A result file older than
 //!    the run is an error: every figure in the report comes from this run.
 //! 4. Writes `BENCHMARKS.md` (tables, goals, the machine and the command) and its charts,
-//!    `benchmarks/latency.svg` and `benchmarks/batch.svg`.
+//!    `benchmarks/latency.svg`, `benchmarks/batch.svg` and `benchmarks/grpc.svg`.
 //!
 //! The charts are written by hand rather than with `plotters`: they are two bar charts, and the
 //! `xtask` library is a dependency of the integration tests, so every dependency added here would
@@ -102,6 +102,7 @@ impl flags::BenchReport {
         let outputs = [
             (chart_dir.join("latency.svg"), report.latency_chart()),
             (chart_dir.join("batch.svg"), report.batch_chart()),
+            (chart_dir.join("grpc.svg"), report.grpc_chart()),
             (root.join("BENCHMARKS.md"), report.markdown()),
         ];
         for (path, text) in outputs {

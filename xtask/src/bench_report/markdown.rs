@@ -54,6 +54,32 @@ impl Report<'_> {
         ]
     }
 
+    /// The gRPC rows: (id, caller → plugin, protocol).
+    fn peer_rows(&self) -> [(&'static str, &'static str, &'static str); 8] {
+        [
+            ("peers/calcplug_socket", "calcplug host → `basic` (runner)", "calcplug socket"),
+            (
+                "peers/calcplug_grpc_rust_plain",
+                "calcplug host → `basic` (`calcplug-runner --grpc`)",
+                "gRPC",
+            ),
+            (
+                "peers/calcplug_grpc_rust_tls",
+                "calcplug host → `basic` (`calcplug-runner --grpc`)",
+                "gRPC + AutoMTLS",
+            ),
+            ("peers/calcplug_grpc_go_tls", "calcplug host → Go plugin", "gRPC + AutoMTLS"),
+            (
+                "peers/go_grpc_calcplug",
+                "go-plugin Go host → `basic` (`calcplug-runner --grpc`)",
+                "gRPC",
+            ),
+            ("peers/go_grpc_go", "go-plugin Go host → Go plugin", "gRPC"),
+            ("peers/go_grpc_go_tls", "go-plugin Go host → Go plugin", "gRPC + AutoMTLS"),
+            ("peers/go_netrpc_go", "go-plugin Go host → Go plugin", "net/rpc"),
+        ]
+    }
+
     fn goals(&self) -> Vec<Goal> {
         let run = self.run;
         let ratio = |id: &str, floor: &str| Some(run.median(id)? / run.median(floor)?);
@@ -218,29 +244,9 @@ impl Report<'_> {
             w,
             "N sequential `Add(1, 2)` calls, each timed, after a warm-up, measured the same way on both sides in the same run: calcplug's rows by the benchmark, the Go rows by the Go host of `tests/go` (go-plugin from Debian's packages). The ratio is to go-plugin's own gRPC call (a Go host calling a Go plugin, no TLS: go-plugin's default).\n"
         );
+        let _ = writeln!(w, "![calcplug and go-plugin over gRPC](benchmarks/grpc.svg)\n");
         let _ = writeln!(w, "| Caller → plugin | Protocol | Mean | p50 | p99 | vs go-plugin gRPC |\n|---|---|---:|---:|---:|---:|");
-        let peer_rows = [
-            ("peers/calcplug_socket", "calcplug host → `basic` (runner)", "calcplug socket"),
-            (
-                "peers/calcplug_grpc_rust_plain",
-                "calcplug host → `basic` (`calcplug-runner --grpc`)",
-                "gRPC",
-            ),
-            (
-                "peers/calcplug_grpc_rust_tls",
-                "calcplug host → `basic` (`calcplug-runner --grpc`)",
-                "gRPC + AutoMTLS",
-            ),
-            ("peers/calcplug_grpc_go_tls", "calcplug host → Go plugin", "gRPC + AutoMTLS"),
-            (
-                "peers/go_grpc_calcplug",
-                "go-plugin Go host → `basic` (`calcplug-runner --grpc`)",
-                "gRPC",
-            ),
-            ("peers/go_grpc_go", "go-plugin Go host → Go plugin", "gRPC"),
-            ("peers/go_grpc_go_tls", "go-plugin Go host → Go plugin", "gRPC + AutoMTLS"),
-            ("peers/go_netrpc_go", "go-plugin Go host → Go plugin", "net/rpc"),
-        ];
+        let peer_rows = self.peer_rows();
         let reference = run.extra("peers/go_grpc_go", "mean_ns");
         for (id, label, protocol) in peer_rows {
             match (run.extra(id, "mean_ns"), run.extra(id, "p50_ns"), run.extra(id, "p99_ns")) {
@@ -439,6 +445,24 @@ impl Report<'_> {
         bar_chart("Latency per call (median, log scale; shorter is faster)", &rows)
     }
 
+    /// calcplug over gRPC next to go-plugin's own host and plugin, side by side.
+    pub(super) fn grpc_chart(&self) -> String {
+        let rows: Vec<Bar> = self
+            .peer_rows()
+            .into_iter()
+            .map(|(id, label, protocol)| {
+                let mean = self.run.extra(id, "mean_ns");
+                Bar {
+                    label: chart_label(&format!("{label}, {protocol}")),
+                    value: mean,
+                    text: mean.map_or_else(|| "not measured".to_owned(), duration),
+                    colour: if id.starts_with("peers/go_") { FLOOR } else { IPC },
+                }
+            })
+            .collect();
+        bar_chart("Mean per Add: calcplug (orange) and go-plugin's Go host (grey)", &rows)
+    }
+
     pub(super) fn batch_chart(&self) -> String {
         let mut rows = Vec::new();
         for n in BATCH_SIZES {
@@ -550,6 +574,33 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("| +8.0 ns (paired; middle half +7.5 to +9.0) | yes |"), "{md}");
         assert!(md.contains("\"Paired\": 1500 rounds of one block of 2000"), "{md}");
+    }
+
+    #[test]
+    fn the_grpc_rows_are_compared_with_go_plugins_own_call() {
+        let mut run = sample_run();
+        for (id, mean) in
+            [("peers/calcplug_grpc_rust_plain", 100_000.0), ("peers/go_grpc_go", 250_000.0)]
+        {
+            run.extras.insert(
+                id.to_owned(),
+                serde_json::json!({ "mean_ns": mean, "p50_ns": mean, "p99_ns": mean * 2.0 }),
+            );
+        }
+        run.not_measured.insert("peers/go_netrpc_go".to_owned(), "Go is not installed".into());
+        let machine = Machine { cpus: 2, ..Machine::default() };
+        let report = Report { run: &run, machine: &machine, command: "c", quick: true };
+        let md = report.markdown();
+        let row = "| calcplug host → `basic` (`calcplug-runner --grpc`) | gRPC | 100.0 µs | \
+                   100.0 µs | 200.0 µs | 0.40× |";
+        assert!(md.contains(row), "{md}");
+        let goal = "| calcplug gRPC call vs go-plugin's own gRPC call (mean per `Add`, both \
+                    without TLS) | ≤ 0.5× | 0.40× | yes |";
+        assert!(md.contains(goal), "{md}");
+        let missing = "| go-plugin Go host → Go plugin | net/rpc | not measured: Go is not \
+                       installed | | | |";
+        assert!(md.contains(missing), "{md}");
+        assert!(report.grpc_chart().contains("not measured"));
     }
 
     #[test]
