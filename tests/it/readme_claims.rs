@@ -181,7 +181,8 @@ fn list_json_carries_every_field_the_readme_names() {
     let loaded = entries.iter().find(|e| e["status"] == "loaded").unwrap();
     let mut keys: Vec<&str> = loaded.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["interface_version", "name", "path", "status", "version"]);
+    assert_eq!(keys, ["interface_version", "name", "path", "status", "transport", "version"]);
+    assert_eq!(loaded["transport"], "in-process");
     assert_eq!(loaded["interface_version"], "1.1.0");
     assert_eq!(loaded["name"], "basic");
     let refused = entries.iter().find(|e| e["status"] == "refused").unwrap();
