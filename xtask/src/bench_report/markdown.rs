@@ -54,29 +54,39 @@ impl Report<'_> {
         ]
     }
 
-    /// The gRPC rows: (id, caller → plugin, protocol).
-    fn peer_rows(&self) -> [(&'static str, &'static str, &'static str); 8] {
+    /// The gRPC rows: (id, caller → plugin, protocol, the chart's short label).
+    fn peer_rows(&self) -> [(&'static str, &'static str, &'static str, &'static str); 8] {
+        const RUNNER: &str = "calcplug host → `basic` (`calcplug-runner --grpc`)";
+        const GO_PLUGIN: &str = "go-plugin Go host → Go plugin";
         [
-            ("peers/calcplug_socket", "calcplug host → `basic` (runner)", "calcplug socket"),
             (
-                "peers/calcplug_grpc_rust_plain",
-                "calcplug host → `basic` (`calcplug-runner --grpc`)",
-                "gRPC",
+                "peers/calcplug_socket",
+                "calcplug host → `basic` (runner)",
+                "calcplug socket",
+                "calcplug → basic, socket",
             ),
+            ("peers/calcplug_grpc_rust_plain", RUNNER, "gRPC", "calcplug → basic, gRPC"),
             (
                 "peers/calcplug_grpc_rust_tls",
-                "calcplug host → `basic` (`calcplug-runner --grpc`)",
+                RUNNER,
                 "gRPC + AutoMTLS",
+                "calcplug → basic, gRPC + mTLS",
             ),
-            ("peers/calcplug_grpc_go_tls", "calcplug host → Go plugin", "gRPC + AutoMTLS"),
+            (
+                "peers/calcplug_grpc_go_tls",
+                "calcplug host → Go plugin",
+                "gRPC + AutoMTLS",
+                "calcplug → Go, gRPC + mTLS",
+            ),
             (
                 "peers/go_grpc_calcplug",
                 "go-plugin Go host → `basic` (`calcplug-runner --grpc`)",
                 "gRPC",
+                "Go host → basic, gRPC",
             ),
-            ("peers/go_grpc_go", "go-plugin Go host → Go plugin", "gRPC"),
-            ("peers/go_grpc_go_tls", "go-plugin Go host → Go plugin", "gRPC + AutoMTLS"),
-            ("peers/go_netrpc_go", "go-plugin Go host → Go plugin", "net/rpc"),
+            ("peers/go_grpc_go", GO_PLUGIN, "gRPC", "Go host → Go, gRPC"),
+            ("peers/go_grpc_go_tls", GO_PLUGIN, "gRPC + AutoMTLS", "Go host → Go, gRPC + mTLS"),
+            ("peers/go_netrpc_go", GO_PLUGIN, "net/rpc", "Go host → Go, net/rpc"),
         ]
     }
 
@@ -248,7 +258,7 @@ impl Report<'_> {
         let _ = writeln!(w, "| Caller → plugin | Protocol | Mean | p50 | p99 | vs go-plugin gRPC |\n|---|---|---:|---:|---:|---:|");
         let peer_rows = self.peer_rows();
         let reference = run.extra("peers/go_grpc_go", "mean_ns");
-        for (id, label, protocol) in peer_rows {
+        for (id, label, protocol, _) in peer_rows {
             match (run.extra(id, "mean_ns"), run.extra(id, "p50_ns"), run.extra(id, "p99_ns")) {
                 (Some(mean), Some(p50), Some(p99)) => {
                     let ratio = reference.map_or("–".to_owned(), |r| format!("{:.2}×", mean / r));
@@ -450,10 +460,10 @@ impl Report<'_> {
         let rows: Vec<Bar> = self
             .peer_rows()
             .into_iter()
-            .map(|(id, label, protocol)| {
+            .map(|(id, _, _, short)| {
                 let mean = self.run.extra(id, "mean_ns");
                 Bar {
-                    label: chart_label(&format!("{label}, {protocol}")),
+                    label: short.to_owned(),
                     value: mean,
                     text: mean.map_or_else(|| "not measured".to_owned(), duration),
                     colour: if id.starts_with("peers/go_") { FLOOR } else { IPC },
