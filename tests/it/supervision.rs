@@ -37,6 +37,8 @@ struct Soak {
     longest_outage: Duration,
     /// Circuit states `status` showed while the storm ran.
     circuits: BTreeSet<&'static str>,
+    /// The slowest single call (one that waited for a restart, say).
+    slowest_call: Duration,
 }
 
 /// A manager serving `basic` out of process with the default supervision settings.
@@ -73,11 +75,14 @@ fn soak(handle: &Handle, every: Duration, kill_for: Duration, tail: Duration) ->
                 let mut ok_since_failure = 0u64;
                 let mut outage_since = None;
                 let mut longest_outage = Duration::ZERO;
+                let mut slowest_call = Duration::ZERO;
                 let mut i = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     let a = f64::from(t * 1_000_000 + i % 1_000_000);
                     i = i.wrapping_add(1);
+                    let call_started = Instant::now();
                     let result = handle.add(a, 1.0);
+                    slowest_call = slowest_call.max(call_started.elapsed());
                     let kills = kills_done.load(Ordering::Acquire);
                     while seen_kills < kills {
                         progress.push(0);
@@ -109,6 +114,7 @@ fn soak(handle: &Handle, every: Duration, kill_for: Duration, tail: Duration) ->
                 report.progress.push(progress);
                 report.last_failure.push((last_failure, ok_since_failure));
                 report.longest_outage = report.longest_outage.max(longest_outage);
+                report.slowest_call = report.slowest_call.max(slowest_call);
             }));
         }
         // The killer: a kill every period while the storm lasts, of whichever runner serves.
@@ -202,7 +208,10 @@ fn a_runner_killed_every_3s_loses_no_call() {
     let report = manager.shutdown();
     assert!(report.failed.is_empty(), "{report:?}");
     nothing_left_behind(&soak, last);
-    eprintln!("kill every 3 s for 12 s: {} calls, 0 failed", soak.ok);
+    eprintln!(
+        "kill every 3 s for 12 s: {} calls, 0 failed, the slowest call {:?}",
+        soak.ok, soak.slowest_call
+    );
 }
 
 #[test]
@@ -244,5 +253,50 @@ fn a_kill_storm_opens_the_circuit_and_it_closes_within_5s_of_the_last_kill() {
         soak.ok,
         soak.failures.len(),
         soak.longest_outage
+    );
+}
+
+/// The same under go-plugin's gRPC protocol: the Go plugin, run by the manager from its config.
+#[test]
+#[allow(clippy::print_stderr)] // the figures, for a run with `--nocapture`
+fn a_go_plugin_killed_every_3s_loses_no_call() {
+    let dir = scratch();
+    let toml = format!(
+        "[plugins.go-calc]\ncommand = [{:?}]\n",
+        tests::go_peers().plugin.display().to_string()
+    );
+    let config = host::ManagerConfig::parse(&toml, &dir.path().join("calcplug.toml")).unwrap();
+    let manager = PluginManager::start(config.with_paths(&[dir.path().to_owned()])).unwrap();
+    let go_calc = manager.get("go-calc").expect("the Go plugin is served");
+    go_calc.add(0.0, 0.0).unwrap();
+    let started = Instant::now();
+    let soak =
+        soak(&go_calc, Duration::from_secs(3), Duration::from_secs(12), Duration::from_secs(1));
+    assert_eq!(soak.kills.len(), 4, "{:?}", soak.kills);
+    assert!(
+        soak.failures.is_empty(),
+        "{} failed calls, the first: {:?}",
+        soak.failures.len(),
+        &soak.failures[..soak.failures.len().min(3)]
+    );
+    for progress in &soak.progress {
+        assert_eq!(progress.len(), 5, "{progress:?}");
+        assert!(progress.iter().all(|&n| n > 0), "a caller stalled: {progress:?}");
+    }
+    let status = go_calc.status();
+    assert_eq!((status.circuit, status.transport), (Some(Circuit::Closed), "grpc"));
+    let victims: BTreeSet<u32> = soak.victims.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(victims.len(), 4, "each kill hit a new plugin process: {:?}", soak.victims);
+    let last = status.runner_pid.expect("a plugin process serves");
+    assert!(manager.shutdown().failed.is_empty());
+    for pid in victims.iter().chain([&last]) {
+        assert!(!process_alive(*pid), "plugin process {pid} outlived the manager");
+    }
+    eprintln!(
+        "Go plugin killed every 3 s for 12 s: {} calls in {:?}, 0 failed, the slowest call \
+         (waiting for a restart) {:?}",
+        soak.ok,
+        started.elapsed(),
+        soak.slowest_call
     );
 }
