@@ -11,6 +11,11 @@
 //! Calls take a connection from a small pool (one per thread calling at once), write one frame
 //! and read one frame: the same two wake-ups as a raw socket ping-pong, which is the floor.
 //!
+//! The same supervision runs plugin executables in any language that speak HashiCorp
+//! go-plugin's gRPC protocol with the `calcplug.v1` contract
+//! ([`RemotePlugin::spawn_command`]); and [`runner_main`] serves a library to go-plugin hosts
+//! when started as `calcplug-runner --grpc LIBRARY`.
+//!
 //! # Platform-specific behaviour
 //!
 //! Unix only (Unix domain sockets). The runner's socket lives in a private directory (0700)
@@ -105,10 +110,13 @@ impl Default for RemoteOptions {
     }
 }
 
-/// A plugin served by a runner process, with the same API as [`Plugin`](crate::Plugin).
+/// A plugin in a process of its own, with the same API as [`Plugin`](crate::Plugin): a library
+/// served by a runner, or a plugin executable speaking go-plugin's gRPC protocol.
 ///
 /// `Send + Sync`: calls from many threads run concurrently on separate connections.
-/// Dropping it stops the runner (its stdin closes) and removes its socket directory.
+/// Dropping it stops the process (a runner's stdin closes; a plugin executable is asked to shut
+/// down through go-plugin's controller, then killed if it lingers) and removes its private
+/// directory.
 #[derive(Debug)]
 pub struct RemotePlugin {
     identity: Identity,
