@@ -170,6 +170,25 @@ pub(crate) fn socket_dir(pid: u32) -> Option<PathBuf> {
     }
 }
 
+/// A soak with a kill every 3 s for 12 s: four kills, each of a new process, no failed call,
+/// and every caller served before the first kill, between kills and after; the killed pids.
+fn four_kills_lost_nothing(soak: &Soak) -> BTreeSet<u32> {
+    assert_eq!(soak.kills.len(), 4, "{:?}", soak.kills);
+    assert!(
+        soak.failures.is_empty(),
+        "{} failed calls, the first: {:?}",
+        soak.failures.len(),
+        &soak.failures[..soak.failures.len().min(3)]
+    );
+    for progress in &soak.progress {
+        assert_eq!(progress.len(), 5, "{progress:?}");
+        assert!(progress.iter().all(|&n| n > 0), "a caller stalled: {progress:?}");
+    }
+    let victims: BTreeSet<u32> = soak.victims.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(victims.len(), 4, "each kill hit a new process: {:?}", soak.victims);
+    victims
+}
+
 /// After the manager shut down, no runner it started lives and no socket directory remains.
 fn nothing_left_behind(soak: &Soak, last_runner: Option<(u32, Option<PathBuf>)>) {
     for (pid, dir) in soak.victims.iter().chain(last_runner.as_ref()) {
@@ -187,22 +206,9 @@ fn a_runner_killed_every_3s_loses_no_call() {
     basic.add(0.0, 0.0).unwrap();
     let soak =
         soak(&basic, Duration::from_secs(3), Duration::from_secs(12), Duration::from_secs(1));
-    assert_eq!(soak.kills.len(), 4, "{:?}", soak.kills);
-    assert!(
-        soak.failures.is_empty(),
-        "{} failed calls, the first: {:?}",
-        soak.failures.len(),
-        &soak.failures[..soak.failures.len().min(3)]
-    );
-    // Every caller made calls on every runner: before the first kill, between kills, after.
-    for progress in &soak.progress {
-        assert_eq!(progress.len(), 5, "{progress:?}");
-        assert!(progress.iter().all(|&n| n > 0), "a caller stalled: {progress:?}");
-    }
+    let victims = four_kills_lost_nothing(&soak);
     let status = basic.status();
     assert_eq!(status.circuit, Some(Circuit::Closed));
-    let victims: BTreeSet<u32> = soak.victims.iter().map(|(pid, _)| *pid).collect();
-    assert_eq!(victims.len(), 4, "each kill hit a new runner: {:?}", soak.victims);
     let last = status.runner_pid.map(|pid| (pid, socket_dir(pid)));
     assert!(last.as_ref().is_some_and(|(pid, _)| !victims.contains(pid)), "{last:?}");
     let report = manager.shutdown();
@@ -272,21 +278,9 @@ fn a_go_plugin_killed_every_3s_loses_no_call() {
     let started = Instant::now();
     let soak =
         soak(&go_calc, Duration::from_secs(3), Duration::from_secs(12), Duration::from_secs(1));
-    assert_eq!(soak.kills.len(), 4, "{:?}", soak.kills);
-    assert!(
-        soak.failures.is_empty(),
-        "{} failed calls, the first: {:?}",
-        soak.failures.len(),
-        &soak.failures[..soak.failures.len().min(3)]
-    );
-    for progress in &soak.progress {
-        assert_eq!(progress.len(), 5, "{progress:?}");
-        assert!(progress.iter().all(|&n| n > 0), "a caller stalled: {progress:?}");
-    }
+    let victims = four_kills_lost_nothing(&soak);
     let status = go_calc.status();
     assert_eq!((status.circuit, status.transport), (Some(Circuit::Closed), "grpc"));
-    let victims: BTreeSet<u32> = soak.victims.iter().map(|(pid, _)| *pid).collect();
-    assert_eq!(victims.len(), 4, "each kill hit a new plugin process: {:?}", soak.victims);
     let last = status.runner_pid.expect("a plugin process serves");
     assert!(manager.shutdown().failed.is_empty());
     for pid in victims.iter().chain([&last]) {
