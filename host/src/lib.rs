@@ -39,6 +39,7 @@ mod lifecycle;
 mod loader;
 mod manager;
 mod plugin;
+pub mod reference;
 pub mod remote;
 pub mod security;
 
@@ -46,7 +47,9 @@ pub use discovery::{discover, discover_with, library_files, plugin_executables, 
 pub use error::Error;
 pub use handle::PluginHandle;
 pub use identity::{Extension, Identity};
-pub use loader::{host_interface_version, interface_compatible, load, LIBRARY_SUFFIX};
+pub use loader::{
+    host_interface_version, interface_compatible, load, load_builtin, LIBRARY_SUFFIX,
+};
 pub use plugin::Plugin;
 pub use security::{load_with, Enforcement, LoadPolicy, Manifest, TrustedKey};
 

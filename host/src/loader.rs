@@ -46,6 +46,24 @@ pub fn load(path: impl AsRef<Path>) -> Result<Plugin, Error> {
     load_path(path.as_ref())
 }
 
+/// Creates an instance of plugin type `T` compiled into this binary, called through the same
+/// root module and checks (handshake, metadata) as a library, just without a file: for a host
+/// that ships a plugin built in, for tests, and for the benchmarks' floor of a plugin call.
+///
+/// Its [`Identity::path`](crate::Identity::path) is `<built-in NAME>`, `NAME` being `T`'s type name.
+///
+/// # Errors
+///
+/// [`Error::Setup`] if `new_instance` or `metadata` fail, [`Error::BadMetadata`] for metadata
+/// that does not pass the checks a library's does.
+pub fn load_builtin<T: interface::plugin::Calculator + Default>() -> Result<Plugin, Error> {
+    let path = PathBuf::from(format!("<built-in {}>", std::any::type_name::<T>()));
+    let module = interface::plugin::root_module::<T>();
+    let host_version = host_interface_version();
+    let verified = handshake(&path, module, &host_version)?;
+    Plugin::new(path, verified, host_version)
+}
+
 pub(crate) fn load_path(path: &Path) -> Result<Plugin, Error> {
     let _span = tracing::info_span!("load", path = %path.display()).entered();
     let path = inspect_file(path)?;

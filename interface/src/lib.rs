@@ -36,23 +36,22 @@
 //!         self.life.status()
 //!     }
 //!     fn add(&self, a: f64, b: f64) -> Result<f64, CalcError> {
-//!         let _call = self.life.enter()?;
-//!         Ok(a + b)
+//!         self.life.call(|| Ok(a + b))
 //!     }
 //!     fn subtract(&self, a: f64, b: f64) -> Result<f64, CalcError> {
-//!         let _call = self.life.enter()?;
-//!         Ok(a - b)
+//!         self.life.call(|| Ok(a - b))
 //!     }
 //!     fn multiply(&self, a: f64, b: f64) -> Result<f64, CalcError> {
-//!         let _call = self.life.enter()?;
-//!         Ok(a * b)
+//!         self.life.call(|| Ok(a * b))
 //!     }
 //!     fn divide(&self, a: f64, b: f64) -> Result<f64, CalcError> {
-//!         let _call = self.life.enter()?;
-//!         if b == 0.0 {
-//!             return Err(CalcError::new(ErrorCode::DivisionByZero, format!("{a} / 0")));
-//!         }
-//!         Ok(a / b)
+//!         // `call` admits the call (refused unless initialized), counts and samples it.
+//!         self.life.call(|| {
+//!             if b == 0.0 {
+//!                 return Err(CalcError::new(ErrorCode::DivisionByZero, format!("{a} / 0")));
+//!             }
+//!             Ok(a / b)
+//!         })
 //!     }
 //! }
 //!

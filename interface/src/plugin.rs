@@ -9,13 +9,15 @@
 //! `shutdown`) and request accounting that stays cheap when many threads call at once.
 //!
 //! The pieces: the authoring trait and the macro here, [`Lifecycle`] in `plugin/lifecycle.rs`,
-//! the export machinery in `plugin/export.rs` (which holds all of `interface`'s `unsafe`).
+//! the export machinery in `plugin/export.rs` (which holds `interface`'s `unsafe` with
+//! `plugin/thread.rs`, the calling thread's counter shard).
 
 use crate::{AngleUnit, BatchOp, BatchResult, CalcError, Config, ErrorCode, Metadata, Op, Status};
 
 mod export;
 mod lifecycle;
 mod limits;
+mod thread;
 
 pub use lifecycle::{CallGuard, Lifecycle};
 pub use limits::Limits;
@@ -143,6 +145,13 @@ macro_rules! export_plugin {
         pub static __CALCPLUG_ROOT_MODULE: $crate::plugin::__private::LibHeader =
             $crate::plugin::__private::Export::<$plugin, $handshake>::LIB_HEADER;
     };
+}
+
+/// The root module [`export_plugin!`](crate::export_plugin) exports for `T`, for a plugin compiled
+/// into the host binary instead of a library: the host calls it through the same function table
+/// (`host::load_builtin` does), which costs what a call into a library costs.
+pub fn root_module<T: Calculator + Default>() -> crate::ffi::CalculatorModRef {
+    export::Export::<T, export::CurrentHandshake>::root_module()
 }
 
 /// Items the export macro expands to. Not part of the API.

@@ -95,14 +95,21 @@ fn status_counts_requests() {
 }
 
 #[test]
-fn eight_threads_call_at_once() {
+fn more_threads_than_counter_shards_lose_no_count() {
+    // The plugin counts each thread's calls on a counter of the thread's own, with plain loads
+    // and stores, for up to 16 threads at once; the others share one with atomic increments.
+    // 24 threads, all alive at once from their first call to their last, use both kinds.
     let plugin = Arc::new(ready("basic", &Config::new()));
-    let threads = 8;
-    let calls = 20_000u32;
+    let threads = 24;
+    let calls = 10_000u32;
+    let batch = [BatchOp::new(Op::Add, 1.0, 2.0); 7];
+    let started = std::sync::Barrier::new(threads as usize);
+    let finished = std::sync::Barrier::new(threads as usize);
     std::thread::scope(|scope| {
         for t in 0..threads {
-            let plugin = Arc::clone(&plugin);
+            let (plugin, started, finished, batch) = (&plugin, &started, &finished, &batch);
             scope.spawn(move || {
+                started.wait();
                 for i in 0..calls {
                     let a = f64::from(t * calls + i);
                     assert_eq!(plugin.add(a, 1.0).unwrap(), a + 1.0);
@@ -111,11 +118,14 @@ fn eight_threads_call_at_once() {
                         Some(ErrorCode::DivisionByZero)
                     );
                 }
+                plugin.batch(batch).unwrap();
+                finished.wait();
             });
         }
     });
     let status = plugin.status().unwrap();
-    assert_eq!(status.request_count, u64::from(threads * calls * 2));
+    let batch_items = batch.len() as u64;
+    assert_eq!(status.request_count, u64::from(threads) * (u64::from(calls) * 2 + batch_items));
 }
 
 #[test]

@@ -157,7 +157,14 @@ fn bench_measures_every_figure_it_prints() {
     let json: serde_json::Value = serde_json::from_str(&succeeded(&out)).expect("JSON");
     assert_eq!(json["plugin"], "basic");
     let per_call = &json["per_call_ns"];
-    for figure in ["direct_dyn_reference", "in_process", "in_process_metrics", "out_of_process"] {
+    for figure in [
+        "bare_abi_call",
+        "direct_dyn_reference",
+        "direct_dyn_counted",
+        "in_process",
+        "in_process_metrics",
+        "out_of_process",
+    ] {
         let ns = per_call[figure].as_f64().unwrap_or(f64::NAN);
         assert!(ns.is_finite() && ns > 0.0, "{figure}: {per_call:#}");
     }

@@ -5,16 +5,19 @@
 //!
 //! Criterion measures the repeated, nanosecond-scale paths:
 //!
-//! - `per_call/*`: one `add(a, b)`, single thread: `direct_dyn` (the same `BasicCalculator`
-//!   called through `&dyn Calculator`, the floor), `in_process` (`host::Plugin::add` through the
-//!   abi_stable root module), `in_process_metrics` (`host::Handle::add` through the plugin
+//! - `per_call/*`: one `add(a, b)`, single thread, next to three references from
+//!   `host::reference`: `bare_abi` (`Plugin::add` of a built-in plugin that only adds: the
+//!   boundary's own cost), `plain_checks` (`basic`'s checks and rounding through
+//!   `&dyn Calculator`, no counters: the floor), `direct_dyn` (`BasicCalculator` itself through
+//!   `&dyn Calculator`, its counters included); then `in_process` (`host::Plugin::add` through
+//!   the abi_stable root module), `in_process_metrics` (`host::Handle::add` through the plugin
 //!   manager, metrics on with the default sampling), `socket_pingpong` (a frame of an
 //!   out-of-process `add` request to a child process over a Unix socket, and a frame of its
 //!   answer back: the out-of-process floor, since waking another process dominates both) and
 //!   `out_of_process` (`host::remote::RemotePlugin::add`, served by `calcplug-runner`).
 //! - `batch/{plain_loop,in_process,out_of_process}/{1,100,10000,1000000}`: `process_batch` of
 //!   that many items, with criterion's throughput in items per second. `plain_loop` is the same
-//!   validated arithmetic called directly, the floor.
+//!   validated arithmetic in a plain loop (`host::reference::Checked`), the floor.
 //!
 //! What criterion's model does not fit is measured by hand after it and written to a JSON run
 //! file (see [`RunFile`]): `paired/metrics_overhead` (what the manager adds to a call, measured
@@ -50,6 +53,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use basic::BasicCalculator;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use host::reference::{BareAdder, Checked};
 use host::remote::{RemoteOptions, RemotePlugin};
 use host::{BatchOp, BatchResult, Config, ManagerConfig, Op, Plugin, PluginManager};
 use interface::plugin::Calculator;
@@ -217,8 +221,12 @@ struct Setup {
     library: PathBuf,
     /// A scratch directory, removed at the end.
     scratch: tempfile::TempDir,
-    /// `basic` as a plain Rust value, initialized: the floor.
+    /// `basic` as a plain Rust value, initialized, counters included.
     direct: BasicCalculator,
+    /// `basic`'s checks and rounding without counters, initialized: the floor.
+    checked: Checked,
+    /// A built-in plugin that only adds, called through its root module.
+    bare: Plugin,
     /// `basic` loaded in process, initialized.
     plugin: Arc<Plugin>,
     /// The same library served by a plugin manager (metrics on, 1 call in 64 timed).
@@ -236,6 +244,9 @@ impl Setup {
 
         let direct = BasicCalculator::default();
         direct.initialize(&interface::Config::new()).expect("basic initializes");
+        let checked = Checked::default();
+        checked.initialize(&interface::Config::new()).expect("the reference initializes");
+        let bare = host::load_builtin::<BareAdder>().expect("the bare adder loads");
 
         let plugin = host::load(fresh_copy(&library, scratch.path(), "main")).expect("basic loads");
         plugin.initialize(&Config::new()).expect("basic initializes");
@@ -244,7 +255,7 @@ impl Setup {
         fs::create_dir_all(&managed).expect("managed dir");
         fs::copy(&library, managed.join(library_name())).expect("copy for the manager");
         let manager = start_manager(&managed);
-        Setup { library, scratch, direct, plugin: Arc::new(plugin), manager }
+        Setup { library, scratch, direct, checked, bare, plugin: Arc::new(plugin), manager }
     }
 }
 
@@ -313,11 +324,19 @@ fn batch_ops(n: usize) -> Vec<BatchOp> {
 
 fn per_call(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
     let mut group = c.benchmark_group("per_call");
-    let direct: &dyn Calculator = &setup.direct;
-    group.bench_function("direct_dyn", |b| {
-        // `black_box` on the reference keeps the compiler from seeing the concrete type.
-        b.iter(|| value(black_box(direct).add(black_box(1.0), black_box(2.0))));
+    let bare = &setup.bare;
+    group.bench_function("bare_abi", |b| {
+        b.iter(|| value(bare.add(black_box(1.0), black_box(2.0))));
     });
+    for (name, reference) in [
+        ("plain_checks", &setup.checked as &dyn Calculator),
+        ("direct_dyn", &setup.direct as &dyn Calculator),
+    ] {
+        group.bench_function(name, |b| {
+            // `black_box` on the reference keeps the compiler from seeing the concrete type.
+            b.iter(|| value(black_box(reference).add(black_box(1.0), black_box(2.0))));
+        });
+    }
     let plugin = &setup.plugin;
     group.bench_function("in_process", |b| {
         b.iter(|| value(plugin.add(black_box(1.0), black_box(2.0))));
@@ -327,14 +346,14 @@ fn per_call(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
         b.iter(|| value(handle.add(black_box(1.0), black_box(2.0))));
     });
     group.finish();
-    for name in ["direct_dyn", "in_process", "in_process_metrics"] {
+    for name in ["bare_abi", "plain_checks", "direct_dyn", "in_process", "in_process_metrics"] {
         run.criterion(&format!("per_call/{name}"));
     }
 }
 
 fn batch(c: &mut Criterion, setup: &Setup, quick: bool, run: &mut RunFile) {
     let mut group = batch_group(c, quick);
-    let direct: &dyn Calculator = &setup.direct;
+    let direct: &dyn Calculator = &setup.checked;
     for n in BATCH_SIZES {
         let (ops, mut results) = batch_of(&mut group, n);
         group.bench_with_input(BenchmarkId::new("plain_loop", n), &ops, |b, ops| {

@@ -3,8 +3,10 @@
 //!
 //! It prints the per-call and batch figures of `cargo xtask bench-report` for any
 //! plugin, without criterion: each figure is the median of many timed slices of about 10 ms.
-//! The per-call floor is a `&dyn` call to an adder compiled into this binary (the same checks as
-//! `basic`'s `add`), since the user's plugin has no plain-Rust twin here.
+//! The per-call references are compiled into this binary (`host::reference`), since the user's
+//! plugin has no plain-Rust twin here: a plugin that only adds, called through the root module
+//! (the boundary's own cost); `basic`'s checks and rounding through `&dyn Calculator` (the floor
+//! the in-process call is compared with); and the same with `basic`'s request counting.
 //! The out-of-process figures use `calcplug-runner` (found as `--isolate` finds it); without it
 //! they are reported as not measured, with the reason.
 
@@ -15,41 +17,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use host::reference::{BareAdder, Checked, Counted};
 use host::remote::{RemoteOptions, RemotePlugin};
-use host::{BatchOp, BatchResult, ErrorCode, ManagerConfig, Op, PluginManager};
+use host::{BatchOp, BatchResult, Config, ManagerConfig, Op, PluginManager};
+use interface::plugin::Calculator;
 use serde_json::json;
 
 /// The batch sizes, in items (as in `BENCHMARKS.md`).
 const BATCH_SIZES: [usize; 4] = [1, 100, 10_000, 1_000_000];
-
-/// One call of the per-call floor: the host-side reference adder.
-trait Reference {
-    fn add(&self, a: f64, b: f64) -> Result<f64, ErrorCode>;
-}
-
-/// Adds with `basic`'s checks (finite operands within `max_value`, a finite result).
-struct ReferenceAdder {
-    max_value: f64,
-}
-
-impl Reference for ReferenceAdder {
-    #[inline(never)]
-    fn add(&self, a: f64, b: f64) -> Result<f64, ErrorCode> {
-        for x in [a, b] {
-            if !x.is_finite() {
-                return Err(ErrorCode::InvalidInput);
-            }
-            if x.abs() > self.max_value {
-                return Err(ErrorCode::OutOfRange);
-            }
-        }
-        let sum = a + b;
-        if !sum.is_finite() || sum.abs() > self.max_value {
-            return Err(ErrorCode::Overflow);
-        }
-        Ok(sum)
-    }
-}
 
 /// `calcplug bench`.
 pub(crate) fn bench(
@@ -62,9 +37,9 @@ pub(crate) fn bench(
     if seconds == 0 {
         bail!("--seconds must be at least 1");
     }
-    // Twelve figures share the time: four per-call ones (the in-process pair, timed in
+    // Fourteen figures share the time: six per-call ones (the in-process pair, timed in
     // alternating slices, takes two slots) and four batch sizes in and out of process.
-    let slot = Duration::from_secs(seconds).div_f64(12.0);
+    let slot = Duration::from_secs(seconds).div_f64(14.0);
     let plugin = super::find_plugin(dirs, name)?;
     let plugin_config = config.plugin(name);
     plugin.initialize(&plugin_config)?;
@@ -81,14 +56,26 @@ pub(crate) fn bench(
         let _ =
             writeln!(io::stderr().lock(), "calcplug bench: {what} ({:.1} s)", slot.as_secs_f64());
     };
-    let adder = ReferenceAdder { max_value: 1e100 };
-    let reference: &dyn Reference = &adder;
-    progress("direct dyn call (floor)");
-    let direct = per_iteration(slot, |n| {
+    let bare = host::load_builtin::<BareAdder>()?;
+    progress("bare call through the root module");
+    let bare_ns = per_iteration(slot, |n| {
         for _ in 0..n {
-            black_box(value(black_box(reference).add(black_box(1.0), black_box(2.0))));
+            black_box(value(bare.add(black_box(1.0), black_box(2.0))));
         }
     });
+    let (checked, counted) = (Checked::default(), Counted::default());
+    checked.initialize(&Config::new())?;
+    counted.initialize(&Config::new())?;
+    let dyn_call = |what: &str, reference: &dyn Calculator| {
+        progress(what);
+        per_iteration(slot, |n| {
+            for _ in 0..n {
+                black_box(value(black_box(reference).add(black_box(1.0), black_box(2.0))));
+            }
+        })
+    };
+    let direct = dyn_call("direct dyn call with basic's checks (floor)", &checked);
+    let direct_counted = dyn_call("the same, with basic's request counting", &counted);
     progress("in-process call, without and with metrics, in alternating slices");
     let paired = paired(
         slot * 2,
@@ -170,7 +157,9 @@ pub(crate) fn bench(
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "seconds": seconds,
             "per_call_ns": {
+                "bare_abi_call": bare_ns,
                 "direct_dyn_reference": direct,
+                "direct_dyn_counted": direct_counted,
                 "in_process": in_process,
                 "in_process_metrics": metrics,
                 "metrics_overhead_paired": paired.difference,
@@ -199,10 +188,21 @@ pub(crate) fn bench(
         )?;
     }
     writeln!(out, "per call, add(1, 2), single thread (median):")?;
-    writeln!(out, "  direct dyn call (host-side reference)  {:>10}", nanos(direct))?;
     writeln!(
         out,
-        "  in-process                              {:>10}  {:.2}x the reference",
+        "  bare call through the root module       {:>10}  (a plugin that only adds)",
+        nanos(bare_ns)
+    )?;
+    writeln!(out, "  direct dyn call, basic's checks         {:>10}  (the floor)", nanos(direct))?;
+    writeln!(
+        out,
+        "  the same, with basic's counters         {:>10}  {:.2}x the floor",
+        nanos(direct_counted),
+        direct_counted / direct
+    )?;
+    writeln!(
+        out,
+        "  in-process                              {:>10}  {:.2}x the floor",
         nanos(in_process),
         in_process / direct
     )?;
@@ -356,15 +356,6 @@ fn rate_text(rate: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reference_adder_checks_like_basic() {
-        let adder = ReferenceAdder { max_value: 10.0 };
-        assert_eq!(adder.add(1.0, 2.0), Ok(3.0));
-        assert_eq!(adder.add(f64::NAN, 2.0), Err(ErrorCode::InvalidInput));
-        assert_eq!(adder.add(11.0, 2.0), Err(ErrorCode::OutOfRange));
-        assert_eq!(adder.add(9.0, 2.0), Err(ErrorCode::Overflow));
-    }
 
     #[test]
     fn per_iteration_measures_something() {

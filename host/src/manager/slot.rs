@@ -167,11 +167,37 @@ impl Slot {
             shard.reject();
             return Err(self.refused(name, generation.state.state()));
         }
-        let started = if self.metrics.sampled(ticket) { Some(Instant::now()) } else { None };
-        let result = f(&generation.plugin);
-        if let Some(started) = started {
-            self.metrics.record_latency(op, started);
+        if self.metrics.sampled(ticket) {
+            return self.call_timed(generation, shard, op, f);
         }
+        self.account(generation, shard, op, f(&generation.plugin))
+    }
+
+    /// [`Slot::call_on`] for a call that is timed, kept off the fast path.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn call_timed<T>(
+        &self,
+        generation: &Generation,
+        shard: ThreadShard<'_>,
+        op: usize,
+        f: &impl Fn(&Backend) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let result = f(&generation.plugin);
+        self.metrics.record_latency(op, started);
+        self.account(generation, shard, op, result)
+    }
+
+    /// Counts a finished call (and its error).
+    #[inline(always)]
+    pub(super) fn account<T>(
+        &self,
+        generation: &Generation,
+        shard: ThreadShard<'_>,
+        op: usize,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
         // `Ok(value)` is rebuilt rather than `result` returned: that writes a `T` into the
         // caller's slot instead of copying the whole `Result` (`Error` is over 100 bytes).
         match result {

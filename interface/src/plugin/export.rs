@@ -101,7 +101,9 @@ impl<T: Calculator + Default, H: HandshakeSource> Export<T, H> {
         LibHeader::from_constructor::<CalculatorModRef>(Self::constructor, CheckTypeLayout::Yes)
     };
 
-    fn root_module() -> CalculatorModRef {
+    /// The root module: what the library header hands to the loader, and what a plugin compiled
+    /// into the host itself is called through (see [`root_module`](crate::plugin::root_module)).
+    pub fn root_module() -> CalculatorModRef {
         CalculatorModRef(Self::MODULE.as_prefix())
     }
 

@@ -1,11 +1,11 @@
 //! [`Lifecycle`]: the seed's state machine for a plugin instance, and request accounting that
 //! stays cheap when many threads call at once.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::thread::{owned_shard, SHARED};
 use crate::{BatchOp, BatchResult, CalcError, ErrorCode, Op, PluginState, Status};
 
 /// The lifecycle and request accounting of one plugin instance.
@@ -15,8 +15,9 @@ use crate::{BatchOp, BatchResult, CalcError, ErrorCode, Op, PluginState, Status}
 /// which is final. Calling `initialize` again while `Ready` reconfigures; if that fails, the
 /// previous configuration keeps serving.
 ///
-/// [`Lifecycle::enter`] is the per-call check: one atomic load, a per-thread counter increment
-/// and, for one call in [`Lifecycle::SAMPLE_EVERY`], two clock reads.
+/// [`Lifecycle::enter`] is the per-call check: a load of the state, a load and a store of the
+/// calling thread's own request counter (no locked instruction, no call: see
+/// `plugin/thread.rs`) and, for one call in [`Lifecycle::SAMPLE_EVERY`], two clock reads.
 #[derive(Debug)]
 pub struct Lifecycle {
     state: AtomicU8,
@@ -118,9 +119,32 @@ impl Lifecycle {
         result
     }
 
+    /// Admits one call and runs it: fails unless the plugin is `Ready`, counts the call, and
+    /// times it if it is one of the sampled ones.
+    ///
+    /// The same as holding [`Lifecycle::enter`]'s guard around `call`, and cheaper: a call that
+    /// is not timed keeps nothing alive around `call`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::NotInitialized`] unless the plugin is `Ready`; else `call`'s error.
+    #[inline(always)]
+    pub fn call<T>(&self, call: impl FnOnce() -> Result<T, CalcError>) -> Result<T, CalcError> {
+        let state = self.state.load(Ordering::Acquire);
+        if state != PluginState::Ready as u8 {
+            return Err(self.not_ready(state));
+        }
+        let (shard, sampled) = self.stats.count(1);
+        if sampled {
+            return timed(shard, 1, call);
+        }
+        call()
+    }
+
     /// Admits one call: fails unless the plugin is `Ready`, and counts the call.
     ///
     /// Keep the returned guard alive for the duration of the call, so sampled calls are timed.
+    /// [`Lifecycle::call`] does both and is cheaper.
     ///
     /// # Errors
     ///
@@ -237,27 +261,67 @@ impl Drop for StateOnUnwind<'_> {
 #[must_use = "the call is timed until the guard drops"]
 pub struct CallGuard<'a> {
     shard: &'a Shard,
-    timing: Option<(Instant, u64)>,
+    /// When a sampled call started, in nanoseconds since [`epoch`] plus one; 0 for a call that
+    /// is not timed. Plain integers keep the guard in registers on the fast path.
+    started: u64,
+    items: u64,
 }
 
 impl Drop for CallGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some((started, items)) = self.timing {
-            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.shard.timed_nanos.fetch_add(nanos, Ordering::Relaxed);
-            self.shard.timed_items.fetch_add(items, Ordering::Relaxed);
+        if self.started != 0 {
+            self.finish_timing();
         }
     }
 }
 
-const SHARDS: usize = 16;
+impl CallGuard<'_> {
+    #[cold]
+    #[inline(never)]
+    fn finish_timing(&self) {
+        let nanos = since_epoch().saturating_sub(self.started - 1);
+        self.shard.timed_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.shard.timed_items.fetch_add(self.items, Ordering::Relaxed);
+    }
+}
 
-/// Request counters split across cache lines, one picked per thread, so that threads calling at
-/// once do not fight over one counter.
+/// The instant sampled calls are timed from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since [`epoch`].
+fn since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Runs a sampled call, timed.
+#[cold]
+#[inline(never)]
+fn timed<T>(
+    shard: &Shard,
+    items: u64,
+    call: impl FnOnce() -> Result<T, CalcError>,
+) -> Result<T, CalcError> {
+    let _guard = CallGuard { shard, started: start_timing(), items };
+    call()
+}
+
+/// The start of a sampled call, as [`CallGuard::started`] holds it.
+#[cold]
+#[inline(never)]
+fn start_timing() -> u64 {
+    since_epoch().saturating_add(1)
+}
+
+/// Request counters split across cache lines: one per thread that owns a shard (see
+/// `plugin/thread.rs`), written with plain loads and stores, and one more that the other threads
+/// share with atomic increments.
 #[derive(Debug, Default)]
 struct RequestStats {
-    shards: [Shard; SHARDS],
+    shards: [Shard; SHARED + 1],
 }
 
 #[derive(Debug, Default)]
@@ -269,15 +333,30 @@ struct Shard {
 }
 
 impl RequestStats {
-    #[inline]
+    #[inline(always)]
     fn record(&self, items: u64) -> CallGuard<'_> {
-        let shard = &self.shards[shard_index()];
-        let before = shard.requests.fetch_add(items, Ordering::Relaxed);
+        let (shard, sampled) = self.count(items);
+        let started = if sampled { start_timing() } else { 0 };
+        CallGuard { shard, started, items }
+    }
+
+    /// Counts `items` requests on the calling thread's shard; whether to time them.
+    #[inline(always)]
+    fn count(&self, items: u64) -> (&Shard, bool) {
+        let index = owned_shard();
+        let shard = &self.shards[index];
+        let before = if index == SHARED {
+            shard.requests.fetch_add(items, Ordering::Relaxed)
+        } else {
+            // The owning thread is this counter's only writer: no read-modify-write needed.
+            let before = shard.requests.load(Ordering::Relaxed);
+            shard.requests.store(before.wrapping_add(items), Ordering::Relaxed);
+            before
+        };
         // Time the call if this shard's count crossed a multiple of SAMPLE_EVERY.
         let crossed =
             before / Lifecycle::SAMPLE_EVERY != (before + items) / Lifecycle::SAMPLE_EVERY;
-        let timing = if crossed { Some((Instant::now(), items)) } else { None };
-        CallGuard { shard, timing }
+        (shard, crossed)
     }
 
     fn totals(&self) -> (u64, Option<Duration>) {
@@ -294,27 +373,16 @@ impl RequestStats {
     }
 }
 
-#[inline]
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    INDEX.with(|index| {
-        let mut i = index.get();
-        if i == usize::MAX {
-            i = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            index.set(i);
-        }
-        i
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::thread::alone;
     use super::*;
     #[test]
     fn lifecycle_refuses_calls_outside_ready() {
+        alone(lifecycle_refuses_calls_outside_ready_alone);
+    }
+
+    fn lifecycle_refuses_calls_outside_ready_alone() {
         let life = Lifecycle::default();
         assert_eq!(life.enter().unwrap_err().code(), ErrorCode::NotInitialized);
         life.initialize(|| Ok(())).unwrap();
@@ -351,9 +419,14 @@ mod tests {
 
     #[test]
     fn stats_count_every_call_and_time_some() {
+        alone(stats_count_every_call_and_time_some_alone);
+    }
+
+    fn stats_count_every_call_and_time_some_alone() {
         let life = Lifecycle::default();
         life.initialize(|| Ok(())).unwrap();
-        let threads = 4;
+        // More threads than shards: some share the last one.
+        let threads = 24;
         let per_thread = 1000;
         std::thread::scope(|scope| {
             for _ in 0..threads {

@@ -117,6 +117,28 @@ impl Limits {
         Ok(self.round(raw))
     }
 
+    /// The seed's arithmetic: `op(a, b)` for the four basic operations, with [`Limits::operand`]
+    /// on both operands, a zero divisor refused and [`Limits::result`] on the result
+    /// (`Unsupported` for any other operation).
+    ///
+    /// # Errors
+    ///
+    /// As above.
+    #[inline(always)]
+    pub fn arithmetic(&self, op: Op, a: f64, b: f64) -> Result<f64, ErrorCode> {
+        let a = self.operand(a)?;
+        let b = self.operand(b)?;
+        let raw = match op {
+            Op::Add => a + b,
+            Op::Subtract => a - b,
+            Op::Multiply => a * b,
+            Op::Divide if b == 0.0 => return Err(ErrorCode::DivisionByZero),
+            Op::Divide => a / b,
+            _ => return Err(ErrorCode::Unsupported),
+        };
+        self.result(raw)
+    }
+
     /// `value` rounded to `precision` decimal places (values too large to have that many are
     /// returned as they are).
     #[inline]

@@ -26,23 +26,15 @@ impl BasicCalculator {
     /// Computes `op(a, b)` with every check, without counting or admitting the call.
     #[inline]
     fn compute(&self, op: Op, a: f64, b: f64) -> Result<f64, ErrorCode> {
-        let a = self.limits.operand(a)?;
-        let b = self.limits.operand(b)?;
-        let raw = match op {
-            Op::Add => a + b,
-            Op::Subtract => a - b,
-            Op::Multiply => a * b,
-            Op::Divide if b == 0.0 => return Err(ErrorCode::DivisionByZero),
-            Op::Divide => a / b,
-            _ => return Err(ErrorCode::Unsupported),
-        };
-        self.limits.result(raw)
+        self.limits.arithmetic(op, a, b)
     }
 
     /// One admitted, counted call with a message on error.
+    #[inline]
     fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, CalcError> {
-        let _call = self.life.enter()?;
-        self.compute(op, a, b).map_err(|code| self.limits.explain(code, op, a, b))
+        self.life.call(move || {
+            self.compute(op, a, b).map_err(|code| self.limits.explain(code, op, a, b))
+        })
     }
 }
 
@@ -70,18 +62,22 @@ impl Calculator for BasicCalculator {
         self.life.status()
     }
 
+    #[inline]
     fn add(&self, a: f64, b: f64) -> Result<f64, CalcError> {
         self.call(Op::Add, a, b)
     }
 
+    #[inline]
     fn subtract(&self, a: f64, b: f64) -> Result<f64, CalcError> {
         self.call(Op::Subtract, a, b)
     }
 
+    #[inline]
     fn multiply(&self, a: f64, b: f64) -> Result<f64, CalcError> {
         self.call(Op::Multiply, a, b)
     }
 
+    #[inline]
     fn divide(&self, a: f64, b: f64) -> Result<f64, CalcError> {
         self.call(Op::Divide, a, b)
     }

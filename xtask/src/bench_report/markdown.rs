@@ -29,21 +29,24 @@ pub(super) struct Report<'a> {
 impl Report<'_> {
     fn per_call_rows(&self) -> Vec<(&'static str, &'static str, &'static str)> {
         // (id, label, floor id)
+        const FLOOR_ID: &str = "per_call/plain_checks";
         vec![
             (
-                "per_call/direct_dyn",
-                "direct call through `&dyn Calculator` (floor)",
-                "per_call/direct_dyn",
+                "per_call/bare_abi",
+                "bare call through the root module to a plugin that only adds (the boundary itself)",
+                FLOOR_ID,
             ),
+            (FLOOR_ID, "`basic`'s checks and rounding through `&dyn Calculator` (floor)", FLOOR_ID),
             (
-                "per_call/in_process",
-                "in-process plugin call (`Plugin::add`)",
                 "per_call/direct_dyn",
+                "`basic` itself through `&dyn Calculator`, its request counters included",
+                FLOOR_ID,
             ),
+            ("per_call/in_process", "in-process plugin call (`Plugin::add`)", FLOOR_ID),
             (
                 "per_call/in_process_metrics",
                 "in-process, metrics on (`Handle::add`, 1 in 64 timed)",
-                "per_call/direct_dyn",
+                FLOOR_ID,
             ),
             (
                 "per_call/socket_pingpong",
@@ -95,16 +98,16 @@ impl Report<'_> {
         let ratio = |id: &str, floor: &str| Some(run.median(id)? / run.median(floor)?);
         let mut goals = Vec::new();
         goals.push(Goal {
-            name: "in-process call vs direct `dyn` call",
+            name: "in-process call vs `basic`'s checks through `&dyn` (no counters)",
             target: "≤ 1.5×",
-            measured: ratio("per_call/in_process", "per_call/direct_dyn")
+            measured: ratio("per_call/in_process", "per_call/plain_checks")
                 .map(|r| (format!("{r:.2}×"), r <= 1.5)),
             missing: "per_call/in_process",
-            why_missed: "the plugin call does more than the `dyn` call: it goes through the root \
-                module's function pointer into an `extern \"C\"` shim that runs `catch_unwind`, \
-                converts the `Result` into an `RResult` and back, and the same work is then done \
-                on two sides of a non-inlinable boundary; at a few nanoseconds per call, each of \
-                these is a visible fraction",
+            why_missed: "the plugin call adds the root module's indirect call and the plugin's \
+                own bookkeeping to the floor's work: its state check and its request count (a \
+                load and a store on the calling thread's own counter, found from the thread \
+                pointer, about 20 instructions, none locked); `basic` through `&dyn` with its \
+                counters costs the same, so the remaining difference is the counting itself",
         });
         // The paired measurement (alternating blocks, median of the differences) when the run
         // has it: the difference of two separate criterion medians moves with the VM's drift.
@@ -123,8 +126,8 @@ impl Report<'_> {
         };
         goals.push(Goal {
             name: "metrics on vs in-process call",
-            target: "≤ +10 ns",
-            measured: delta.map(|(text, d)| (text, d <= 10.0)),
+            target: "≤ +5 ns",
+            measured: delta.map(|(text, d)| (text, d <= 5.0)),
             missing: "per_call/in_process_metrics",
             why_missed: "on top of the plugin call a managed call finds its thread's counter \
                 shard (a thread-local), writes two counters, reads the serving library's address \
@@ -144,9 +147,9 @@ impl Report<'_> {
         let big = BATCH_SIZES[3];
         goals.push(Goal {
             name: "batch of 1 000 000, in-process vs plain Rust loop (throughput)",
-            target: "≥ 50%",
+            target: "≥ 90%",
             measured: ratio(&format!("batch/plain_loop/{big}"), &format!("batch/in_process/{big}"))
-                .map(|r| (format!("{:.0}%", r * 100.0), r >= 0.5)),
+                .map(|r| (format!("{:.0}%", r * 100.0), r >= 0.9)),
             missing: "batch/in_process/1000000",
             why_missed: "the plugin's loop is compiled separately from the host, so it cannot be \
                 specialised for the host's data; both loops run the same validated arithmetic",
@@ -541,7 +544,8 @@ mod tests {
     fn sample_run() -> Run {
         let mut run = Run { quick: true, started_unix: 10, finished_unix: 70, ..Run::default() };
         for (id, ns) in [
-            ("per_call/direct_dyn", 2.0),
+            ("per_call/plain_checks", 2.0),
+            ("per_call/direct_dyn", 3.0),
             ("per_call/in_process", 4.0),
             ("per_call/in_process_metrics", 9.0),
             ("per_call/socket_pingpong", 40_000.0),
@@ -571,18 +575,18 @@ mod tests {
         let machine = Machine { cpus: 2, ..Machine::default() };
         let report = Report { run: &run, machine: &machine, command: "c", quick: true };
         let md = report.markdown();
-        let row = "| metrics on vs in-process call | ≤ +10 ns | +12.5 ns (paired; middle half \
+        let row = "| metrics on vs in-process call | ≤ +5 ns | +12.5 ns (paired; middle half \
                    +11.0 to +14.2) | **no** |";
         assert!(md.contains(row), "{md}");
         assert!(!md.contains("\"Paired\": "), "no rounds in the run, no explanation: {md}");
         run.extras.insert(
             "paired/metrics_overhead".to_owned(),
-            serde_json::json!({ "delta_ns": 8.0, "delta_p25_ns": 7.5, "delta_p75_ns": 9.0,
+            serde_json::json!({ "delta_ns": 4.0, "delta_p25_ns": 3.5, "delta_p75_ns": 5.0,
                                 "rounds": 1500, "block": 2000, "plugin_ns": 16.0, "handle_ns": 24.0 }),
         );
         let report = Report { run: &run, machine: &machine, command: "c", quick: true };
         let md = report.markdown();
-        assert!(md.contains("| +8.0 ns (paired; middle half +7.5 to +9.0) | yes |"), "{md}");
+        assert!(md.contains("| +4.0 ns (paired; middle half +3.5 to +5.0) | yes |"), "{md}");
         assert!(md.contains("\"Paired\": 1500 rounds of one block of 2000"), "{md}");
     }
 
@@ -635,14 +639,25 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| in-process call vs direct `dyn` call | ≤ 1.5× | 2.00× | **no** |"),
+            md.contains(
+                "| in-process call vs `basic`'s checks through `&dyn` (no counters) | ≤ 1.5× | \
+                 2.00× | **no** |"
+            ),
             "{md}"
         );
         assert!(
-            md.contains("| metrics on vs in-process call | ≤ +10 ns | +5.0 ns | yes |"),
+            md.contains("| `basic` itself through `&dyn Calculator`, its request counters included | 3.00 ns | 1.50× |"),
             "{md}"
         );
+        assert!(md.contains("| metrics on vs in-process call | ≤ +5 ns | +5.0 ns | yes |"), "{md}");
         assert!(md.contains("| 1 000 000 | 333.3 M/s | 250.0 M/s | 75% |"), "{md}");
+        assert!(
+            md.contains(
+                "| batch of 1 000 000, in-process vs plain Rust loop (throughput) | ≥ 90% | 75% | \
+                 **no** |"
+            ),
+            "{md}"
+        );
         assert!(
             md.contains(
                 "| load + handshake + initialize of one plugin | < 1 ms | 1.500 ms | **no** |"
