@@ -129,11 +129,13 @@ impl Report<'_> {
             target: "≤ +5 ns",
             measured: delta.map(|(text, d)| (text, d <= 5.0)),
             missing: "per_call/in_process_metrics",
-            why_missed: "on top of the plugin call a managed call finds its thread's counter \
-                shard (a thread-local), writes two counters, reads the serving library's address \
-                and state and checks whether to time the call: about 50 instructions, none of \
-                them locked, so the cost follows the CPU's clock (this VM's speed changes by \
-                half from run to run)",
+            why_missed: "a managed call adds about 50 instructions to the plugin call (callgrind, \
+                `host/examples/call_path.rs`), none of them locked: about 20 are the manager's \
+                work (its thread's counter shard from a thread-local, the `entered` and `calls` \
+                counters, the serving library's address and state, the sampling check, the \
+                backend's variant); the rest move the operands and the call's `Result` (an \
+                `Error` is over 100 bytes, so it travels through the stack) between the layers \
+                of `Handle`, the slot, the backend and `Plugin`",
         });
         goals.push(Goal {
             name: "out-of-process call vs socket ping-pong",
