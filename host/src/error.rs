@@ -298,6 +298,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// TLS material that cannot be used (a missing or unreadable PEM file, no certificate or
+    /// key in it, a key that does not match), or a TLS setting that cannot work.
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A fleet server or endpoint problem: an address that cannot be listened on or reached,
+    /// a peer that refused the connection or the TLS handshake (the reason says which).
+    #[error("{peer}: {reason}")]
+    Fleet {
+        /// The address, as given.
+        peer: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The runner serving the plugin died during the call (a crash in the plugin, `kill -9`, …).
     #[error("{plugin}: the plugin's runner process crashed: {status}")]
     PluginCrashed {

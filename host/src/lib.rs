@@ -31,6 +31,7 @@ compile_error!("calcplug's host supports Unix (Linux and macOS) only for now");
 mod config;
 mod discovery;
 mod error;
+pub mod fleet;
 #[cfg(test)]
 mod fuzz;
 mod handle;

@@ -21,8 +21,15 @@
 //! Unix only (Unix domain sockets). The runner's socket lives in a private directory (0700)
 //! the host creates and removes; the socket itself is 0600.
 
+mod endpoint;
 mod grpc;
 mod hclog;
+
+// For `crate::fleet`, which serves a manager's plugins with the same `calcplug.v1` service.
+pub use endpoint::Endpoint;
+pub(crate) use grpc::mtls::provider as grpc_mtls_provider;
+pub(crate) use grpc::pb::calculator_server::CalculatorServer;
+pub(crate) use grpc::server::{Resolve, Served, Target, TlsConnection};
 mod process;
 mod runner;
 mod supervisor;

@@ -27,6 +27,9 @@ mod proto_evolution;
 /// the circuit breaker opening and closing.
 mod supervision;
 
+/// `calcplug serve` and hosts calling it over the network: mutual TLS, refusals, the drain.
+mod fleet;
+
 /// Integrity checks, permissions, symlinks, probe-before-load, a corpus of hostile files.
 mod security;
 

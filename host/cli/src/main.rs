@@ -20,6 +20,7 @@ use host::{BatchOp, Config, Found, LoadPolicy, Op, Plugin, PluginHandle};
 use serde_json::json;
 
 mod bench;
+mod certs;
 mod manager;
 mod runner_log;
 
@@ -100,6 +101,38 @@ enum Command {
     /// Run the plugin manager with auto-scan on: load new libraries, hot-reload changed ones,
     /// log it all (at info level unless -v/CALCPLUG_LOG say otherwise) until Ctrl-C.
     Watch,
+    /// Serve the plugins the manager loads (from calcplug.toml and the plugin directories) to
+    /// other hosts over gRPC on TCP, each by name, with health by plugin, until SIGTERM or
+    /// Ctrl-C; then report NOT_SERVING, drain the calls in flight and shut the plugins down.
+    Serve {
+        /// The address to listen on, IP:PORT.
+        #[arg(long, env = "CALCPLUG_SERVE_LISTEN", default_value = "127.0.0.1:7443")]
+        listen: String,
+        /// The server's certificate chain (PEM).
+        #[arg(long, env = "CALCPLUG_TLS_CERT", value_name = "PEM")]
+        tls_cert: Option<PathBuf>,
+        /// The server's private key (PEM).
+        #[arg(long, env = "CALCPLUG_TLS_KEY", value_name = "PEM")]
+        tls_key: Option<PathBuf>,
+        /// The CA that signs the clients' certificates (PEM): clients without one are refused
+        /// (mutual TLS).
+        #[arg(long, env = "CALCPLUG_CLIENT_CA", value_name = "PEM")]
+        client_ca: Option<PathBuf>,
+        /// Serve plaintext, without TLS: anyone who reaches the address can call the plugins.
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+        insecure: bool,
+    },
+    /// Write a throwaway CA, a server certificate and a client certificate (PEM) for trying
+    /// `serve` with mutual TLS; a fleet in production uses its own PKI.
+    Certs {
+        /// The directory to write ca.pem, server.pem, server.key, client.pem, client.key into.
+        #[arg(long)]
+        out: PathBuf,
+        /// A name (DNS name or IP address) the server certificate is for (repeatable; default
+        /// localhost and 127.0.0.1).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Measure a plugin's call and batch speed on this machine (about a minute).
     Bench {
         /// The plugin to measure.
@@ -124,7 +157,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // `watch` is a log to follow: it logs loads and reloads (info) by default.
-    let watching = matches!(cli.command, Command::Watch);
+    let watching = matches!(cli.command, Command::Watch | Command::Serve { .. });
     init_tracing(if watching { cli.verbose.max(2) } else { cli.verbose });
     match run(cli) {
         Ok(code) => code,
@@ -164,6 +197,10 @@ fn init_tracing(verbose: u8) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Writing certificates needs no config and no plugin.
+    if let Command::Certs { out, names } = &cli.command {
+        return certs::certs(out, names);
+    }
     let config = manager::load_config(cli.config.as_deref())?;
     let config_dirs: Vec<PathBuf> = config.paths().map(PathBuf::from).collect();
     // `call` and `info` given a file (a path, with a `/`) need no plugin directory.
@@ -199,6 +236,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             manager::status(config, json, prometheus, &calls)
         }
         Command::Watch => manager::watch(config),
+        Command::Certs { .. } => unreachable!("handled before the config is read"),
+        Command::Serve { listen, tls_cert, tls_key, client_ca, insecure } => {
+            let tls = match (insecure, tls_cert, tls_key) {
+                (true, _, _) => None,
+                (false, Some(cert), Some(key)) => {
+                    Some(host::fleet::ServerTls { cert, key, client_ca })
+                }
+                (false, _, _) => anyhow::bail!(
+                    "serve needs --tls-cert and --tls-key (and --client-ca for mutual TLS), or \
+                     --insecure to serve plaintext"
+                ),
+            };
+            manager::serve(config, listen, tls)
+        }
         Command::Bench { plugin, json, seconds } => {
             bench::bench(config, &dirs, &plugin, json, seconds)
         }

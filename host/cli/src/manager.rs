@@ -223,3 +223,43 @@ pub(crate) fn watch(config: ManagerConfig) -> anyhow::Result<ExitCode> {
     tracing::info!(closed = %report.closed.join(", "), "shut down");
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
+
+/// `calcplug serve`: the manager's plugins over gRPC until SIGTERM or Ctrl-C, then a drain and
+/// a graceful shutdown.
+pub(crate) fn serve(
+    config: ManagerConfig,
+    listen: String,
+    tls: Option<host::fleet::ServerTls>,
+) -> anyhow::Result<ExitCode> {
+    let options = host::fleet::ServeOptions {
+        listen,
+        tls,
+        drain_timeout: config.shutdown_timeout(),
+        health_interval: std::time::Duration::from_millis(500),
+    };
+    let plaintext = options.tls.is_none();
+    let manager = std::sync::Arc::new(PluginManager::start(config.with_auto_scan(true))?);
+    let server = host::fleet::Server::bind(manager.clone(), options)?;
+    if plaintext {
+        tracing::warn!(address = %server.local_addr(), "serving plaintext (--insecure): anyone who can reach this address can call the plugins");
+    }
+    for plugin in manager.status().plugins {
+        tracing::info!(plugin = %plugin.name, version = %plugin.version, transport = plugin.transport, "serving");
+    }
+    for problem in manager.status().problems {
+        tracing::warn!(path = %problem.path.display(), reason = %problem.reason, "not serving");
+    }
+    let stopper = server.stopper();
+    ctrlc::set_handler(move || {
+        tracing::info!("stop requested: draining");
+        stopper.stop();
+    })
+    .context("cannot install the SIGTERM/Ctrl-C handler")?;
+    server.run()?;
+    let report = manager.shutdown();
+    for err in &report.failed {
+        tracing::warn!(error = %err, "shutdown");
+    }
+    tracing::info!(closed = %report.closed.join(", "), "shut down");
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

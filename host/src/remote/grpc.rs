@@ -10,7 +10,7 @@
 //! the handshake line never carries go-plugin 1.6's seventh field: a host that asks for
 //! multiplexing (`PLUGIN_MULTIPLEX_GRPC`) gets a plugin without it, as from go-plugin ≤ 1.5.
 
-pub(super) mod client;
+pub(crate) mod client;
 pub(crate) mod handshake;
 pub(crate) mod mtls;
 pub(crate) mod server;

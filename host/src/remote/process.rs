@@ -44,7 +44,7 @@ enum Link {
 
 /// Why a round trip failed.
 #[derive(Debug)]
-pub(super) enum Transport {
+pub(crate) enum Transport {
     /// The connection closed: the runner is gone (or closing).
     Closed,
     /// No answer within the call timeout.

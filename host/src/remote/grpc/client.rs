@@ -11,6 +11,9 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use interface::{Op, OpCode};
 use parking_lot::Mutex;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::handshake::Address;
@@ -19,12 +22,49 @@ use super::{error_from_pb, go_plugin, pb, HEALTH_SERVICE};
 use crate::remote::process::Transport;
 use crate::remote::wire::{Request, Response, WireMetadata, WireStatus};
 
+/// The `calcplug.v1` client, each request naming its plugin when it goes to a fleet server.
+type Client = CalculatorClient<InterceptedService<Channel, Naming>>;
+
+/// Adds the plugin's name to every request for a fleet server (`calcplug serve`); nothing for a
+/// plugin process, which serves one plugin.
+#[derive(Debug, Clone)]
+pub(crate) struct Naming(pub(crate) Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Naming {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(name) = &self.0 {
+            request.metadata_mut().insert(crate::fleet::PLUGIN_METADATA, name.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Where a [`GrpcLink`] connects and as what.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) address: Address,
+    /// The TLS configuration: a plugin's automatic mutual TLS, or a fleet endpoint's.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name the server's certificate must be for.
+    pub(crate) server_name: String,
+    /// The `grpc.health.v1` service asked at connection: `plugin` for go-plugin, the plugin's
+    /// name for a fleet server.
+    pub(crate) health_service: String,
+    pub(crate) naming: Naming,
+    /// Whether to wait, after a TLS handshake, for the server's first bytes (its HTTP/2
+    /// settings) before using the connection: a server that refuses the host's certificate
+    /// does so after the handshake (TLS 1.3), and only a read shows its alert (`UnknownCA`,
+    /// `CertificateRequired`); a write first would only see a broken pipe.
+    pub(crate) await_preface: bool,
+}
+
 /// The connections to one plugin process.
 #[derive(Debug)]
-pub(in crate::remote) struct GrpcLink {
-    address: Address,
-    /// The TLS configuration when the plugin agreed to automatic mutual TLS.
-    tls: Option<Arc<rustls::ClientConfig>>,
+pub(crate) struct GrpcLink {
+    peer: Peer,
     pool: Mutex<Vec<Connection>>,
     /// The interface version of the last metadata answer, for [`GrpcLink::interface`].
     interface_version: Mutex<Option<String>>,
@@ -34,7 +74,7 @@ pub(in crate::remote) struct GrpcLink {
 struct Connection {
     runtime: tokio::runtime::Runtime,
     channel: Channel,
-    calculator: CalculatorClient<Channel>,
+    calculator: Client,
 }
 
 impl std::fmt::Debug for Connection {
@@ -44,35 +84,54 @@ impl std::fmt::Debug for Connection {
 }
 
 impl GrpcLink {
-    /// Connects to the plugin at `address` and asks its health service whether it serves.
+    /// Connects to the plugin at `address` (go-plugin's way: `localhost` in its certificate,
+    /// health asked for `plugin`) and asks its health service whether it serves.
     pub(in crate::remote) fn connect(
         address: Address,
         tls: Option<Arc<rustls::ClientConfig>>,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let link = GrpcLink {
-            address,
-            tls,
-            pool: Mutex::new(Vec::new()),
-            interface_version: Mutex::new(None),
-        };
+        GrpcLink::connect_to(
+            Peer {
+                address,
+                tls,
+                server_name: super::mtls::SERVER_NAME.to_owned(),
+                health_service: HEALTH_SERVICE.to_owned(),
+                naming: Naming(None),
+                await_preface: false,
+            },
+            timeout,
+        )
+    }
+
+    /// Connects to `peer` and asks its health service whether it serves.
+    pub(crate) fn connect_to(peer: Peer, timeout: Duration) -> Result<Self, String> {
+        let link =
+            GrpcLink { peer, pool: Mutex::new(Vec::new()), interface_version: Mutex::new(None) };
         let connection = link.open().map_err(|err| format!("cannot connect: {err}"))?;
         let channel = connection.channel.clone();
+        let service = link.peer.health_service.clone();
         let health = connection.runtime.block_on(async move {
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-            let request = tonic_health::pb::HealthCheckRequest { service: HEALTH_SERVICE.into() };
+            let request = tonic_health::pb::HealthCheckRequest { service };
             tokio::time::timeout(timeout, client.check(request)).await
         });
+        let service = &link.peer.health_service;
         match health {
             Ok(Ok(answer)) if answer.get_ref().status == 1 => {}
             Ok(Ok(answer)) => {
                 return Err(format!(
-                    "its health service says `{HEALTH_SERVICE}` is not serving (status {})",
+                    "its health service says `{service}` is not serving (status {})",
                     answer.get_ref().status
                 ))
             }
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                return Err(format!(
+                    "it serves no `{service}` (its health service does not know it)"
+                ))
+            }
             Ok(Err(status)) => {
-                return Err(format!("its health service did not answer: {}", status.message()))
+                return Err(format!("its health service did not answer: {}", with_causes(&status)))
             }
             Err(_) => return Err(format!("its health service did not answer within {timeout:?}")),
         }
@@ -114,11 +173,12 @@ impl GrpcLink {
             .enable_all()
             .build()
             .map_err(|err| format!("cannot start a runtime: {err}"))?;
-        let channel = runtime.block_on(connect_channel(&self.address, self.tls.clone()))?;
+        let channel = runtime.block_on(connect_channel(&self.peer))?;
         // go-plugin hosts lift gRPC's 4 MiB message limit too: batches are large.
-        let calculator = CalculatorClient::new(channel.clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let calculator =
+            CalculatorClient::with_interceptor(channel.clone(), self.peer.naming.clone())
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
         Ok(Connection { runtime, channel, calculator })
     }
 
@@ -128,7 +188,7 @@ impl GrpcLink {
     }
 
     /// One request and its answer, within `timeout`.
-    pub(in crate::remote) fn roundtrip(
+    pub(crate) fn roundtrip(
         &self,
         request: &Request,
         timeout: Duration,
@@ -163,10 +223,11 @@ impl GrpcLink {
     }
 }
 
-async fn connect_channel(
-    address: &Address,
-    tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<Channel, String> {
+async fn connect_channel(peer: &Peer) -> Result<Channel, String> {
+    let (address, tls) = (&peer.address, peer.tls.clone());
+    let peer_preface = peer.await_preface;
+    let server_name = rustls::pki_types::ServerName::try_from(peer.server_name.clone())
+        .map_err(|err| format!("`{}` is not a TLS server name: {err}", peer.server_name))?;
     let shown = match address {
         Address::Unix(path) => path.display().to_string(),
         Address::Tcp(addr) => addr.to_string(),
@@ -175,7 +236,8 @@ async fn connect_channel(
     // The URI is not used: the connector dials the address itself.
     Endpoint::from_static("http://plugin.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let (address, tls) = (address.clone(), tls.clone());
+            let (address, tls, name) = (address.clone(), tls.clone(), server_name.clone());
+            let preface = peer_preface;
             async move {
                 let stream: Box<dyn Stream> = match &address {
                     Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
@@ -188,12 +250,13 @@ async fn connect_channel(
                 let stream: Box<dyn Stream> = match tls {
                     None => stream,
                     Some(config) => {
-                        let name =
-                            rustls::pki_types::ServerName::try_from(super::mtls::SERVER_NAME)
-                                .map_err(std::io::Error::other)?;
-                        Box::new(
-                            tokio_rustls::TlsConnector::from(config).connect(name, stream).await?,
-                        )
+                        let stream =
+                            tokio_rustls::TlsConnector::from(config).connect(name, stream).await?;
+                        if preface {
+                            Box::new(Prefetched::first_read(stream).await?)
+                        } else {
+                            Box::new(stream)
+                        }
                     }
                 };
                 Ok::<_, std::io::Error>(TokioIo::new(stream))
@@ -207,6 +270,99 @@ async fn connect_channel(
         })
 }
 
+/// A TLS connection whose first bytes from the server were read at connection time (see
+/// [`Peer::await_preface`]), then handed on before anything else.
+struct Prefetched<S> {
+    first: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Prefetched<S> {
+    /// Waits for the server's first bytes; its alert, if it refused the handshake, is the error.
+    async fn first_read(mut inner: S) -> std::io::Result<Self> {
+        use tokio::io::AsyncReadExt;
+        let mut first = vec![0; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), inner.read(&mut first))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server sent nothing after the TLS handshake within 10 s",
+                )
+            })??;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the server closed the connection right after the TLS handshake",
+            ));
+        }
+        first.truncate(n);
+        Ok(Prefetched { first, at: 0, inner })
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefetched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.first.len() {
+            let n = buf.remaining().min(this.first.len() - this.at);
+            buf.put_slice(&this.first[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.first.len() {
+                this.first = Vec::new();
+                this.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefetched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A status's message followed by its chain of causes (a refused TLS handshake is only
+/// "transport error" on its own), each cause once.
+fn with_causes(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut cause = std::error::Error::source(status);
+    while let Some(err) = cause {
+        let shown = err.to_string();
+        if !text.contains(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        cause = err.source();
+    }
+    text
+}
+
 /// A connection to the plugin, plain or TLS.
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 
@@ -214,7 +370,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> S
 
 /// Does one request over `calculator`: the wire request as the `calcplug.v1` call it means.
 async fn exchange(
-    calculator: &mut CalculatorClient<Channel>,
+    calculator: &mut Client,
     request: &Request,
     interface_version: &Mutex<Option<String>>,
 ) -> Result<Response, Transport> {
@@ -333,7 +489,7 @@ async fn exchange(
 macro_rules! call_by_op {
     ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
         async fn call(
-            calculator: &mut CalculatorClient<Channel>,
+            calculator: &mut Client,
             op: Op,
             operands: pb::Operands,
         ) -> Result<tonic::Response<pb::Result>, tonic::Status> {

@@ -23,7 +23,7 @@ use super::handshake::{self, Address};
 use super::mtls;
 use super::pb::calculator_server::{Calculator, CalculatorServer};
 use super::{angle_unit_to_pb, error_to_pb, go_plugin, pb, state_to_pb, HEALTH_SERVICE};
-use crate::{Error, Plugin, PluginHandle};
+use crate::{Error, Plugin};
 
 /// Serves the library at `library` until the host asks the process to stop; the error is one
 /// line for the host's log.
@@ -57,7 +57,7 @@ async fn serve_plugin(plugin: Arc<Plugin>, app: u32) -> Result<(), String> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving).await;
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    let calculator = CalculatorServer::new(Served { plugin: plugin.clone() })
+    let calculator = CalculatorServer::new(Served { resolve: plugin.clone() })
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let controller =
@@ -123,15 +123,19 @@ async fn serve_plugin(plugin: Arc<Plugin>, app: u32) -> Result<(), String> {
 }
 
 /// One accepted TLS connection, as tonic's server takes it.
-struct TlsConnection(tokio_rustls::server::TlsStream<tokio::net::UnixStream>);
+pub(crate) struct TlsConnection<S = tokio::net::UnixStream>(
+    pub(crate) tokio_rustls::server::TlsStream<S>,
+);
 
-impl tonic::transport::server::Connected for TlsConnection {
+impl<S> tonic::transport::server::Connected for TlsConnection<S> {
     type ConnectInfo = ();
 
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-impl tokio::io::AsyncRead for TlsConnection {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead
+    for TlsConnection<S>
+{
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -141,7 +145,9 @@ impl tokio::io::AsyncRead for TlsConnection {
     }
 }
 
-impl tokio::io::AsyncWrite for TlsConnection {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for TlsConnection<S>
+{
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -165,14 +171,94 @@ impl tokio::io::AsyncWrite for TlsConnection {
     }
 }
 
-/// The plugin behind `calcplug.v1.Calculator`.
-struct Served {
-    plugin: Arc<Plugin>,
+/// What `calcplug.v1.Calculator` serves a call with: the runner's one library, or a plugin a
+/// manager serves (`calcplug serve`, [`crate::fleet`]).
+pub(crate) trait Target: Send + Sync + 'static {
+    /// Whether a call may block for long (an out-of-process plugin, a retry's pause): then it
+    /// runs with `block_in_place`, which needs the multi-threaded runtime.
+    const MAY_BLOCK: bool;
+    fn name(&self) -> String;
+    fn identity(&self) -> crate::Identity;
+    fn initialize(&self, config: &Config) -> Result<(), Error>;
+    fn shutdown(&self) -> Result<(), Error>;
+    fn status(&self) -> Result<interface::Status, Error>;
+    fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error>;
+    fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error>;
+    fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), Error>;
+    fn angle_unit(&self) -> Result<AngleUnit, Error>;
+}
+
+/// Finds the plugin a request is for.
+pub(crate) trait Resolve: Send + Sync + 'static {
+    type Target: Target;
+    /// The target of a request with this metadata, or the status to answer with.
+    #[allow(clippy::result_large_err)]
+    fn resolve(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Self::Target, Status>;
+}
+
+impl Target for Arc<Plugin> {
+    const MAY_BLOCK: bool = false;
+    fn name(&self) -> String {
+        Plugin::identity(self).name().to_owned()
+    }
+    fn identity(&self) -> crate::Identity {
+        Plugin::identity(self).clone()
+    }
+    fn initialize(&self, config: &Config) -> Result<(), Error> {
+        Plugin::initialize(self, config)
+    }
+    fn shutdown(&self) -> Result<(), Error> {
+        Plugin::shutdown(self)
+    }
+    fn status(&self) -> Result<interface::Status, Error> {
+        Plugin::status(self)
+    }
+    fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+        Plugin::call(self, op, a, b)
+    }
+    fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
+        Plugin::process_batch(self, ops, results)
+    }
+    fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), Error> {
+        Plugin::set_angle_unit(self, unit)
+    }
+    fn angle_unit(&self) -> Result<AngleUnit, Error> {
+        Plugin::angle_unit(self)
+    }
+}
+
+/// The runner serves its one library, whatever the request names.
+impl Resolve for Arc<Plugin> {
+    type Target = Arc<Plugin>;
+    fn resolve(&self, _: &tonic::metadata::MetadataMap) -> Result<Arc<Plugin>, Status> {
+        Ok(self.clone())
+    }
+}
+
+/// The `calcplug.v1.Calculator` service over the plugins `R` finds.
+pub(crate) struct Served<R> {
+    pub(crate) resolve: R,
+}
+
+impl<R: Resolve> Served<R> {
+    #[allow(clippy::result_large_err)]
+    fn target<M>(&self, request: &Request<M>) -> Result<R::Target, Status> {
+        self.resolve.resolve(request.metadata())
+    }
+}
+
+/// Runs `call`, letting the runtime move its other tasks away first if `T` may block.
+fn run<T: Target, V>(call: impl FnOnce() -> V) -> V {
+    if T::MAY_BLOCK {
+        tokio::task::block_in_place(call)
+    } else {
+        call()
+    }
 }
 
 /// A `calcplug.v1` error from a host error: the plugin's own code and message for a call
 /// error, `Internal` and the whole message otherwise.
-fn error(err: Error) -> pb::Error {
+pub(crate) fn error(err: Error) -> pb::Error {
     match err {
         Error::Call { code, message, .. } => error_to_pb(code, message),
         other => error_to_pb(interface::ErrorCode::Internal, other.to_string()),
@@ -195,7 +281,7 @@ fn value(result: Result<f64, Error>) -> Response<pb::Result> {
 macro_rules! calculator_service {
     ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
         #[tonic::async_trait]
-        impl Calculator for Served {
+        impl<R: Resolve> Calculator for Served<R> {
             async fn initialize(
                 &self,
                 request: Request<pb::InitializeRequest>,
@@ -206,15 +292,15 @@ macro_rules! calculator_service {
                     .iter()
                     .map(|(key, value)| (key.as_str(), value.as_str()))
                     .collect();
-                let plugin = self.plugin.clone();
+                let plugin = self.target(&request)?;
                 let result = tokio::task::spawn_blocking(move || plugin.initialize(&config))
                     .await
                     .map_err(|err| Status::internal(err.to_string()))?;
                 Ok(outcome(result))
             }
 
-            async fn shutdown(&self, _: Request<pb::Empty>) -> Result<Response<pb::Outcome>, Status> {
-                let plugin = self.plugin.clone();
+            async fn shutdown(&self, request: Request<pb::Empty>) -> Result<Response<pb::Outcome>, Status> {
+                let plugin = self.target(&request)?;
                 let result = tokio::task::spawn_blocking(move || plugin.shutdown())
                     .await
                     .map_err(|err| Status::internal(err.to_string()))?;
@@ -223,9 +309,10 @@ macro_rules! calculator_service {
 
             async fn get_status(
                 &self,
-                _: Request<pb::Empty>,
+                request: Request<pb::Empty>,
             ) -> Result<Response<pb::StatusResponse>, Status> {
-                let status = self.plugin.status().map_err(|err| Status::internal(err.to_string()))?;
+                let plugin = self.target(&request)?;
+                let status = plugin.status().map_err(|err| Status::internal(err.to_string()))?;
                 let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
                 Ok(Response::new(pb::StatusResponse {
                     state: state_to_pb(status.state),
@@ -242,9 +329,9 @@ macro_rules! calculator_service {
 
             async fn get_metadata(
                 &self,
-                _: Request<pb::Empty>,
+                request: Request<pb::Empty>,
             ) -> Result<Response<pb::MetadataResponse>, Status> {
-                let identity = self.plugin.identity();
+                let identity = self.target(&request)?.identity();
                 let metadata = identity.metadata();
                 Ok(Response::new(pb::MetadataResponse {
                     name: metadata.name.clone(),
@@ -268,6 +355,7 @@ macro_rules! calculator_service {
                 &self,
                 request: Request<pb::BatchRequest>,
             ) -> Result<Response<pb::BatchResponse>, Status> {
+                let plugin = self.target(&request)?;
                 let ops: Vec<BatchOp> = request
                     .into_inner()
                     .items
@@ -280,8 +368,7 @@ macro_rules! calculator_service {
                     })
                     .collect();
                 let mut results = vec![BatchResult::PENDING; ops.len()];
-                self.plugin
-                    .process_batch(&ops, &mut results)
+                run::<R::Target, _>(|| plugin.process_batch(&ops, &mut results))
                     .map_err(|err| Status::internal(err.to_string()))?;
                 let results = results
                     .iter()
@@ -297,6 +384,7 @@ macro_rules! calculator_service {
                 &self,
                 request: Request<pb::AngleUnitMessage>,
             ) -> Result<Response<pb::Outcome>, Status> {
+                let plugin = self.target(&request)?;
                 let raw = request.get_ref().unit;
                 let Some(unit) = u8::try_from(raw).ok().and_then(AngleUnit::from_u8) else {
                     return Ok(Response::new(pb::Outcome {
@@ -306,14 +394,15 @@ macro_rules! calculator_service {
                         )),
                     }));
                 };
-                Ok(outcome(self.plugin.set_angle_unit(unit)))
+                Ok(outcome(run::<R::Target, _>(|| plugin.set_angle_unit(unit))))
             }
 
             async fn get_angle_unit(
                 &self,
-                _: Request<pb::Empty>,
+                request: Request<pb::Empty>,
             ) -> Result<Response<pb::AngleUnitMessage>, Status> {
-                Ok(Response::new(match self.plugin.angle_unit() {
+                let plugin = self.target(&request)?;
+                Ok(Response::new(match run::<R::Target, _>(|| plugin.angle_unit()) {
                     Ok(unit) => pb::AngleUnitMessage { unit: angle_unit_to_pb(unit), error: None },
                     Err(err) => pb::AngleUnitMessage { unit: 0, error: Some(error(err)) },
                 }))
@@ -324,8 +413,9 @@ macro_rules! calculator_service {
                     &self,
                     request: Request<pb::Operands>,
                 ) -> Result<Response<pb::Result>, Status> {
+                    let plugin = self.target(&request)?;
                     let pb::Operands { a, b } = request.into_inner();
-                    Ok(value(self.plugin.call(Op::$variant, a, b)))
+                    Ok(value(run::<R::Target, _>(|| plugin.call(Op::$variant, a, b))))
                 }
             )*
         }

@@ -1,0 +1,257 @@
+//! `calcplug serve` as real processes on loopback, and hosts calling through it with
+//! `host::fleet::Endpoint`: mutual TLS with certificates from `calcplug certs`, the refusals,
+//! health by plugin, and the drain on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use host::fleet::{ClientTls, Endpoint};
+use host::{Error, ErrorCode, Op};
+
+use crate::util::{artifacts, calcplug, scratch};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `calcplug certs --out DIR`: a throwaway CA, server and client certificates.
+fn certs(dir: &Path) -> PathBuf {
+    let out = calcplug().args(["certs", "--out"]).arg(dir).output().expect("run calcplug certs");
+    assert!(out.status.success(), "calcplug certs: {}", String::from_utf8_lossy(&out.stderr));
+    dir.to_owned()
+}
+
+/// A running `calcplug serve`, its address, and its stderr lines as they come.
+struct Serve {
+    child: Child,
+    address: String,
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far.
+    log: Vec<String>,
+}
+
+impl Serve {
+    /// Starts `calcplug --plugin-dir DIR serve --listen 127.0.0.1:0 ARGS` and waits for the
+    /// line saying where it listens.
+    fn start(args: &[&str]) -> Serve {
+        let mut child = calcplug()
+            .arg("--plugin-dir")
+            .arg(&artifacts().plugin_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start calcplug serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut serve = Serve { child, address: String::new(), lines, log: Vec::new() };
+        let line = serve.wait_for("serving plugins");
+        let address = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("address="))
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        serve.address = address.to_owned();
+        serve
+    }
+
+    /// The next stderr line containing `text`, within 30 s.
+    fn wait_for(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = self.log.iter().find(|line| line.contains(text)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "no line with {text:?} within 30 s; stderr so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://{}", self.address)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mutual(dir: &Path) -> ClientTls {
+    ClientTls {
+        ca: dir.join("ca.pem"),
+        identity: Some((dir.join("client.pem"), dir.join("client.key"))),
+        server_name: None,
+    }
+}
+
+fn tls_args(dir: &Path) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        file("server.pem"),
+        "--tls-key".into(),
+        file("server.key"),
+        "--client-ca".into(),
+        file("ca.pem"),
+    ]
+}
+
+fn start_mutual(dir: &Path) -> Serve {
+    let args = tls_args(dir);
+    Serve::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn a_served_plugin_answers_over_mutual_tls_as_a_local_call_would() {
+    let pki = scratch();
+    let dir = certs(pki.path());
+    let serve = start_mutual(&dir);
+    let basic = Endpoint::connect(&serve.url("https"), "basic", Some(&mutual(&dir)), TIMEOUT)
+        .unwrap_or_else(|err| panic!("connect: {err}"));
+    assert_eq!(basic.call(Op::Add, 2.0, 3.0).unwrap(), 5.0);
+    assert_eq!(basic.call(Op::Divide, 1.0, 3.0).unwrap(), 0.333_333_333_333_333);
+
+    let local = crate::util::ready("basic", &host::Config::new());
+    for (op, a, b) in [(Op::Divide, 1.0, 0.0), (Op::Add, f64::NAN, 1.0), (Op::Sin, 1.0, 0.0)] {
+        let remote = basic.call(op, a, b).unwrap_err();
+        let here = local.call(op, a, b).unwrap_err();
+        assert_eq!(remote.to_string(), here.to_string(), "{op}: the same error either way");
+        assert!(matches!(remote, Error::Call { .. }), "{remote:?}");
+    }
+    let status = basic.status().unwrap();
+    assert_eq!(status.state, host::PluginState::Ready);
+    // `sin` never reached `basic`, which has no scientific operations.
+    assert_eq!(status.request_count, 4, "the plugin counted the calls that reached it");
+
+    let scientific =
+        Endpoint::connect(&serve.url("https"), "scientific", Some(&mutual(&dir)), TIMEOUT).unwrap();
+    assert_eq!(scientific.call(Op::Pow, 2.0, 10.0).unwrap(), 1024.0);
+
+    let err =
+        Endpoint::connect(&serve.url("https"), "nope", Some(&mutual(&dir)), TIMEOUT).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("{}: ", serve.url("https"))), "{text}");
+    assert!(text.ends_with("it serves no `nope` (its health service does not know it)"), "{text}");
+}
+
+#[test]
+fn clients_without_the_right_certificate_are_refused_with_the_reason_on_both_sides() {
+    let pki = scratch();
+    let dir = certs(&pki.path().join("fleet"));
+    let other = certs(&pki.path().join("other"));
+    let mut serve = start_mutual(&dir);
+    let url = serve.url("https");
+
+    let no_certificate = ClientTls { identity: None, ..mutual(&dir) };
+    let err = Endpoint::connect(&url, "basic", Some(&no_certificate), TIMEOUT).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("{url}: ")), "{text}");
+    assert!(
+        text.ends_with(
+            "received fatal alert: CertificateRequired (the server requires a client \
+             certificate (mutual TLS) and none is configured)"
+        ),
+        "{text}"
+    );
+    serve.wait_for("TLS handshake failed peer=127.0.0.1:");
+    serve.wait_for("error=peer sent no certificates");
+
+    // A certificate from another CA, for a server the client trusts.
+    let stranger = ClientTls {
+        ca: dir.join("ca.pem"),
+        identity: Some((other.join("client.pem"), other.join("client.key"))),
+        server_name: None,
+    };
+    let err = Endpoint::connect(&url, "basic", Some(&stranger), TIMEOUT).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.ends_with(
+            "received fatal alert: UnknownCA (the server does not accept this host's \
+             certificate (not signed by the CA it trusts))"
+        ),
+        "{text}"
+    );
+    serve.wait_for("error=invalid peer certificate: UnknownIssuer");
+
+    // The client does not trust the server's CA.
+    let distrusting = mutual(&other);
+    let err = Endpoint::connect(&url, "basic", Some(&distrusting), TIMEOUT).unwrap_err();
+    assert!(
+        err.to_string().ends_with(
+            "invalid peer certificate: UnknownIssuer (the server's certificate is not signed \
+             by the configured CA, or not for this name)"
+        ),
+        "{err}"
+    );
+    serve.wait_for("error=received fatal alert: UnknownCA");
+
+    // Plaintext to a TLS port.
+    let err = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("{}: ", serve.url("http"))), "{text}");
+    assert!(
+        text.ends_with("(the server closed a plaintext connection: is it a TLS port (https://)?)"),
+        "{text}"
+    );
+    serve.wait_for("TLS handshake failed (plaintext on this TLS port?) peer=127.0.0.1:");
+
+    // And the server kept serving the right client all along.
+    let basic = Endpoint::connect(&url, "basic", Some(&mutual(&dir)), TIMEOUT).unwrap();
+    assert_eq!(basic.call(Op::Multiply, 6.0, 7.0).unwrap(), 42.0);
+}
+
+#[test]
+fn plaintext_only_when_asked_for_and_then_with_a_warning() {
+    let out = calcplug()
+        .arg("--plugin-dir")
+        .arg(&artifacts().plugin_dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run calcplug serve");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: serve needs --tls-cert and --tls-key (and --client-ca for mutual TLS), or \
+         --insecure to serve plaintext\n"
+    );
+
+    let mut serve = Serve::start(&["--insecure"]);
+    serve.wait_for("serving plaintext (--insecure)");
+    let basic = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap();
+    assert_eq!(basic.call(Op::Subtract, 2.0, 3.0).unwrap(), -1.0);
+    let err = basic.call(Op::Divide, 1.0, 0.0).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DivisionByZero));
+}
+
+#[test]
+fn sigterm_drains_reports_and_exits_zero() {
+    let mut serve = Serve::start(&["--insecure"]);
+    let basic = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap();
+    assert_eq!(basic.call(Op::Add, 1.0, 1.0).unwrap(), 2.0);
+    let pid = rustix::process::Pid::from_raw(serve.child.id() as i32).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    serve.wait_for("draining: reporting NOT_SERVING");
+    serve.wait_for("shut down");
+    let status = serve.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{}", serve.log.join("\n"));
+    let err = basic.call(Op::Add, 1.0, 1.0).unwrap_err();
+    assert!(matches!(err, Error::Fleet { .. }), "{err:?}");
+}
