@@ -17,7 +17,7 @@
 mod serve;
 mod tls;
 
-pub use crate::remote::Endpoint;
+pub use crate::remote::{Endpoint, Fleet, FleetOptions, Targets};
 pub use serve::{ServeOptions, Server, ServerTls, Stopper, PLUGIN_METADATA};
 pub(crate) use tls::client_config as tls_client_config;
 pub use tls::ClientTls;

@@ -21,11 +21,13 @@
 //! Unix only (Unix domain sockets). The runner's socket lives in a private directory (0700)
 //! the host creates and removes; the socket itself is 0600.
 
+mod balanced;
 mod endpoint;
 mod grpc;
 mod hclog;
 
 // For `crate::fleet`, which serves a manager's plugins with the same `calcplug.v1` service.
+pub use balanced::{Fleet, FleetOptions, Targets};
 pub use endpoint::Endpoint;
 pub(crate) use grpc::mtls::provider as grpc_mtls_provider;
 pub(crate) use grpc::pb::calculator_server::CalculatorServer;
@@ -37,12 +39,9 @@ mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use interface::{
-    AngleUnit, BatchOp, BatchResult, Config, ConfigKey, ErrorCode, Metadata, Op, PluginState,
-    Status,
-};
+use interface::{AngleUnit, BatchOp, BatchResult, Config, ErrorCode, Op, Status};
 use parking_lot::{Mutex, RwLock};
 use semver::Version;
 
@@ -273,16 +272,7 @@ impl RemotePlugin {
     /// As [`Plugin::status`](crate::Plugin::status), plus the process errors.
     pub fn status(&self) -> Result<Status, Error> {
         match self.request("status", &Request::Status, true)? {
-            Response::Status(raw) => Ok(Status {
-                state: PluginState::from_u8(raw.state).unwrap_or(PluginState::Error),
-                message: raw.message,
-                started_at: raw
-                    .started_at_unix_nanos
-                    .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos)),
-                uptime: Duration::from_nanos(raw.uptime_nanos),
-                request_count: raw.request_count,
-                average_latency: raw.average_latency_nanos.map(Duration::from_nanos),
-            }),
+            Response::Status(raw) => Ok(raw.into_status()),
             other => Err(self.unexpected("status", &other)),
         }
     }
@@ -317,14 +307,7 @@ impl RemotePlugin {
         let items = ops.iter().map(|op| (op.op.as_u8(), op.a, op.b)).collect();
         match self.request("process_batch", &Request::Batch(items), true)? {
             Response::Batch(answers) if answers.len() == results.len() => {
-                for (slot, (code, value)) in results.iter_mut().zip(answers) {
-                    *slot = match code {
-                        0 => BatchResult::ok(value),
-                        raw => {
-                            BatchResult::err(ErrorCode::from_u8(raw).unwrap_or(ErrorCode::Internal))
-                        }
-                    };
-                }
+                wire::fill_batch(results, answers);
                 Ok(())
             }
             other => Err(self.unexpected("process_batch", &other)),
@@ -434,17 +417,7 @@ fn spawn_plugin(
     let process = start_process(&launch, &library, &label, &options)?;
     let hello = process.hello.clone();
     let metadata = match process.roundtrip(&Request::Metadata) {
-        Ok(Response::Metadata(raw)) => Metadata {
-            name: raw.name,
-            version: raw.version,
-            description: raw.description,
-            operations: raw.operations,
-            config: raw
-                .config
-                .into_iter()
-                .map(|(key, default, description)| ConfigKey { key, default, description })
-                .collect(),
-        },
+        Ok(Response::Metadata(raw)) => raw.into_metadata(),
         _ => {
             return Err(Error::RunnerFailed {
                 reason: "the runner did not answer the metadata request".to_owned(),

@@ -8,7 +8,9 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use host::fleet::{ClientTls, Endpoint};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use host::fleet::{ClientTls, Endpoint, Fleet, FleetOptions, Targets};
 use host::{Error, ErrorCode, Op};
 
 use crate::util::{artifacts, calcplug, scratch};
@@ -35,10 +37,15 @@ impl Serve {
     /// Starts `calcplug --plugin-dir DIR serve --listen 127.0.0.1:0 ARGS` and waits for the
     /// line saying where it listens.
     fn start(args: &[&str]) -> Serve {
+        Serve::start_at("127.0.0.1:0", args)
+    }
+
+    /// [`Serve::start`] on a given address.
+    fn start_at(listen: &str, args: &[&str]) -> Serve {
         let mut child = calcplug()
             .arg("--plugin-dir")
             .arg(&artifacts().plugin_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .args(args)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -115,8 +122,121 @@ fn tls_args(dir: &Path) -> Vec<String> {
 }
 
 fn start_mutual(dir: &Path) -> Serve {
+    start_mutual_at(dir, "127.0.0.1:0")
+}
+
+fn start_mutual_at(dir: &Path, listen: &str) -> Serve {
     let args = tls_args(dir);
-    Serve::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    Serve::start_at(listen, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// How many calls the `basic` of the instance at `url` has served.
+fn served(url: &str, dir: &Path) -> u64 {
+    let endpoint = Endpoint::connect(url, "basic", Some(&mutual(dir)), TIMEOUT)
+        .unwrap_or_else(|err| panic!("{url}: {err}"));
+    endpoint.status().unwrap().request_count
+}
+
+/// Four threads calling `add` through `fleet` until `stop`; every call must succeed.
+fn call_until(fleet: &Fleet, stop: &AtomicBool) -> u64 {
+    let calls = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..4u32 {
+            let (calls, stop) = (&calls, stop);
+            scope.spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = f64::from(t * 1_000_000 + i);
+                    match fleet.call(Op::Add, a, 1.0) {
+                        Ok(sum) => assert_eq!(sum, a + 1.0),
+                        Err(err) => panic!("call {i} of thread {t} failed: {err}"),
+                    }
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            });
+        }
+    });
+    calls.into_inner()
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the figures, for a run with `--nocapture`
+fn a_fleet_of_three_balances_fails_over_and_takes_an_instance_back() {
+    let pki = scratch();
+    let dir = certs(pki.path());
+    let mut instances: Vec<Serve> = (0..3).map(|_| start_mutual(&dir)).collect();
+    let urls: Vec<String> = instances.iter().map(|s| s.url("https")).collect();
+    let mut options = FleetOptions::new(Targets::Endpoints(urls.clone()), Some(mutual(&dir)));
+    options.call_timeout = Duration::from_secs(5);
+    let fleet = Fleet::connect("basic", options).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(fleet.identity().name(), "basic");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.instances().iter().any(|(_, serving)| !serving) {
+        assert!(Instant::now() < deadline, "not all instances balanced: {:?}", fleet.instances());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Four callers for 4 s: each instance gets its share.
+    let stop = AtomicBool::new(false);
+    let made = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| call_until(&fleet, &stop));
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, Ordering::Relaxed);
+        caller.join().unwrap()
+    });
+    let counts: Vec<u64> = urls.iter().map(|url| served(url, &dir)).collect();
+    assert_eq!(counts.iter().sum::<u64>(), made, "every call served once: {counts:?}");
+    for (url, count) in urls.iter().zip(&counts) {
+        let share = *count as f64 / made as f64;
+        assert!((0.20..=0.47).contains(&share), "{url} served {share:.2} of {made}: {counts:?}");
+    }
+
+    // kill -9 one instance under load: no call fails, and it is ejected.
+    let failovers_before = fleet.failovers();
+    let stop = AtomicBool::new(false);
+    let victim = urls[1].clone();
+    let victim_address = instances[1].address.clone();
+    std::thread::scope(|scope| {
+        let caller = scope.spawn(|| call_until(&fleet, &stop));
+        std::thread::sleep(Duration::from_millis(500));
+        instances[1].child.kill().expect("kill -9");
+        instances[1].child.wait().expect("reap");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fleet.instances().iter().any(|(url, serving)| *url == victim && *serving) {
+            assert!(Instant::now() < deadline, "the dead instance is still balanced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+        caller.join().unwrap()
+    });
+    let failovers = fleet.failovers() - failovers_before;
+
+    // Restart it on the same address: it gets calls again within 5 s.
+    instances[1] = start_mutual_at(&dir, &victim_address);
+    let restarted = Instant::now();
+    let stop = AtomicBool::new(false);
+    let back_after = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| call_until(&fleet, &stop));
+        let back = loop {
+            if served(&victim, &dir) > 0 {
+                break restarted.elapsed();
+            }
+            assert!(
+                restarted.elapsed() < Duration::from_secs(5),
+                "no call reached the restarted instance in 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        stop.store(true, Ordering::Relaxed);
+        caller.join().unwrap();
+        back
+    });
+    eprintln!(
+        "fleet: shares {:?} of {made} calls; {failovers} failovers after kill -9; the restarted instance served again after {back_after:?}",
+        counts.iter().map(|c| format!("{:.1}%", *c as f64 * 100.0 / made as f64)).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use interface::{ErrorCode, Op, PluginState, Status};
+use interface::{ErrorCode, Op, Status};
 
 use super::grpc::client::{GrpcLink, Naming, Peer};
 use super::grpc::handshake::Address;
@@ -74,7 +74,7 @@ impl Endpoint {
             tls,
             server_name,
             health_service: plugin.to_owned(),
-            naming: Naming(Some(naming)),
+            naming: Naming { name: Some(naming), timeout: Some(timeout) },
             await_preface: true,
         };
         let link =
@@ -113,16 +113,7 @@ impl Endpoint {
     /// As [`Endpoint::call`].
     pub fn status(&self) -> Result<Status, Error> {
         match self.roundtrip("status", &Request::Status)? {
-            Response::Status(raw) => Ok(Status {
-                state: PluginState::from_u8(raw.state).unwrap_or(PluginState::Error),
-                message: raw.message,
-                started_at: raw
-                    .started_at_unix_nanos
-                    .map(|nanos| std::time::UNIX_EPOCH + Duration::from_nanos(nanos)),
-                uptime: Duration::from_nanos(raw.uptime_nanos),
-                request_count: raw.request_count,
-                average_latency: raw.average_latency_nanos.map(Duration::from_nanos),
-            }),
+            Response::Status(raw) => Ok(raw.into_status()),
             Response::Error { code, message } => Err(self.call_error("status", code, message)),
             other => Err(self.unexpected("status", &other)),
         }

@@ -100,6 +100,56 @@ pub(crate) struct WireStatus {
     pub(crate) average_latency_nanos: Option<u64>,
 }
 
+impl WireMetadata {
+    /// The metadata this answer carries.
+    pub(crate) fn into_metadata(self) -> interface::Metadata {
+        interface::Metadata {
+            name: self.name,
+            version: self.version,
+            description: self.description,
+            operations: self.operations,
+            config: self
+                .config
+                .into_iter()
+                .map(|(key, default, description)| interface::ConfigKey {
+                    key,
+                    default,
+                    description,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl WireStatus {
+    /// The status this answer carries (an unknown state reads as `Error`).
+    pub(crate) fn into_status(self) -> interface::Status {
+        use std::time::{Duration, UNIX_EPOCH};
+        interface::Status {
+            state: interface::PluginState::from_u8(self.state)
+                .unwrap_or(interface::PluginState::Error),
+            message: self.message,
+            started_at: self
+                .started_at_unix_nanos
+                .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos)),
+            uptime: Duration::from_nanos(self.uptime_nanos),
+            request_count: self.request_count,
+            average_latency: self.average_latency_nanos.map(Duration::from_nanos),
+        }
+    }
+}
+
+/// The batch answer `answers` (code 0 and a value, or an error code) into `results`.
+pub(crate) fn fill_batch(results: &mut [interface::BatchResult], answers: Vec<(u8, f64)>) {
+    use interface::{BatchResult, ErrorCode};
+    for (slot, (code, value)) in results.iter_mut().zip(answers) {
+        *slot = match code {
+            0 => BatchResult::ok(value),
+            raw => BatchResult::err(ErrorCode::from_u8(raw).unwrap_or(ErrorCode::Internal)),
+        };
+    }
+}
+
 /// Why a frame could not be read.
 #[derive(Debug)]
 pub(crate) enum FrameError {

@@ -23,20 +23,28 @@ use crate::remote::process::Transport;
 use crate::remote::wire::{Request, Response, WireMetadata, WireStatus};
 
 /// The `calcplug.v1` client, each request naming its plugin when it goes to a fleet server.
-type Client = CalculatorClient<InterceptedService<Channel, Naming>>;
+pub(crate) type Client = CalculatorClient<InterceptedService<Channel, Naming>>;
 
-/// Adds the plugin's name to every request for a fleet server (`calcplug serve`); nothing for a
-/// plugin process, which serves one plugin.
-#[derive(Debug, Clone)]
-pub(crate) struct Naming(pub(crate) Option<MetadataValue<Ascii>>);
+/// Adds the plugin's name to every request for a fleet server (`calcplug serve`; nothing for a
+/// plugin process, which serves one plugin) and the call's deadline as `grpc-timeout`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Naming {
+    /// The plugin's name, for a fleet server.
+    pub(crate) name: Option<MetadataValue<Ascii>>,
+    /// The call's deadline.
+    pub(crate) timeout: Option<Duration>,
+}
 
 impl Interceptor for Naming {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(name) = &self.0 {
+        if let Some(name) = &self.name {
             request.metadata_mut().insert(crate::fleet::PLUGIN_METADATA, name.clone());
+        }
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout);
         }
         Ok(request)
     }
@@ -97,7 +105,7 @@ impl GrpcLink {
                 tls,
                 server_name: super::mtls::SERVER_NAME.to_owned(),
                 health_service: HEALTH_SERVICE.to_owned(),
-                naming: Naming(None),
+                naming: Naming::default(),
                 await_preface: false,
             },
             timeout,
@@ -369,7 +377,7 @@ trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'sta
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// Does one request over `calculator`: the wire request as the `calcplug.v1` call it means.
-async fn exchange(
+pub(crate) async fn exchange(
     calculator: &mut Client,
     request: &Request,
     interface_version: &Mutex<Option<String>>,

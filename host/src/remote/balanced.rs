@@ -1,0 +1,509 @@
+//! [`Fleet`]: one plugin served by several `calcplug serve` instances, balanced, health-aware,
+//! with failover, discovered from a list or from DNS.
+//!
+//! The balancing is tonic's (`Channel::balance_channel`, tower's power-of-two-choices over the
+//! instances it is given). What decides which instances it is given is here: one prober per
+//! instance asks that instance's `grpc.health.v1` about the plugin every `probe_interval` on a
+//! connection of its own, and adds the instance to the balancer when it answers `SERVING`,
+//! removes it when it does not answer or answers anything else (so an instance that was killed,
+//! or drains on SIGTERM, is ejected within one interval, and one that comes back is probed back
+//! in). With DNS discovery (`dns:///HOST:PORT`), the name is resolved again every
+//! `resolve_interval` and probers start and stop with the addresses it returns, so a Kubernetes
+//! headless Service scales the fleet.
+//!
+//! Every calculator call is idempotent, so a call that fails in transport (the instance died
+//! under it, or refused the connection) is tried again, on whichever instance the balancer
+//! picks, until the call's deadline; an answer from the plugin, error or not, is never retried.
+//! The deadline travels with each try as gRPC's `grpc-timeout`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use interface::{BatchOp, BatchResult, Config, ErrorCode, Op, Status};
+use parking_lot::Mutex;
+use semver::Version;
+use tokio::sync::mpsc::Sender;
+use tonic::transport::channel::Change;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+
+use super::grpc::client::{exchange, Client, Naming};
+use super::grpc::pb::calculator_client::CalculatorClient;
+use super::process::Transport;
+use super::wire::{self, Request, Response};
+use crate::fleet::ClientTls;
+use crate::{Error, Extension, Identity};
+
+/// Where a [`Fleet`]'s instances are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// These URLs, `https://HOST:PORT` (or `http://` for `--insecure` servers).
+    Endpoints(Vec<String>),
+    /// Every address `HOST:PORT` resolves to, resolved again now and then:
+    /// `dns:///calc.plugins.svc.cluster.local:7443`. TLS when the options carry TLS settings.
+    Dns(String),
+}
+
+/// How a [`Fleet`] finds and calls its instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetOptions {
+    /// Where the instances are.
+    pub targets: Targets,
+    /// TLS settings; `None` for plaintext (`--insecure` servers).
+    pub tls: Option<ClientTls>,
+    /// A call's deadline, retries included, and the `grpc-timeout` each try carries.
+    pub call_timeout: Duration,
+    /// How often each instance's health is asked.
+    pub probe_interval: Duration,
+    /// How often a DNS name is resolved again.
+    pub resolve_interval: Duration,
+}
+
+impl FleetOptions {
+    /// `targets` with the defaults: 5 s calls, probes every 250 ms, DNS every 5 s.
+    pub fn new(targets: Targets, tls: Option<ClientTls>) -> FleetOptions {
+        FleetOptions {
+            targets,
+            tls,
+            call_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_millis(250),
+            resolve_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One plugin, served by several `calcplug serve` instances.
+pub struct Fleet {
+    caller: Caller,
+    identity: Identity,
+    /// Instance URL → whether the balancer has it now.
+    instances: Arc<Mutex<BTreeMap<String, bool>>>,
+}
+
+/// The balanced client and what a call needs.
+struct Caller {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    shown: String,
+    options: FleetOptions,
+    /// Calls that failed in transport and were tried again.
+    failovers: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("targets", &self.caller.shown).finish_non_exhaustive()
+    }
+}
+
+/// A balanced instance: its URL, and the endpoint the balancer and the prober connect to.
+struct Instance {
+    url: String,
+    endpoint: Endpoint,
+}
+
+impl Fleet {
+    /// Starts the probers (and the resolver) and waits, at most `call_timeout`, for an instance
+    /// that serves `plugin`; reads the plugin's metadata from it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Fleet`] naming the targets for a URL or name that cannot be used, or when no
+    /// instance serves `plugin` within `call_timeout`; [`Error::Tls`] naming the file for
+    /// unusable TLS material; [`Error::BadMetadata`] for metadata that does not pass the
+    /// checks a library's does.
+    pub fn connect(plugin: &str, options: FleetOptions) -> Result<Fleet, Error> {
+        let shown = match &options.targets {
+            Targets::Endpoints(urls) => urls.join(", "),
+            Targets::Dns(name) => name.clone(),
+        };
+        let fleet = |reason: String| Error::Fleet { peer: shown.clone(), reason };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("calcplug-fleet")
+            .enable_all()
+            .build()
+            .map_err(|err| fleet(format!("cannot start a runtime: {err}")))?;
+        let tls = match &options.tls {
+            Some(tls) => Some(tls_config(tls)?),
+            None => None,
+        };
+        let named_server = options.tls.as_ref().is_some_and(|tls| tls.server_name.is_some());
+        let naming = tonic::metadata::MetadataValue::try_from(plugin)
+            .map_err(|err| fleet(format!("`{plugin}` cannot be sent as a plugin name: {err}")))?;
+        let instances = Arc::new(Mutex::new(BTreeMap::new()));
+        let client = {
+            let _entered = runtime.enter();
+            let (channel, changes) = Channel::balance_channel::<String>(64);
+            let probe = Probe {
+                plugin: plugin.to_owned(),
+                every: options.probe_interval,
+                changes,
+                instances: instances.clone(),
+            };
+            match &options.targets {
+                Targets::Endpoints(urls) => {
+                    for url in urls {
+                        let instance = instance(url, tls.as_ref()).map_err(&fleet)?;
+                        runtime.spawn(probe.clone().run(instance));
+                    }
+                }
+                Targets::Dns(target) => {
+                    let name = target
+                        .strip_prefix("dns:///")
+                        .ok_or_else(|| fleet("a DNS target is `dns:///HOST:PORT`".to_owned()))?;
+                    runtime.spawn(resolve(
+                        name.to_owned(),
+                        tls.clone(),
+                        named_server,
+                        options.resolve_interval,
+                        probe,
+                    ));
+                }
+            }
+            CalculatorClient::with_interceptor(
+                channel,
+                Naming { name: Some(naming), timeout: Some(options.call_timeout) },
+            )
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+        };
+        let caller = Caller {
+            runtime,
+            client,
+            shown,
+            options,
+            failovers: std::sync::atomic::AtomicU64::new(0),
+        };
+        let identity = caller.identity(plugin)?;
+        Ok(Fleet { caller, identity, instances })
+    }
+
+    /// What the plugin is; its path is the fleet's targets.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The instances known now, each with whether the balancer sends it calls.
+    pub fn instances(&self) -> Vec<(String, bool)> {
+        self.instances.lock().iter().map(|(url, serving)| (url.clone(), *serving)).collect()
+    }
+
+    /// Calls that failed in transport on one instance and were tried again.
+    pub fn failovers(&self) -> u64 {
+        self.caller.failovers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The plugins behind a fleet are configured by their servers: an empty config is
+    /// accepted, any key refused.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with `Unsupported` for a config with keys.
+    pub fn initialize(&self, config: &Config) -> Result<(), Error> {
+        match config.iter().next() {
+            None => Ok(()),
+            Some((key, _)) => Err(Error::Call {
+                plugin: self.identity.name().to_owned(),
+                op: "initialize",
+                code: ErrorCode::Unsupported,
+                message: format!(
+                    "`{key}`: a plugin served by a fleet is configured by its servers' \
+                     calcplug.toml, not by its callers"
+                ),
+            }),
+        }
+    }
+
+    /// Stops calling the fleet; the servers keep serving.
+    ///
+    /// # Errors
+    ///
+    /// None; the signature matches the other backends'.
+    pub fn shutdown(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// The plugin's status, as one instance reports it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Fleet::call`].
+    pub fn status(&self) -> Result<Status, Error> {
+        match self.caller.roundtrip("status", &Request::Status)? {
+            Response::Status(raw) => Ok(raw.into_status()),
+            Response::Error { code, message } => Err(self.call_error("status", code, message)),
+            other => Err(self.caller.unexpected("status", &other)),
+        }
+    }
+
+    /// `op(a, b)` on one of the instances, tried on others when one fails in transport.
+    ///
+    /// # Errors
+    ///
+    /// The plugin's [`Error::Call`]; [`Error::Fleet`] when no instance answered within the
+    /// deadline.
+    pub fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+        match self.caller.roundtrip(op.name(), &Request::Call { op: op.code().as_u8(), a, b })? {
+            Response::Value(value) => Ok(value),
+            Response::Error { code, message } => Err(self.call_error(op.name(), code, message)),
+            other => Err(self.caller.unexpected(op.name(), &other)),
+        }
+    }
+
+    /// A batch on one of the instances.
+    ///
+    /// # Errors
+    ///
+    /// As [`Fleet::call`].
+    pub fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
+        let items = ops.iter().map(|item| (item.op.as_u8(), item.a, item.b)).collect();
+        match self.caller.roundtrip("process_batch", &Request::Batch(items))? {
+            Response::Batch(answers) if answers.len() == results.len() => {
+                wire::fill_batch(results, answers);
+                Ok(())
+            }
+            Response::Error { code, message } => {
+                Err(self.call_error("process_batch", code, message))
+            }
+            other => Err(self.caller.unexpected("process_batch", &other)),
+        }
+    }
+
+    #[cold]
+    fn call_error(&self, op: &'static str, code: u8, message: String) -> Error {
+        let code = ErrorCode::from_u8(code).unwrap_or(ErrorCode::Internal);
+        Error::Call { plugin: self.identity.name().to_owned(), op, code, message }
+    }
+}
+
+impl Caller {
+    /// The plugin's identity, from one instance's metadata.
+    fn identity(&self, plugin: &str) -> Result<Identity, Error> {
+        let interface_version = Mutex::new(None);
+        let raw = match self.roundtrip_with("metadata", &Request::Metadata, &interface_version)? {
+            Response::Metadata(raw) => raw,
+            other => return Err(self.unexpected("metadata", &other)),
+        };
+        let path = std::path::PathBuf::from(&self.shown);
+        let metadata = raw.into_metadata();
+        if metadata.name != plugin {
+            return Err(Error::BadMetadata {
+                reason: format!(
+                    "the servers answer for `{plugin}` with a plugin called `{}`",
+                    metadata.name
+                ),
+            }
+            .with_path(path));
+        }
+        let version = interface_version.lock().take().unwrap_or_default();
+        let interface_version = Version::parse(&version).map_err(|err| {
+            Error::BadMetadata { reason: format!("interface version {version:?}: {err}") }
+                .with_path(path.clone())
+        })?;
+        let extensions =
+            if interface_version.minor >= 1 { vec![Extension::Scientific] } else { Vec::new() };
+        Identity::new(path, metadata, interface_version, extensions)
+    }
+
+    fn roundtrip(&self, op: &str, request: &Request) -> Result<Response, Error> {
+        self.roundtrip_with(op, request, &Mutex::new(None))
+    }
+
+    /// One request, tried again on a transport failure until the call's deadline.
+    fn roundtrip_with(
+        &self,
+        op: &str,
+        request: &Request,
+        interface_version: &Mutex<Option<String>>,
+    ) -> Result<Response, Error> {
+        let deadline = Instant::now() + self.options.call_timeout;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut client = self.client.clone();
+            let answer = self.runtime.block_on(async {
+                tokio::time::timeout(left, exchange(&mut client, request, interface_version)).await
+            });
+            match answer {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(Transport::Malformed(reason))) => {
+                    return Err(Error::Fleet {
+                        peer: self.shown.clone(),
+                        reason: format!("{op}: a broken answer: {reason}"),
+                    })
+                }
+                Ok(Err(Transport::Closed | Transport::Timeout)) | Err(_) => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Fleet {
+                    peer: self.shown.clone(),
+                    reason: format!(
+                        "{op}: no instance answered within {:?} ({tries} tries)",
+                        self.options.call_timeout
+                    ),
+                });
+            }
+            self.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The balancer may still hold the instance that just failed, until its prober
+            // sees it: a short pause, shorter as the deadline nears.
+            std::thread::sleep(Duration::from_millis(10).min(left / 4));
+        }
+    }
+
+    #[cold]
+    fn unexpected(&self, op: &str, response: &Response) -> Error {
+        Error::Fleet {
+            peer: self.shown.clone(),
+            reason: format!("unexpected answer to {op}: {response:?}"),
+        }
+    }
+}
+
+/// tonic's TLS settings from the host's PEM files.
+fn tls_config(tls: &ClientTls) -> Result<ClientTlsConfig, Error> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| {
+            Error::Tls { reason: format!("cannot read: {err}") }.with_path(path.to_owned())
+        })
+    };
+    // The same files, checked the way the rest of calcplug reads them.
+    crate::fleet::tls_client_config(tls)?;
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
+}
+
+fn instance(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Instance, String> {
+    let secure = url.starts_with("https://");
+    if !secure && !url.starts_with("http://") {
+        return Err(format!("`{url}`: an endpoint starts with https:// or http://"));
+    }
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|err| format!("`{url}`: {err}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2));
+    match (secure, tls) {
+        (true, Some(tls)) => {
+            endpoint =
+                endpoint.tls_config(tls.clone()).map_err(|err| format!("`{url}`: TLS: {err}"))?;
+        }
+        (true, None) => return Err(format!("`{url}`: an https:// endpoint needs TLS settings")),
+        (false, _) => {}
+    }
+    Ok(Instance { url: url.to_owned(), endpoint })
+}
+
+/// What the probers share: where to report, what to ask.
+#[derive(Clone)]
+struct Probe {
+    plugin: String,
+    every: Duration,
+    changes: Sender<Change<String, Endpoint>>,
+    instances: Arc<Mutex<BTreeMap<String, bool>>>,
+}
+
+impl Probe {
+    /// Asks `instance` about the plugin every `every`, adding it to the balancer or removing
+    /// it as the answer changes, until the task is aborted.
+    async fn run(self, instance: Instance) {
+        self.instances.lock().insert(instance.url.clone(), false);
+        let channel = instance.endpoint.connect_lazy();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let mut balanced = false;
+        loop {
+            let request = tonic_health::pb::HealthCheckRequest { service: self.plugin.clone() };
+            let answer = tokio::time::timeout(
+                self.every.max(Duration::from_millis(200)) * 4,
+                health.check(request),
+            )
+            .await;
+            let serving = matches!(&answer, Ok(Ok(reply)) if reply.get_ref().status == 1);
+            if serving != balanced {
+                let change = if serving {
+                    tracing::info!(url = %instance.url, plugin = %self.plugin, "instance serving: balanced");
+                    Change::Insert(instance.url.clone(), instance.endpoint.clone())
+                } else {
+                    let why = match &answer {
+                        Ok(Ok(reply)) => format!("health status {}", reply.get_ref().status),
+                        Ok(Err(status)) => status.message().to_owned(),
+                        Err(_) => "no health answer in time".to_owned(),
+                    };
+                    tracing::warn!(url = %instance.url, plugin = %self.plugin, reason = %why, "instance not serving: ejected");
+                    Change::Remove(instance.url.clone())
+                };
+                if self.changes.send(change).await.is_err() {
+                    return;
+                }
+                balanced = serving;
+                self.instances.lock().insert(instance.url.clone(), serving);
+            }
+            tokio::time::sleep(self.every).await;
+        }
+    }
+}
+
+/// Resolves `name` every `every`, starting a prober for each new address and stopping (and
+/// ejecting) those of addresses that went away.
+async fn resolve(
+    name: String,
+    tls: Option<ClientTlsConfig>,
+    named_server: bool,
+    every: Duration,
+    probe: Probe,
+) {
+    let host = name.rsplit_once(':').map_or(name.as_str(), |(host, _)| host).to_owned();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut probers: BTreeMap<std::net::SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        match tokio::net::lookup_host(name.as_str()).await {
+            Ok(found) => {
+                let found: std::collections::BTreeSet<_> = found.collect();
+                for gone in
+                    probers.keys().filter(|a| !found.contains(a)).copied().collect::<Vec<_>>()
+                {
+                    if let Some(task) = probers.remove(&gone) {
+                        task.abort();
+                    }
+                    let url = format!("{scheme}://{gone}");
+                    probe.instances.lock().remove(&url);
+                    let _ = probe.changes.send(Change::Remove(url)).await;
+                }
+                for address in found {
+                    if probers.contains_key(&address) {
+                        continue;
+                    }
+                    let url = format!("{scheme}://{address}");
+                    // The certificate is for the name, not for each address (unless the TLS
+                    // settings name the server themselves).
+                    let tls = tls.clone().map(|tls| {
+                        if named_server {
+                            tls
+                        } else {
+                            tls.domain_name(host.clone())
+                        }
+                    });
+                    match instance(&url, tls.as_ref()) {
+                        Ok(instance) => {
+                            probers.insert(address, tokio::spawn(probe.clone().run(instance)));
+                        }
+                        Err(reason) => {
+                            tracing::warn!(%url, %reason, "cannot use a resolved address")
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%name, error = %err, "cannot resolve the fleet's name; keeping the instances known")
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
