@@ -52,6 +52,7 @@ pub struct ManagerConfig {
     modes: BTreeMap<String, Mode>,
     plugins: BTreeMap<String, Config>,
     commands: BTreeMap<String, PluginCommand>,
+    fleets: BTreeMap<String, crate::fleet::FleetOptions>,
 }
 
 /// A plugin that is an executable speaking go-plugin's gRPC protocol, in any language:
@@ -283,6 +284,7 @@ impl ManagerConfig {
             modes: BTreeMap::new(),
             plugins: BTreeMap::new(),
             commands: BTreeMap::new(),
+            fleets: BTreeMap::new(),
         }
     }
 
@@ -437,6 +439,12 @@ impl ManagerConfig {
     /// The plugin executables (`[plugins.NAME] command`), by name.
     pub fn commands(&self) -> impl Iterator<Item = (&str, &PluginCommand)> {
         self.commands.iter().map(|(name, command)| (name.as_str(), command))
+    }
+
+    /// The plugins served by fleets of `calcplug serve` instances (`[plugins.NAME] endpoints`
+    /// or `discovery`), by name.
+    pub fn fleets(&self) -> impl Iterator<Item = (&str, &crate::fleet::FleetOptions)> {
+        self.fleets.iter().map(|(name, options)| (name.as_str(), options))
     }
 }
 

@@ -141,6 +141,9 @@ struct Control {
     /// Each plugin executable (`[plugins.NAME] command`) started, by name, with the stamp of its
     /// program then: it is started again when the program changes.
     commands: HashMap<String, Option<FileStamp>>,
+    /// Each fleet (`[plugins.NAME] endpoints` or `discovery`) connected, by name; one that
+    /// failed to connect is tried again at the next scan.
+    fleets: std::collections::HashSet<String>,
 }
 
 struct FileRecord {

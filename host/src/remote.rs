@@ -134,14 +134,14 @@ pub struct RemotePlugin {
 
 /// The method of every operation, each a [`RemotePlugin::call`].
 macro_rules! remote_operations {
-    ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
-        impl RemotePlugin {
+    ($plugin:ident $( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
+        impl $plugin {
             $(
                 #[doc = concat!($doc, " (interface 1.", $minor, ").")]
                 ///
                 /// # Errors
                 ///
-                /// As [`RemotePlugin::call`].
+                #[doc = concat!("As [`", stringify!($plugin), "::call`].")]
                 pub fn $method(&self, $($arg: $ty),*) -> Result<f64, Error> {
                     let (a, b) = interface::__calculator_operand_pair!(($($arg: $ty),*));
                     self.call(Op::$variant, a, b)
@@ -151,7 +151,8 @@ macro_rules! remote_operations {
     };
 }
 
-interface::calculator_ops!(flat remote_operations);
+interface::calculator_ops!(flat remote_operations { RemotePlugin });
+interface::calculator_ops!(flat remote_operations { Fleet });
 
 impl RemotePlugin {
     /// Starts the plugin at `path` and completes the handshake: a library (a file ending in

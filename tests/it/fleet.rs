@@ -375,3 +375,73 @@ fn sigterm_drains_reports_and_exits_zero() {
     let err = basic.call(Op::Add, 1.0, 1.0).unwrap_err();
     assert!(matches!(err, Error::Fleet { .. }), "{err:?}");
 }
+
+#[test]
+fn a_host_calls_a_fleet_by_name_through_its_manager() {
+    let pki = scratch();
+    let dir = certs(pki.path());
+    let instances: Vec<Serve> = (0..2).map(|_| start_mutual(&dir)).collect();
+    let urls: Vec<String> = instances.iter().map(|s| format!("{:?}", s.url("https"))).collect();
+    let toml = pki.path().join("calcplug.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[plugins.basic]\nendpoints = [{}]\ntls_ca = \"ca.pem\"\ntls_cert = \"client.pem\"\n\
+             tls_key = \"client.key\"\ncall_timeout = \"3s\"\n",
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+    let config = host::ManagerConfig::from_file(&toml).unwrap().with_auto_scan(false);
+    let manager = host::PluginManager::start(config).unwrap_or_else(|err| panic!("{err}"));
+    let basic = manager.get("basic").expect("the fleet serves `basic`");
+    assert_eq!(basic.add(2.0, 3.0).unwrap(), 5.0);
+    let local = crate::util::ready("basic", &host::Config::new());
+    assert_eq!(
+        basic.divide(1.0, 0.0).unwrap_err().to_string(),
+        local.divide(1.0, 0.0).unwrap_err().to_string()
+    );
+    let status = manager.status();
+    let plugin = status.plugins.iter().find(|p| p.name == "basic").expect("basic's status");
+    assert_eq!(plugin.transport, "fleet");
+    assert_eq!(
+        plugin.source.display().to_string(),
+        instances.iter().map(|s| s.url("https")).collect::<Vec<_>>().join(", ")
+    );
+    assert_eq!(plugin.ops.iter().map(|op| op.calls).sum::<u64>(), 2);
+}
+
+#[test]
+fn fleet_keys_are_checked_with_the_line_that_is_wrong() {
+    let scratch = scratch();
+    let toml = scratch.path().join("calcplug.toml");
+    for (text, expected) in [
+        (
+            "[plugins.basic]\nendpoints = [\"https://127.0.0.1:7443\"]\n",
+            "calcplug.toml:2: `plugins.basic.tls_ca`: https:// endpoints need `tls_ca` (and `tls_cert`/`tls_key` for mutual TLS)",
+        ),
+        (
+            "[plugins.basic]\n\nendpoints = [\"10.0.0.5:7443\"]\n",
+            "calcplug.toml:3: `plugins.basic.endpoints`: \"10.0.0.5:7443\": an endpoint starts with https:// or http://",
+        ),
+        (
+            "[plugins.basic]\nendpoints = [\"http://127.0.0.1:7443\"]\ndiscovery = \"dns:///calc:7443\"\n",
+            "calcplug.toml:3: `plugins.basic.discovery`: either `endpoints` or `discovery`, not both",
+        ),
+        (
+            "[plugins.basic]\ndiscovery = \"calc.svc:7443\"\n",
+            "calcplug.toml:2: `plugins.basic.discovery`: expected dns:///HOST:PORT (e.g. dns:///calc.plugins.svc.cluster.local:7443), found \"calc.svc:7443\"",
+        ),
+        (
+            "[plugins.basic]\ntls_ca = \"ca.pem\"\n",
+            "calcplug.toml:2: `plugins.basic.tls_ca`: is for a fleet (`endpoints` or `discovery`)",
+        ),
+    ] {
+        std::fs::write(&toml, text).unwrap();
+        let err = host::ManagerConfig::from_file(&toml).unwrap_err();
+        let shown = err.to_string();
+        let prefix = format!("{}/", scratch.path().display());
+        let shown = shown.strip_prefix(&prefix).unwrap_or(&shown);
+        assert_eq!(shown, expected, "{text}");
+    }
+}

@@ -216,7 +216,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.check_paths()?;
             config_dirs
         }
-        (true, true) if by_path => Vec::new(),
+        // A config whose plugins are all executables or fleets needs no plugin directory.
+        (true, true) if by_path || config.fleets().next().is_some() => Vec::new(),
         (true, true) => default_plugin_dirs()?,
     };
     let config = config.with_paths(&dirs);

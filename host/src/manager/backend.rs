@@ -5,7 +5,7 @@
 
 use interface::{BatchOp, BatchResult, Config, Op, Status};
 
-use crate::remote::RemotePlugin;
+use crate::remote::{Fleet, RemotePlugin};
 use crate::{Error, Identity, Plugin};
 
 /// A plugin, in process or out of process.
@@ -18,6 +18,9 @@ pub(crate) enum Backend {
     Local(Plugin),
     /// Served by a `calcplug-runner` child.
     Remote(Box<RemotePlugin>),
+    /// Served by `calcplug serve` instances on other machines (`[plugins.NAME] endpoints` or
+    /// `discovery`).
+    Fleet(Box<Fleet>),
 }
 
 macro_rules! both {
@@ -25,6 +28,7 @@ macro_rules! both {
         match $self {
             Backend::Local($plugin) => $call,
             Backend::Remote($plugin) => $call,
+            Backend::Fleet($plugin) => $call,
         }
     };
 }
@@ -38,25 +42,26 @@ impl Backend {
         match self {
             Backend::Local(_) => "in-process",
             Backend::Remote(plugin) => plugin.transport(),
+            Backend::Fleet(_) => "fleet",
         }
     }
 
     pub(crate) fn runner_pid(&self) -> Option<u32> {
         match self {
-            Backend::Local(_) => None,
+            Backend::Local(_) | Backend::Fleet(_) => None,
             Backend::Remote(plugin) => plugin.runner_pid(),
         }
     }
 
     pub(crate) fn circuit(&self) -> Option<crate::remote::Circuit> {
         match self {
-            Backend::Local(_) => None,
+            Backend::Local(_) | Backend::Fleet(_) => None,
             Backend::Remote(plugin) => Some(plugin.circuit()),
         }
     }
 
     pub(crate) fn is_isolated(&self) -> bool {
-        matches!(self, Backend::Remote(_))
+        matches!(self, Backend::Remote(_) | Backend::Fleet(_))
     }
 
     /// Frees what a replaced library holds besides memory: the runner process of an

@@ -123,6 +123,27 @@ impl Inner {
             }
         }
 
+        // Fleets of `calcplug serve` instances named in the config: connected once, tried again
+        // at each scan until they connect.
+        for (name, options) in self.config.fleets() {
+            if control.fleets.contains(name) {
+                continue;
+            }
+            match self.load_fleet(name, options) {
+                Ok(generation) => {
+                    control.fleets.insert(name.to_owned());
+                    let source = generation.source.clone();
+                    by_name.entry(name.to_owned()).or_default().push((source, generation));
+                }
+                Err(err) => {
+                    if let Some(slot) = self.registry.load().get(name) {
+                        *slot.last_error.lock() = Some(err.to_string());
+                    }
+                    report.failed.push(err);
+                }
+            }
+        }
+
         let mut names: Vec<String> = by_name.keys().cloned().collect();
         names.sort();
         for name in names {
@@ -343,6 +364,33 @@ impl Inner {
             Err(err) => {
                 let _ = state.transition(LifecycleState::Error);
                 tracing::warn!(error = %err, "refused");
+                Err(err)
+            }
+        }
+    }
+
+    /// Connects to the fleet configured as `name`.
+    fn load_fleet(
+        &self,
+        name: &str,
+        options: &crate::fleet::FleetOptions,
+    ) -> Result<Generation, Error> {
+        let _span = tracing::info_span!("fleet", plugin = name).entered();
+        let state = StateMachine::new(name.to_owned());
+        let _ = state.transition(LifecycleState::Validating);
+        let _ = state.transition(LifecycleState::Loading);
+        let _ = state.transition(LifecycleState::Handshaking);
+        match crate::fleet::Fleet::connect(name, options.clone()) {
+            Ok(fleet) => Ok(Generation {
+                source: fleet.identity().path().to_owned(),
+                plugin: Backend::Fleet(Box::new(fleet)),
+                state,
+                loaded_at: Instant::now(),
+                shared: AtomicU64::new(0),
+            }),
+            Err(err) => {
+                let _ = state.transition(LifecycleState::Error);
+                tracing::warn!(error = %err, "cannot reach the fleet");
                 Err(err)
             }
         }
