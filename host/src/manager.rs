@@ -72,7 +72,7 @@ mod fence;
 mod generations;
 mod handle;
 mod metrics;
-mod prometheus;
+pub(crate) mod prometheus;
 mod report;
 mod scan;
 mod slot;

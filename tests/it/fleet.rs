@@ -445,3 +445,94 @@ fn fleet_keys_are_checked_with_the_line_that_is_wrong() {
         assert_eq!(shown, expected, "{text}");
     }
 }
+
+/// `GET /metrics` from `address`, the body.
+fn scrape(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to /metrics");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// The samples of a Prometheus text exposition, read by Prometheus' own Python parser:
+/// `name{label="value",...}` (labels sorted) → value.
+fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    use std::io::Write;
+    let script = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ','.join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        out[f'{s.name}{{{labels}}}'] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(&tests::python_peer().python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the Prometheus parser");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the parser")
+}
+
+#[test]
+fn metrics_parse_with_prometheus_own_parser_and_count_the_calls_made() {
+    let mut serve = Serve::start(&["--insecure", "--metrics-listen", "127.0.0.1:0"]);
+    let line = serve.wait_for("serving /metrics");
+    let metrics = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("address="))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let basic = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap();
+    for i in 0..25 {
+        basic.call(Op::Add, f64::from(i), 1.0).unwrap();
+    }
+    for _ in 0..3 {
+        basic.call(Op::Divide, 1.0, 0.0).unwrap_err();
+    }
+    let samples = parse_prometheus(&scrape(&metrics));
+    let sample = |key: &str| {
+        *samples
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in {:#?}", samples.keys().collect::<Vec<_>>()))
+    };
+    assert_eq!(sample("calcplug_calls_total{op=\"add\",plugin=\"basic\"}"), 25.0);
+    assert_eq!(sample("calcplug_calls_total{op=\"divide\",plugin=\"basic\"}"), 3.0);
+    assert_eq!(
+        sample(
+            "calcplug_call_errors_total{code=\"DivisionByZero\",op=\"divide\",plugin=\"basic\"}"
+        ),
+        3.0
+    );
+    assert_eq!(sample("calcplug_plugin_up{plugin=\"basic\"}"), 1.0);
+    assert_eq!(sample("calcplug_plugin_circuit_open{plugin=\"basic\"}"), 0.0);
+    assert_eq!(sample("calcplug_plugin_in_flight_calls{plugin=\"basic\"}"), 0.0);
+    // 1 call in 64 is timed by default: the first of each shard's 64.
+    let timed = sample("calcplug_call_latency_seconds_count{op=\"add\",plugin=\"basic\"}");
+    assert!(timed >= 1.0, "{timed}");
+    let bucket = |le: &str| {
+        sample(&format!(
+            "calcplug_call_latency_seconds_bucket{{le=\"{le}\",op=\"add\",plugin=\"basic\"}}"
+        ))
+    };
+    assert_eq!(bucket("+Inf"), timed);
+    assert_eq!(bucket("10"), timed, "no call took 10 s");
+    assert_eq!(bucket("1e-06"), 0.0, "no call over gRPC took 1 µs");
+}

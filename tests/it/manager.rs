@@ -553,12 +553,20 @@ fn check_prometheus(text: &str) {
             name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "metric name {name:?}"
         );
-        let family = [name, name.trim_end_matches("_sum"), name.trim_end_matches("_count")]
-            .into_iter()
-            .find(|f| types.contains_key(*f))
-            .unwrap_or_else(|| panic!("sample of an undeclared family: {line}"));
+        let family = [
+            name,
+            name.trim_end_matches("_sum"),
+            name.trim_end_matches("_count"),
+            name.trim_end_matches("_bucket"),
+        ]
+        .into_iter()
+        .find(|f| types.contains_key(*f))
+        .unwrap_or_else(|| panic!("sample of an undeclared family: {line}"));
         if family != name {
-            assert_eq!(types[family], "summary", "{line}");
+            assert!(["summary", "histogram"].contains(&types[family].as_str()), "{line}");
+            if name.ends_with("_bucket") {
+                assert_eq!(types[family], "histogram", "{line}");
+            }
         }
         // Labels: name="value" pairs, values with only escaped quotes, backslashes, newlines.
         let mut rest = labels;

@@ -141,9 +141,14 @@ pub fn build_go_peers(root: &Path, out: &Path, cookie: &str) -> anyhow::Result<G
     Ok(GoPeers { plugin, host })
 }
 
-/// The PyPI packages of the Python plugin, pinned.
-pub const PYTHON_PACKAGES: &[&str] =
-    &["grpcio==1.85.3", "grpcio-tools==1.85.1", "grpcio-health-checking==1.85.1"];
+/// The PyPI packages of the Python plugin, pinned; and Prometheus' own Python client, whose
+/// text-format parser the tests read `calcplug serve`'s `/metrics` with.
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "grpcio==1.85.3",
+    "grpcio-tools==1.85.1",
+    "grpcio-health-checking==1.85.1",
+    "prometheus-client==0.21.1",
+];
 
 /// The Python plugin, ready to run: `python script GENERATED COOKIE`.
 #[derive(Debug, Clone)]
@@ -170,7 +175,7 @@ pub fn build_python_peer(root: &Path, out: &Path) -> anyhow::Result<PythonPeer> 
             .context("cannot make the Python virtualenv")?;
     }
     let ready = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools, grpc_health"])
+        .args(["-c", "import grpc, grpc_tools, grpc_health, prometheus_client"])
         .output()
         .is_ok_and(|out| out.status.success());
     if !ready {

@@ -121,6 +121,9 @@ enum Command {
         /// Serve plaintext, without TLS: anyone who reaches the address can call the plugins.
         #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
         insecure: bool,
+        /// Also serve the manager's metrics at http://ADDR/metrics (Prometheus text format).
+        #[arg(long, env = "CALCPLUG_METRICS_LISTEN", value_name = "ADDR")]
+        metrics_listen: Option<String>,
     },
     /// Write a throwaway CA, a server certificate and a client certificate (PEM) for trying
     /// `serve` with mutual TLS; a fleet in production uses its own PKI.
@@ -238,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Watch => manager::watch(config),
         Command::Certs { .. } => unreachable!("handled before the config is read"),
-        Command::Serve { listen, tls_cert, tls_key, client_ca, insecure } => {
+        Command::Serve { listen, tls_cert, tls_key, client_ca, insecure, metrics_listen } => {
             let tls = match (insecure, tls_cert, tls_key) {
                 (true, _, _) => None,
                 (false, Some(cert), Some(key)) => {
@@ -249,7 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                      --insecure to serve plaintext"
                 ),
             };
-            manager::serve(config, listen, tls)
+            manager::serve(config, listen, tls, metrics_listen)
         }
         Command::Bench { plugin, json, seconds } => {
             bench::bench(config, &dirs, &plugin, json, seconds)

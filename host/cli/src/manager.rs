@@ -230,12 +230,14 @@ pub(crate) fn serve(
     config: ManagerConfig,
     listen: String,
     tls: Option<host::fleet::ServerTls>,
+    metrics_listen: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let options = host::fleet::ServeOptions {
         listen,
         tls,
         drain_timeout: config.shutdown_timeout(),
         health_interval: std::time::Duration::from_millis(500),
+        metrics_listen,
     };
     let plaintext = options.tls.is_none();
     let manager = std::sync::Arc::new(PluginManager::start(config.with_auto_scan(true))?);

@@ -46,6 +46,9 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// How often each plugin's health is read from the manager.
     pub health_interval: Duration,
+    /// Where to serve `GET /metrics` (Prometheus text format, HTTP/1, plaintext), `IP:PORT`;
+    /// `None` for no metrics endpoint.
+    pub metrics_listen: Option<String>,
 }
 
 /// Stops a running [`Server`] (from a signal handler, another thread, a test).
@@ -80,6 +83,7 @@ pub struct Server {
     runtime: tokio::runtime::Runtime,
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
+    metrics: Option<(tokio::net::TcpListener, SocketAddr)>,
     manager: Arc<PluginManager>,
     tls: Option<Arc<rustls::ServerConfig>>,
     options: ServeOptions,
@@ -118,10 +122,25 @@ impl Server {
             .block_on(tokio::net::TcpListener::bind(address))
             .map_err(|err| fleet(format!("cannot listen: {err}")))?;
         let local_addr = listener.local_addr().map_err(|err| fleet(err.to_string()))?;
+        let metrics = match &options.metrics_listen {
+            None => None,
+            Some(listen) => {
+                let fail = |reason: String| Error::Fleet { peer: listen.clone(), reason };
+                let address: SocketAddr = listen.parse().map_err(|err| {
+                    fail(format!("not an address to serve metrics on (IP:PORT): {err}"))
+                })?;
+                let listener = runtime
+                    .block_on(tokio::net::TcpListener::bind(address))
+                    .map_err(|err| fail(format!("cannot listen: {err}")))?;
+                let bound = listener.local_addr().map_err(|err| fail(err.to_string()))?;
+                Some((listener, bound))
+            }
+        };
         Ok(Server {
             runtime,
             listener,
             local_addr,
+            metrics,
             manager,
             tls,
             options,
@@ -132,6 +151,11 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address `/metrics` is served on, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, address)| *address)
     }
 
     /// What stops the server.
@@ -147,7 +171,8 @@ impl Server {
     ///
     /// [`Error::Fleet`] if serving fails.
     pub fn run(self) -> Result<(), Error> {
-        let Server { runtime, listener, local_addr, manager, tls, options, stopper } = self;
+        let Server { runtime, listener, local_addr, metrics, manager, tls, options, stopper } =
+            self;
         let peer = local_addr.to_string();
         runtime.block_on(async move {
             let (health, health_service) = tonic_health::server::health_reporter();
@@ -159,6 +184,10 @@ impl Server {
                 options.health_interval,
                 stopper.clone(),
             ));
+            let exporter = metrics.map(|(listener, address)| {
+                tracing::info!(%address, "serving /metrics");
+                tokio::spawn(serve_metrics(listener, manager.clone(), stopper.clone()))
+            });
             let calculator = CalculatorServer::new(Served { resolve: ByName(manager.clone()) })
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
@@ -200,6 +229,9 @@ impl Server {
                 }
             };
             watcher.abort();
+            if let Some(exporter) = exporter {
+                exporter.abort();
+            }
             served.map_err(|reason| Error::Fleet { peer, reason })
         })
     }
@@ -248,6 +280,54 @@ async fn accept(
             tracing::warn!(%peer, "refused a connection: no TLS handshake within 10 s");
             Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
         }
+    }
+}
+
+/// Answers `GET /metrics` with the manager's metrics in the Prometheus text format (and 404 to
+/// anything else) until the server stops.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    manager: Arc<PluginManager>,
+    stopper: Stopper,
+) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopper.stopped() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let manager = manager.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let manager = manager.clone();
+                async move {
+                    let response = if request.uri().path() == "/metrics" {
+                        let text = tokio::task::block_in_place(|| manager.status().prometheus());
+                        Response::builder()
+                            .header(
+                                hyper::header::CONTENT_TYPE,
+                                crate::manager::prometheus::PROMETHEUS_CONTENT_TYPE,
+                            )
+                            .body(Full::new(Bytes::from(text)))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"only /metrics here\n")))
+                    };
+                    response.map_err(|err| std::io::Error::other(err.to_string()))
+                }
+            });
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(err) =
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+            {
+                tracing::debug!(error = %err, "a /metrics connection failed");
+            }
+        });
     }
 }
 

@@ -316,6 +316,18 @@ pub struct Latency {
     pub max: Duration,
     /// The sum of the timed calls' durations.
     pub sum: Duration,
+    /// How many timed calls took at most each of [`Latency::BOUNDS`] (cumulative, as a
+    /// Prometheus histogram's buckets; a call is counted at the first bound at or above the
+    /// top of its internal bucket, so within 12.5% of its duration).
+    pub buckets: [u64; Latency::BOUNDS.len()],
+}
+
+impl Latency {
+    /// The upper bounds of [`Latency::buckets`], in seconds: 1 µs to 10 s in 1-2.5-5 steps.
+    pub const BOUNDS: [f64; 22] = [
+        1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+        2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
 }
 
 const LINEAR: usize = 16;
@@ -391,12 +403,21 @@ impl Histogram {
             }
             Duration::from_nanos(max)
         };
+        let mut buckets = [0u64; Latency::BOUNDS.len()];
+        for (index, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let top = bucket_high(index).min(max) as f64 / 1e9;
+            let first = Latency::BOUNDS.iter().position(|bound| top <= *bound);
+            for bucket in buckets.iter_mut().skip(first.unwrap_or(Latency::BOUNDS.len())) {
+                *bucket += n;
+            }
+        }
         Some(Latency {
             sampled: total,
             p50: quantile(0.50),
             p99: quantile(0.99),
             max: Duration::from_nanos(max),
             sum: Duration::from_nanos(self.sum.load(Ordering::Relaxed)),
+            buckets,
         })
     }
 }

@@ -1,202 +1,239 @@
-//! The status snapshot in the Prometheus text exposition format.
+//! The status snapshot in the Prometheus text exposition format (0.0.4), written by the
+//! `prometheus-client` crate: a collector turns one [`ManagerStatus`] into metric families.
 
-use std::fmt::Write as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 
-use super::{LifecycleState, ManagerStatus, PluginStatus};
+use super::{Latency, LifecycleState, ManagerStatus, PluginStatus};
+
+/// The `Content-Type` of [`ManagerStatus::prometheus`]'s text.
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 impl ManagerStatus {
-    /// The status in the Prometheus text exposition format (version 0.0.4): `# HELP` and
-    /// `# TYPE` before each family, label values escaped.
+    /// The status in the Prometheus text exposition format (version 0.0.4): per plugin its
+    /// state, uptime, calls in flight, reloads and refused calls; per plugin and operation its
+    /// calls, errors by code, retries and a latency histogram of the sampled calls.
     pub fn prometheus(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Snapshot(self.clone())));
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (series, value) in samples {
-                let _ = writeln!(out, "{series} {value}");
-            }
-        };
-        let plugin_labels = |p: &PluginStatus| format!("plugin=\"{}\"", escape(&p.name));
-        family(
-            "calcplug_plugin_info",
-            "gauge",
-            "Managed plugins: version, library file and lifecycle state (value always 1).",
-            self.plugins
-                .iter()
-                .map(|p| {
-                    (
-                        format!(
-                            "calcplug_plugin_info{{{},version=\"{}\",path=\"{}\",state=\"{}\"}}",
-                            plugin_labels(p),
-                            escape(&p.version.to_string()),
-                            escape(&p.source.display().to_string()),
-                            p.state
-                        ),
-                        "1".to_owned(),
-                    )
-                })
-                .collect(),
-        );
-        let per_plugin = |f: &dyn Fn(&PluginStatus) -> String| -> Vec<(String, String)> {
-            self.plugins.iter().map(|p| (format!("{{{}}}", plugin_labels(p)), f(p))).collect()
-        };
-        let named = |name: &str, samples: Vec<(String, String)>| -> Vec<(String, String)> {
-            samples.into_iter().map(|(labels, v)| (format!("{name}{labels}"), v)).collect()
-        };
-        family(
-            "calcplug_plugin_up",
-            "gauge",
-            "1 if the plugin is serving calls (ready or processing), else 0.",
-            named(
-                "calcplug_plugin_up",
-                per_plugin(&|p| {
-                    u8::from(matches!(p.state, LifecycleState::Ready | LifecycleState::Processing))
-                        .to_string()
-                }),
-            ),
-        );
-        family(
-            "calcplug_plugin_uptime_seconds",
-            "gauge",
-            "Seconds since the serving library was loaded.",
-            named("calcplug_plugin_uptime_seconds", per_plugin(&|p| float(p.uptime.as_secs_f64()))),
-        );
-        family(
-            "calcplug_plugin_in_flight_calls",
-            "gauge",
-            "Calls running now.",
-            named("calcplug_plugin_in_flight_calls", per_plugin(&|p| p.in_flight.to_string())),
-        );
-        family(
-            "calcplug_plugin_reloads_total",
-            "counter",
-            "Successful hot reloads.",
-            named("calcplug_plugin_reloads_total", per_plugin(&|p| p.reloads.to_string())),
-        );
-        family(
-            "calcplug_plugin_reload_failures_total",
-            "counter",
-            "Replacement libraries that failed to load or initialize (the old one kept serving).",
-            named(
-                "calcplug_plugin_reload_failures_total",
-                per_plugin(&|p| p.reload_failures.to_string()),
-            ),
-        );
-        family(
-            "calcplug_plugin_rejected_calls_total",
-            "counter",
-            "Calls refused by the manager (plugin not ready, or shutting down).",
-            named("calcplug_plugin_rejected_calls_total", per_plugin(&|p| p.rejected.to_string())),
-        );
-        let mut calls = Vec::new();
-        let mut errors = Vec::new();
-        let mut retries = Vec::new();
-        let mut latency = Vec::new();
-        let mut latency_max = Vec::new();
-        for p in &self.plugins {
-            for op in &p.ops {
-                let labels = format!("{},op=\"{}\"", plugin_labels(p), escape(op.op));
-                calls.push((format!("calcplug_calls_total{{{labels}}}"), op.calls.to_string()));
-                retries.push((
-                    format!("calcplug_call_retries_total{{{labels}}}"),
-                    op.retries.to_string(),
-                ));
-                for (code, n) in &op.errors {
-                    errors.push((
-                        format!("calcplug_call_errors_total{{{labels},code=\"{}\"}}", code.name()),
-                        n.to_string(),
-                    ));
-                }
-                if let Some(l) = &op.latency {
-                    for (q, v) in [("0.5", l.p50), ("0.99", l.p99)] {
-                        latency.push((
-                            format!("calcplug_call_latency_seconds{{{labels},quantile=\"{q}\"}}"),
-                            float(v.as_secs_f64()),
-                        ));
-                    }
-                    latency.push((
-                        format!("calcplug_call_latency_seconds_sum{{{labels}}}"),
-                        float(l.sum.as_secs_f64()),
-                    ));
-                    latency.push((
-                        format!("calcplug_call_latency_seconds_count{{{labels}}}"),
-                        l.sampled.to_string(),
-                    ));
-                    latency_max.push((
-                        format!("calcplug_call_latency_max_seconds{{{labels}}}"),
-                        float(l.max.as_secs_f64()),
-                    ));
-                }
-            }
-        }
-        family(
-            "calcplug_calls_total",
-            "counter",
-            "Calls that reached the plugin, by operation (each retry counts).",
-            calls,
-        );
-        family(
-            "calcplug_call_errors_total",
-            "counter",
-            "Failed calls, by operation and error code.",
-            errors,
-        );
-        family(
-            "calcplug_call_retries_total",
-            "counter",
-            "Retries made by the retry policy, by operation.",
-            retries,
-        );
-        family(
-            "calcplug_call_latency_seconds",
-            "summary",
-            "Latency of the sampled calls (quantiles within 12.5%).",
-            latency,
-        );
-        family("calcplug_call_latency_max_seconds", "gauge", "Slowest sampled call.", latency_max);
-        family(
-            "calcplug_refused_libraries",
-            "gauge",
-            "Library files (or directories) that are refused or shadowed.",
-            vec![("calcplug_refused_libraries".to_owned(), self.problems.len().to_string())],
-        );
+        // Writing into a `String` cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
     }
 }
 
-/// Escapes a Prometheus label value: backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
+/// One status, as metric families.
+#[derive(Debug)]
+struct Snapshot(ManagerStatus);
+
+type Labels = Vec<(&'static str, String)>;
+
+fn plugin_labels(p: &PluginStatus) -> Labels {
+    vec![("plugin", p.name.clone())]
 }
 
-/// A Prometheus float sample value.
-fn float(value: f64) -> String {
-    if value.is_finite() {
-        format!("{value}")
-    } else if value.is_nan() {
-        "NaN".to_owned()
-    } else if value > 0.0 {
-        "+Inf".to_owned()
-    } else {
-        "-Inf".to_owned()
+/// One family: a descriptor, then one sample per label set.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, unit, kind)?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A latency histogram sample.
+#[derive(Debug)]
+struct Histogram(Latency);
+
+impl prometheus_client::metrics::TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        // The encoder takes each bucket's own count and accumulates them itself.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = Latency::BOUNDS
+            .iter()
+            .zip(self.0.buckets)
+            .map(|(bound, cumulative)| {
+                let own = cumulative - below;
+                below = cumulative;
+                (*bound, own)
+            })
+            .collect();
+        buckets.push((f64::INFINITY, self.0.sampled - below));
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum.as_secs_f64(),
+            self.0.sampled,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let plugins = &self.0.plugins;
+        let per_plugin = |value: fn(&PluginStatus) -> i64| {
+            plugins.iter().map(move |p| (plugin_labels(p), ConstGauge::new(value(p))))
+        };
+        let counter = |value: fn(&PluginStatus) -> u64| {
+            plugins.iter().map(move |p| (plugin_labels(p), ConstCounter::new(value(p))))
+        };
+        family(
+            &mut encoder,
+            "calcplug_plugin_info",
+            "Managed plugins: version, source, transport and lifecycle state (value always 1)",
+            None,
+            MetricType::Gauge,
+            plugins.iter().map(|p| {
+                let mut labels = plugin_labels(p);
+                labels.push(("version", p.version.to_string()));
+                labels.push(("path", p.source.display().to_string()));
+                labels.push(("transport", p.transport.to_owned()));
+                labels.push(("state", p.state.to_string()));
+                (labels, ConstGauge::new(1i64))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_plugin_up",
+            "1 if the plugin is serving calls (ready or processing), else 0",
+            None,
+            MetricType::Gauge,
+            per_plugin(|p| {
+                i64::from(matches!(p.state, LifecycleState::Ready | LifecycleState::Processing))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_plugin_circuit_open",
+            "1 while the plugin's circuit breaker is open or trying (out of process), else 0",
+            None,
+            MetricType::Gauge,
+            per_plugin(|p| {
+                i64::from(p.circuit.is_some_and(|c| !matches!(c, crate::remote::Circuit::Closed)))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_plugin_uptime_seconds",
+            "Seconds since the serving library was loaded",
+            None,
+            MetricType::Gauge,
+            plugins.iter().map(|p| (plugin_labels(p), ConstGauge::new(p.uptime.as_secs_f64()))),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_plugin_in_flight_calls",
+            "Calls running now",
+            None,
+            MetricType::Gauge,
+            per_plugin(|p| i64::try_from(p.in_flight).unwrap_or(i64::MAX)),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_plugin_reloads",
+            "Successful hot reloads",
+            None,
+            MetricType::Counter,
+            counter(|p| p.reloads),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_plugin_reload_failures",
+            "Replacement libraries that failed to load or initialize (the old one kept serving)",
+            None,
+            MetricType::Counter,
+            counter(|p| p.reload_failures),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_plugin_rejected_calls",
+            "Calls refused by the manager (plugin not ready, or shutting down)",
+            None,
+            MetricType::Counter,
+            counter(|p| p.rejected),
+        )?;
+        let ops = || {
+            plugins.iter().flat_map(|p| {
+                p.ops.iter().map(move |op| {
+                    let mut labels = plugin_labels(p);
+                    labels.push(("op", op.op.to_owned()));
+                    (labels, op)
+                })
+            })
+        };
+        family(
+            &mut encoder,
+            "calcplug_calls",
+            "Calls that reached the plugin, by operation (each retry counts)",
+            None,
+            MetricType::Counter,
+            ops().map(|(labels, op)| (labels, ConstCounter::new(op.calls))),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_call_errors",
+            "Failed calls, by operation and error code",
+            None,
+            MetricType::Counter,
+            ops().flat_map(|(labels, op)| {
+                op.errors.iter().map(move |(code, n)| {
+                    let mut labels = labels.clone();
+                    labels.push(("code", code.name().to_owned()));
+                    (labels, ConstCounter::new(*n))
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_call_retries",
+            "Retries made by the retry policy, by operation",
+            None,
+            MetricType::Counter,
+            ops().map(|(labels, op)| (labels, ConstCounter::new(op.retries))),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_call_latency",
+            "Latency of the sampled calls (1 in metrics.sample_every), by operation",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            ops().filter_map(|(labels, op)| op.latency.map(|l| (labels, Histogram(l)))),
+        )?;
+        family(
+            &mut encoder,
+            "calcplug_refused_libraries",
+            "Library files (or directories) that are refused or shadowed",
+            None,
+            MetricType::Gauge,
+            [(
+                Vec::new(),
+                ConstGauge::new(i64::try_from(self.0.problems.len()).unwrap_or(i64::MAX)),
+            )],
+        )?;
+        Ok(())
     }
 }
