@@ -42,11 +42,15 @@ impl Serve {
 
     /// [`Serve::start`] on a given address.
     fn start_at(listen: &str, args: &[&str]) -> Serve {
-        let mut child = calcplug()
-            .arg("--plugin-dir")
-            .arg(&artifacts().plugin_dir)
-            .args(["serve", "--listen", listen])
-            .args(args)
+        let mut command = calcplug();
+        command.arg("--plugin-dir").arg(&artifacts().plugin_dir);
+        command.args(["serve", "--listen", listen]).args(args);
+        Serve::spawn(command)
+    }
+
+    /// Runs `command` (a `calcplug … serve …`) and waits for the line saying where it listens.
+    fn spawn(mut command: std::process::Command) -> Serve {
+        let mut child = command
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -362,18 +366,65 @@ fn plaintext_only_when_asked_for_and_then_with_a_warning() {
 }
 
 #[test]
-fn sigterm_drains_reports_and_exits_zero() {
-    let mut serve = Serve::start(&["--insecure"]);
-    let basic = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap();
-    assert_eq!(basic.call(Op::Add, 1.0, 1.0).unwrap(), 2.0);
-    let pid = rustix::process::Pid::from_raw(serve.child.id() as i32).expect("a pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-    serve.wait_for("draining: reporting NOT_SERVING");
-    serve.wait_for("shut down");
-    let status = serve.child.wait().expect("wait");
-    assert_eq!(status.code(), Some(0), "{}", serve.log.join("\n"));
-    let err = basic.call(Op::Add, 1.0, 1.0).unwrap_err();
-    assert!(matches!(err, Error::Fleet { .. }), "{err:?}");
+fn sigterm_reports_not_serving_before_closing_and_a_fleet_loses_no_call() {
+    let mut draining = Serve::start(&["--insecure", "--drain-grace", "1s"]);
+    let other = Serve::start(&["--insecure"]);
+    let watched = Endpoint::connect(&draining.url("http"), "basic", None, TIMEOUT).unwrap();
+    assert!(watched.serving().unwrap());
+    let urls = vec![draining.url("http"), other.url("http")];
+    let fleet = Fleet::connect("basic", FleetOptions::new(Targets::Endpoints(urls), None))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let stop = AtomicBool::new(false);
+    // What the health check said, in order, from the SIGTERM on: `Some(serving)` or `None`
+    // once the server stopped answering.
+    let mut seen: Vec<Option<bool>> = Vec::new();
+    let made = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| call_until(&fleet, &stop));
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = rustix::process::Pid::from_raw(draining.child.id() as i32).expect("a pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = watched.serving().ok();
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            if now.is_none() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        caller.join().unwrap()
+    });
+    assert!(made > 0);
+    let start = seen.iter().position(|s| *s == Some(false)).unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!(&seen[start..], [Some(false), None], "NOT_SERVING, then closed: {seen:?}");
+    let status = draining.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{}", draining.log.join("\n"));
+    draining.wait_for("draining: reporting NOT_SERVING");
+    draining.wait_for("closing the listener; waiting for the calls in flight");
+    draining.wait_for("shut down");
+}
+
+#[test]
+fn a_plugin_that_cannot_serve_is_not_serving_by_name_and_the_rest_serve() {
+    let scratch = scratch();
+    let config = scratch.path().join("calcplug.toml");
+    std::fs::write(&config, "[plugins.basic]\nprecision = \"many\"\n").unwrap();
+    let mut command = calcplug();
+    command.arg("--config").arg(&config).arg("--plugin-dir").arg(&artifacts().plugin_dir);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--insecure"]);
+    let serve = Serve::spawn(command);
+    let err = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap_err();
+    assert!(
+        err.to_string().ends_with("its health service says `basic` is not serving (status 2)"),
+        "{err}"
+    );
+    let scientific = Endpoint::connect(&serve.url("http"), "scientific", None, TIMEOUT).unwrap();
+    assert!(scientific.serving().unwrap());
+    assert_eq!(scientific.call(Op::Sqrt, 16.0, 0.0).unwrap(), 4.0);
 }
 
 #[test]

@@ -124,6 +124,10 @@ enum Command {
         /// Also serve the manager's metrics at http://ADDR/metrics (Prometheus text format).
         #[arg(long, env = "CALCPLUG_METRICS_LISTEN", value_name = "ADDR")]
         metrics_listen: Option<String>,
+        /// On SIGTERM, how long to report NOT_SERVING while still answering, before the
+        /// listener closes (load balancers and fleet clients move away meanwhile).
+        #[arg(long, env = "CALCPLUG_DRAIN_GRACE", default_value = "1s", value_parser = humantime::parse_duration)]
+        drain_grace: std::time::Duration,
     },
     /// Write a throwaway CA, a server certificate and a client certificate (PEM) for trying
     /// `serve` with mutual TLS; a fleet in production uses its own PKI.
@@ -241,7 +245,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Watch => manager::watch(config),
         Command::Certs { .. } => unreachable!("handled before the config is read"),
-        Command::Serve { listen, tls_cert, tls_key, client_ca, insecure, metrics_listen } => {
+        Command::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+            client_ca,
+            insecure,
+            metrics_listen,
+            drain_grace,
+        } => {
             let tls = match (insecure, tls_cert, tls_key) {
                 (true, _, _) => None,
                 (false, Some(cert), Some(key)) => {
@@ -252,7 +264,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                      --insecure to serve plaintext"
                 ),
             };
-            manager::serve(config, listen, tls, metrics_listen)
+            manager::serve(
+                config,
+                host::fleet::ServeOptions {
+                    listen,
+                    tls,
+                    drain_timeout: std::time::Duration::ZERO,
+                    drain_grace,
+                    health_interval: std::time::Duration::from_millis(500),
+                    metrics_listen,
+                },
+            )
         }
         Command::Bench { plugin, json, seconds } => {
             bench::bench(config, &dirs, &plugin, json, seconds)

@@ -228,17 +228,10 @@ pub(crate) fn watch(config: ManagerConfig) -> anyhow::Result<ExitCode> {
 /// a graceful shutdown.
 pub(crate) fn serve(
     config: ManagerConfig,
-    listen: String,
-    tls: Option<host::fleet::ServerTls>,
-    metrics_listen: Option<String>,
+    options: host::fleet::ServeOptions,
 ) -> anyhow::Result<ExitCode> {
-    let options = host::fleet::ServeOptions {
-        listen,
-        tls,
-        drain_timeout: config.shutdown_timeout(),
-        health_interval: std::time::Duration::from_millis(500),
-        metrics_listen,
-    };
+    // Calls in flight get `[manager] shutdown_timeout` to finish, as in a manager's shutdown.
+    let options = host::fleet::ServeOptions { drain_timeout: config.shutdown_timeout(), ..options };
     let plaintext = options.tls.is_none();
     let manager = std::sync::Arc::new(PluginManager::start(config.with_auto_scan(true))?);
     let server = host::fleet::Server::bind(manager.clone(), options)?;

@@ -42,8 +42,11 @@ pub struct ServeOptions {
     pub listen: String,
     /// TLS, or `None` for plaintext.
     pub tls: Option<ServerTls>,
-    /// How long calls in flight may take to finish once the server stops.
+    /// How long calls in flight may take to finish once the listener has closed.
     pub drain_timeout: Duration,
+    /// How long the server keeps accepting calls after it reports `NOT_SERVING` on a stop, so
+    /// that load balancers and `Fleet` clients, which probe its health, move away first.
+    pub drain_grace: Duration,
     /// How often each plugin's health is read from the manager.
     pub health_interval: Duration,
     /// Where to serve `GET /metrics` (Prometheus text format, HTTP/1, plaintext), `IP:PORT`;
@@ -178,6 +181,8 @@ impl Server {
             let (health, health_service) = tonic_health::server::health_reporter();
             health.set_service_status("", ServingStatus::Serving).await;
             health.set_service_status(CALCULATOR_SERVICE, ServingStatus::Serving).await;
+            // Every plugin has its status before the first call can ask.
+            update_health(&manager, &health, &stopper).await;
             let watcher = tokio::spawn(watch_health(
                 manager.clone(),
                 health.clone(),
@@ -196,14 +201,17 @@ impl Server {
                 .add_service(calculator);
             let draining = {
                 let (stopper, health, manager) = (stopper.clone(), health.clone(), manager.clone());
+                let grace = options.drain_grace;
                 async move {
                     stopper.stopped().await;
-                    tracing::info!("draining: reporting NOT_SERVING, then closing the listener");
+                    tracing::info!(?grace, "draining: reporting NOT_SERVING, then closing the listener");
                     health.set_service_status("", ServingStatus::NotServing).await;
                     health.set_service_status(CALCULATOR_SERVICE, ServingStatus::NotServing).await;
                     for name in manager.names() {
                         health.set_service_status(&name, ServingStatus::NotServing).await;
                     }
+                    tokio::time::sleep(grace).await;
+                    tracing::info!("closing the listener; waiting for the calls in flight");
                 }
             };
             tracing::info!(address = %local_addr, tls = tls.is_some(), mutual = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "serving plugins");
@@ -215,7 +223,7 @@ impl Server {
                         stream.set_nodelay(true)?;
                         Ok::<_, std::io::Error>(stream)
                     });
-                    drain(router.serve_with_incoming_shutdown(incoming, draining), &stopper, options.drain_timeout).await
+                    drain(router.serve_with_incoming_shutdown(incoming, draining), &stopper, options.drain_grace, options.drain_timeout).await
                 }
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -225,7 +233,7 @@ impl Server {
                     });
                     // A refused handshake ends that connection, not the server.
                     let incoming = incoming.filter(Result::is_ok);
-                    drain(router.serve_with_incoming_shutdown(incoming, draining), &stopper, options.drain_timeout).await
+                    drain(router.serve_with_incoming_shutdown(incoming, draining), &stopper, options.drain_grace, options.drain_timeout).await
                 }
             };
             watcher.abort();
@@ -242,12 +250,13 @@ impl Server {
 async fn drain(
     serving: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
     stopper: &Stopper,
+    drain_grace: Duration,
     drain_timeout: Duration,
 ) -> Result<(), String> {
     let mut serving = std::pin::pin!(serving);
     let result = tokio::select! {
         result = &mut serving => result,
-        () = stopper.stopped() => match tokio::time::timeout(drain_timeout, &mut serving).await {
+        () = stopper.stopped() => match tokio::time::timeout(drain_grace + drain_timeout, &mut serving).await {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!(?drain_timeout, "calls still running after the drain timeout: stopping anyway");
@@ -342,21 +351,30 @@ async fn watch_health(
         if stopper.0.stopped.load(Ordering::SeqCst) {
             return;
         }
-        let status = tokio::task::block_in_place(|| manager.status());
-        for plugin in status.plugins {
-            let open = plugin.circuit.is_some_and(|c| !matches!(c, crate::remote::Circuit::Closed));
-            let serving =
-                matches!(plugin.state, LifecycleState::Ready | LifecycleState::Processing) && !open;
-            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
-            if stopper.0.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            health.set_service_status(&plugin.name, status).await;
-        }
+        update_health(&manager, &health, &stopper).await;
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = stopper.stopped() => return,
         }
+    }
+}
+
+/// Sets each plugin's health status from the manager's state (unless the server is stopping).
+async fn update_health(
+    manager: &PluginManager,
+    health: &tonic_health::server::HealthReporter,
+    stopper: &Stopper,
+) {
+    let status = tokio::task::block_in_place(|| manager.status());
+    for plugin in status.plugins {
+        let open = plugin.circuit.is_some_and(|c| !matches!(c, crate::remote::Circuit::Closed));
+        let serving =
+            matches!(plugin.state, LifecycleState::Ready | LifecycleState::Processing) && !open;
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if stopper.0.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        health.set_service_status(&plugin.name, status).await;
     }
 }
 

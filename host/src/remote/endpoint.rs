@@ -92,6 +92,19 @@ impl Endpoint {
         &self.url
     }
 
+    /// Whether the server reports the plugin `SERVING` now (`grpc.health.v1`); `false` for
+    /// any other status, a drain included.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Fleet`] when the server does not answer.
+    pub fn serving(&self) -> Result<bool, Error> {
+        self.link.serving(&self.plugin, self.timeout).map_err(|reason| Error::Fleet {
+            peer: self.url.clone(),
+            reason: format!("health: {reason}"),
+        })
+    }
+
     /// `op(a, b)` on the served plugin.
     ///
     /// # Errors

@@ -147,6 +147,33 @@ impl GrpcLink {
         Ok(link)
     }
 
+    /// Whether the peer's health service reports `service` as `SERVING`.
+    pub(crate) fn serving(&self, service: &str, timeout: Duration) -> Result<bool, String> {
+        let pooled = self.pool.lock().pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => self.open()?,
+        };
+        let channel = connection.channel.clone();
+        let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
+        let answer = connection.runtime.block_on(async move {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            tokio::time::timeout(timeout, client.check(request)).await
+        });
+        match answer {
+            Ok(Ok(reply)) => {
+                self.pool.lock().push(connection);
+                Ok(reply.get_ref().status == 1)
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                self.pool.lock().push(connection);
+                Ok(false)
+            }
+            Ok(Err(status)) => Err(with_causes(&status)),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// The interface version the plugin implements and the extension groups that gives it:
     /// what its metadata says, or for a plugin that leaves it empty, 1.1.0 when it lists a
     /// scientific operation and 1.0.0 otherwise.
