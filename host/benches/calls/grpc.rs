@@ -19,7 +19,7 @@ use super::*;
 
 /// Times `calls` sequential calls of `add` after a warm-up; the figures as the run file keeps
 /// them.
-fn timed(calls: usize, mut add: impl FnMut() -> f64) -> Value {
+pub(super) fn timed(calls: usize, mut add: impl FnMut() -> f64) -> Value {
     for _ in 0..calls / 10 + 1 {
         black_box(add());
     }

@@ -33,7 +33,9 @@
 //! The out-of-process rows are kept apart (`Remote`, `out_of_process`, `threads_remote`,
 //! `cold_remote`): the rest of the suite does not depend on them. So are the gRPC rows
 //! (`grpc.rs`, `peers/*`): calcplug over go-plugin's protocol next to go-plugin's own Go host
-//! and plugin, measured the same way in the same run.
+//! and plugin, measured the same way in the same run; and the fleet rows (`fleet.rs`,
+//! `fleet/*`): `calcplug serve` on loopback, with and without mutual TLS, one and three
+//! instances.
 //!
 //! Environment: `CALCPLUG_BENCH_QUICK=1` shortens every measurement (the report's `--quick`);
 //! `CALCPLUG_BENCH_PLUGIN` names a release build of `libbasic` to use (else it is built here,
@@ -67,6 +69,7 @@ macro_rules! note {
 }
 
 // After `note!`, which they use.
+mod fleet;
 mod grpc;
 mod remote;
 mod run_file;
@@ -132,6 +135,9 @@ fn main() {
     }
     if wanted("peers") {
         grpc::grpc_rows(&setup, &remote, quick, &mut run);
+    }
+    if wanted("fleet") {
+        fleet::fleet_rows(&setup, quick, &mut run);
     }
     run.write();
 }

@@ -411,7 +411,9 @@ fn not_remotely(handle: &Handle, op: &'static str) -> Error {
 }
 
 impl Target for Handle {
-    const MAY_BLOCK: bool = true;
+    fn may_block(&self) -> bool {
+        self.is_isolated()
+    }
 
     fn name(&self) -> String {
         Handle::name(self).to_owned()

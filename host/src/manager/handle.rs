@@ -26,6 +26,12 @@ impl Handle {
         self.slot.reloads.load(Ordering::Relaxed) + 1
     }
 
+    /// Whether the library serving the name now runs out of this process (a runner, a plugin
+    /// executable or a fleet), where a call may wait on another process.
+    pub fn is_isolated(&self) -> bool {
+        self.slot.generation().plugin.is_isolated()
+    }
+
     /// The lifecycle state: `Processing` while calls are in flight. Never blocks.
     pub fn state(&self) -> LifecycleState {
         self.slot.state()

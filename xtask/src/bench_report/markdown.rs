@@ -169,6 +169,17 @@ impl Report<'_> {
                 flow control) plus the wake-up of the plugin process; on this VM the wake-ups \
                 dominate, and both sides pay them",
         });
+        goals.push(Goal {
+            name: "remote call over loopback with mutual TLS (`calcplug serve`, p99)",
+            target: "< 1 ms",
+            measured: run
+                .extra("fleet/endpoint_mtls", "p99_ns")
+                .map(|ns| (format!("{:.3} ms", ns / 1e6), ns < 1e6)),
+            missing: "fleet/endpoint_mtls",
+            why_missed: "each call crosses HTTP/2 and TLS on both sides and wakes the server \
+                process; on this VM a wake-up alone costs tens of microseconds, and the slowest \
+                one in a hundred far more",
+        });
         let load = run.extra("cold/load_handshake_initialize", "median_ns");
         goals.push(Goal {
             name: "load + handshake + initialize of one plugin",
@@ -279,6 +290,48 @@ impl Report<'_> {
                     let _ = writeln!(w, "| {label} | {protocol} | {} | | | |", run.why_missing(id));
                 }
             }
+        }
+
+        let _ = writeln!(w, "\n## Fleet: `calcplug serve` on loopback\n");
+        let _ = writeln!(
+            w,
+            "`basic` served by `calcplug serve` processes on 127.0.0.1, called by this host: N sequential `Add(1, 2)` through `host::fleet::Endpoint`, each timed; and 8 threads calling at once through `host::fleet::Fleet` over one and three instances (mutual TLS). go-plugin has no counterpart: its plugins run on the host's own machine only.\n"
+        );
+        let _ = writeln!(w, "| Call | Mean | p50 | p99 |\n|---|---:|---:|---:|");
+        for (id, label) in [
+            ("fleet/endpoint_mtls", "one instance, mutual TLS"),
+            ("fleet/endpoint_plain", "one instance, plaintext (`--insecure`)"),
+        ] {
+            match (run.extra(id, "mean_ns"), run.extra(id, "p50_ns"), run.extra(id, "p99_ns")) {
+                (Some(mean), Some(p50), Some(p99)) => {
+                    let _ = writeln!(
+                        w,
+                        "| {label} | {} | {} | {} |",
+                        duration(mean),
+                        duration(p50),
+                        duration(p99)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(w, "| {label} | {} | | |", run.why_missing(id));
+                }
+            }
+        }
+        if let (Some(tls), Some(plain)) = (
+            run.extra("fleet/endpoint_mtls", "mean_ns"),
+            run.extra("fleet/endpoint_plain", "mean_ns"),
+        ) {
+            let _ = writeln!(
+                w,
+                "\nTLS costs {} per call on average ({:+.0}%).",
+                duration(tls - plain),
+                (tls / plain - 1.0) * 100.0
+            );
+        }
+        let _ = writeln!(w, "\n| Instances | Calls/s, 8 threads |\n|---:|---:|");
+        for (id, count) in [("fleet/throughput_1", 1), ("fleet/throughput_3", 3)] {
+            let cell = run.extra(id, "ops_per_sec").map_or_else(|| run.why_missing(id), per_second);
+            let _ = writeln!(w, "| {count} | {cell} |");
         }
 
         let _ = writeln!(w, "\n## Batch throughput\n");
@@ -670,6 +723,36 @@ mod tests {
         let svg = report.latency_chart();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
         assert!(svg.contains("not measured"), "{svg}");
+    }
+
+    #[test]
+    fn the_fleet_rows_show_latency_tls_cost_and_throughput() {
+        let mut run = sample_run();
+        for (id, mean, p99) in [
+            ("fleet/endpoint_mtls", 300_000.0, 900_000.0),
+            ("fleet/endpoint_plain", 250_000.0, 1.0),
+        ] {
+            run.extras.insert(
+                id.to_owned(),
+                serde_json::json!({ "mean_ns": mean, "p50_ns": mean, "p99_ns": p99 }),
+            );
+        }
+        run.extras
+            .insert("fleet/throughput_3".to_owned(), serde_json::json!({ "ops_per_sec": 9000.0 }));
+        run.not_measured.insert("fleet/throughput_1".to_owned(), "no time".into());
+        let machine = Machine { cpus: 2, ..Machine::default() };
+        let md = Report { run: &run, machine: &machine, command: "c", quick: true }.markdown();
+        assert!(
+            md.contains("| one instance, mutual TLS | 300.0 µs | 300.0 µs | 900.0 µs |"),
+            "{md}"
+        );
+        assert!(md.contains("TLS costs 50.0 µs per call on average (+20%)."), "{md}");
+        assert!(md.contains("| 3 | 9.0 k/s |"), "{md}");
+        assert!(md.contains("| 1 | not measured: no time |"), "{md}");
+        assert!(
+            md.contains("| remote call over loopback with mutual TLS (`calcplug serve`, p99) | < 1 ms | 0.900 ms | yes |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -175,8 +175,9 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
 /// manager serves (`calcplug serve`, [`crate::fleet`]).
 pub(crate) trait Target: Send + Sync + 'static {
     /// Whether a call may block for long (an out-of-process plugin, a retry's pause): then it
-    /// runs with `block_in_place`, which needs the multi-threaded runtime.
-    const MAY_BLOCK: bool;
+    /// runs with `block_in_place`, which needs the multi-threaded runtime (and costs a hand-off
+    /// of the runtime's other work to another thread, so calls that take nanoseconds skip it).
+    fn may_block(&self) -> bool;
     fn name(&self) -> String;
     fn identity(&self) -> crate::Identity;
     fn initialize(&self, config: &Config) -> Result<(), Error>;
@@ -197,7 +198,9 @@ pub(crate) trait Resolve: Send + Sync + 'static {
 }
 
 impl Target for Arc<Plugin> {
-    const MAY_BLOCK: bool = false;
+    fn may_block(&self) -> bool {
+        false
+    }
     fn name(&self) -> String {
         Plugin::identity(self).name().to_owned()
     }
@@ -247,9 +250,10 @@ impl<R: Resolve> Served<R> {
     }
 }
 
-/// Runs `call`, letting the runtime move its other tasks away first if `T` may block.
-fn run<T: Target, V>(call: impl FnOnce() -> V) -> V {
-    if T::MAY_BLOCK {
+/// Runs `call` on `target`, letting the runtime move its other tasks away first if it may
+/// block.
+fn run<T: Target, V>(target: &T, call: impl FnOnce() -> V) -> V {
+    if target.may_block() {
         tokio::task::block_in_place(call)
     } else {
         call()
@@ -368,7 +372,7 @@ macro_rules! calculator_service {
                     })
                     .collect();
                 let mut results = vec![BatchResult::PENDING; ops.len()];
-                run::<R::Target, _>(|| plugin.process_batch(&ops, &mut results))
+                run(&plugin, || plugin.process_batch(&ops, &mut results))
                     .map_err(|err| Status::internal(err.to_string()))?;
                 let results = results
                     .iter()
@@ -394,7 +398,7 @@ macro_rules! calculator_service {
                         )),
                     }));
                 };
-                Ok(outcome(run::<R::Target, _>(|| plugin.set_angle_unit(unit))))
+                Ok(outcome(run(&plugin, || plugin.set_angle_unit(unit))))
             }
 
             async fn get_angle_unit(
@@ -402,7 +406,7 @@ macro_rules! calculator_service {
                 request: Request<pb::Empty>,
             ) -> Result<Response<pb::AngleUnitMessage>, Status> {
                 let plugin = self.target(&request)?;
-                Ok(Response::new(match run::<R::Target, _>(|| plugin.angle_unit()) {
+                Ok(Response::new(match run(&plugin, || plugin.angle_unit()) {
                     Ok(unit) => pb::AngleUnitMessage { unit: angle_unit_to_pb(unit), error: None },
                     Err(err) => pb::AngleUnitMessage { unit: 0, error: Some(error(err)) },
                 }))
@@ -415,7 +419,7 @@ macro_rules! calculator_service {
                 ) -> Result<Response<pb::Result>, Status> {
                     let plugin = self.target(&request)?;
                     let pb::Operands { a, b } = request.into_inner();
-                    Ok(value(run::<R::Target, _>(|| plugin.call(Op::$variant, a, b))))
+                    Ok(value(run(&plugin, || plugin.call(Op::$variant, a, b))))
                 }
             )*
         }
