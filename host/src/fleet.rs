@@ -18,6 +18,8 @@ mod serve;
 mod tls;
 
 pub use crate::remote::{Endpoint, Fleet, FleetOptions, Targets};
-pub use serve::{ServeOptions, Server, ServerTls, Stopper, PLUGIN_METADATA};
+pub use serve::{
+    ServeOptions, Server, ServerTls, Stopper, CALCULATOR_SERVICE, LIVENESS_SERVICE, PLUGIN_METADATA,
+};
 pub(crate) use tls::client_config as tls_client_config;
 pub use tls::ClientTls;

@@ -587,3 +587,126 @@ fn metrics_parse_with_prometheus_own_parser_and_count_the_calls_made() {
     assert_eq!(bucket("10"), timed, "no call took 10 s");
     assert_eq!(bucket("1e-06"), 0.0, "no call over gRPC took 1 µs");
 }
+
+#[test]
+fn the_kubernetes_manifests_agree_with_the_code() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let deploy = xtask::workspace_root().join("host/cli/deploy/kubernetes");
+    let text = std::fs::read_to_string(deploy.join("calcplug-fleet.yaml")).unwrap();
+    let docs = YamlLoader::load_from_str(&text).expect("the manifests are YAML");
+    let kind = |kind: &str| -> &Yaml {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let port_of = |address: &str| -> i64 {
+        address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("IP:PORT")
+    };
+
+    // The config parses, as the server will read it.
+    let toml = kind("ConfigMap")["data"]["calcplug.toml"].as_str().expect("calcplug.toml");
+    let config = host::ManagerConfig::parse(toml, Path::new("/etc/calcplug/calcplug.toml"))
+        .unwrap_or_else(|err| panic!("the ConfigMap's calcplug.toml: {err}"));
+
+    let pod = &kind("Deployment")["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<&str> =
+        container["args"].as_vec().unwrap().iter().filter_map(Yaml::as_str).collect();
+    assert_eq!(args, ["--config", "/etc/calcplug/calcplug.toml", "serve"]);
+    let env: std::collections::BTreeMap<&str, &str> = container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    // Every variable is one `calcplug serve` reads (its --help lists them).
+    let help = calcplug().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for name in env.keys() {
+        assert!(
+            help.contains(&format!("[env: {name}=")),
+            "`calcplug serve` does not read {name}:\n{help}"
+        );
+    }
+    let container_port = |name: &str| -> i64 {
+        container["ports"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["containerPort"].as_i64())
+            .unwrap_or_else(|| panic!("no {name} port"))
+    };
+    assert_eq!(port_of(env["CALCPLUG_SERVE_LISTEN"]), container_port("grpc"));
+    assert_eq!(port_of(env["CALCPLUG_METRICS_LISTEN"]), container_port("metrics"));
+    assert_eq!(port_of(env["CALCPLUG_HEALTH_LISTEN"]), container_port("health"));
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(container_port("metrics").to_string().as_str())
+    );
+    assert_eq!(annotations["prometheus.io/path"].as_str(), Some("/metrics"));
+
+    // The probes ask the plaintext health port about the services the server registers.
+    for (probe, service) in [
+        ("readinessProbe", host::fleet::CALCULATOR_SERVICE),
+        ("livenessProbe", host::fleet::LIVENESS_SERVICE),
+    ] {
+        assert_eq!(
+            container[probe]["grpc"]["port"].as_i64(),
+            Some(container_port("health")),
+            "{probe}"
+        );
+        assert_eq!(container[probe]["grpc"]["service"].as_str(), Some(service), "{probe}");
+    }
+    // SIGTERM's grace period outlasts the drain: the grace, then the calls in flight.
+    let grace = humantime::parse_duration(env["CALCPLUG_DRAIN_GRACE"]).unwrap();
+    let drain = grace + config.shutdown_timeout();
+    let period = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap();
+    assert!(Duration::from_secs(period as u64) > drain, "{period} s <= {drain:?}");
+
+    // A headless Service on the gRPC port: its DNS name lists the pods, for `dns:///`.
+    let service = kind("Service");
+    assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(service["spec"]["ports"][0]["port"].as_i64(), Some(container_port("grpc")));
+
+    // The dashboard asks only for metrics the server exports.
+    let manager_dir = scratch();
+    std::fs::copy(
+        artifacts().library("basic"),
+        manager_dir.path().join(format!(
+            "{}basic{}",
+            std::env::consts::DLL_PREFIX,
+            host::LIBRARY_SUFFIX
+        )),
+    )
+    .unwrap();
+    let manager = host::PluginManager::start(
+        host::ManagerConfig::defaults().with_paths(&[manager_dir.path().to_owned()]),
+    )
+    .unwrap();
+    manager.call("basic", Op::Add, 1.0, 2.0).unwrap();
+    manager.call("basic", Op::Divide, 1.0, 0.0).unwrap_err();
+    let exported = manager.status().prometheus();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy.join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("calcplug_"))
+            {
+                assert!(
+                    exported.contains(&format!("\n{name}{{")),
+                    "the dashboard asks for {name}, which is not exported"
+                );
+                asked += 1;
+            }
+        }
+    }
+    assert!(asked >= 6, "{asked}");
+}

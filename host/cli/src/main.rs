@@ -124,6 +124,10 @@ enum Command {
         /// Also serve the manager's metrics at http://ADDR/metrics (Prometheus text format).
         #[arg(long, env = "CALCPLUG_METRICS_LISTEN", value_name = "ADDR")]
         metrics_listen: Option<String>,
+        /// Also serve the gRPC health service alone, plaintext, at ADDR: for probes without a
+        /// client certificate (Kubernetes' native gRPC probes).
+        #[arg(long, env = "CALCPLUG_HEALTH_LISTEN", value_name = "ADDR")]
+        health_listen: Option<String>,
         /// On SIGTERM, how long to report NOT_SERVING while still answering, before the
         /// listener closes (load balancers and fleet clients move away meanwhile).
         #[arg(long, env = "CALCPLUG_DRAIN_GRACE", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -252,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_ca,
             insecure,
             metrics_listen,
+            health_listen,
             drain_grace,
         } => {
             let tls = match (insecure, tls_cert, tls_key) {
@@ -273,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     drain_grace,
                     health_interval: std::time::Duration::from_millis(500),
                     metrics_listen,
+                    health_listen,
                 },
             )
         }

@@ -19,8 +19,13 @@ use crate::{Error, LifecycleState, PluginManager};
 /// The gRPC metadata key a request names its plugin in.
 pub const PLUGIN_METADATA: &str = "calcplug-plugin";
 
-/// The service name `grpc.health.v1` answers for the server as a whole, besides "".
-const CALCULATOR_SERVICE: &str = "calcplug.v1.Calculator";
+/// The service name `grpc.health.v1` answers for the server as a whole, besides "": `NOT_SERVING`
+/// from the start of a drain (a readiness check).
+pub const CALCULATOR_SERVICE: &str = "calcplug.v1.Calculator";
+
+/// The service name `grpc.health.v1` answers `SERVING` for as long as the process serves, drain
+/// included (a liveness check).
+pub const LIVENESS_SERVICE: &str = "calcplug.v1.Liveness";
 
 /// The server's TLS material, PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +57,9 @@ pub struct ServeOptions {
     /// Where to serve `GET /metrics` (Prometheus text format, HTTP/1, plaintext), `IP:PORT`;
     /// `None` for no metrics endpoint.
     pub metrics_listen: Option<String>,
+    /// Where to serve `grpc.health.v1` alone, plaintext, `IP:PORT`: for probes that cannot
+    /// present a client certificate (Kubernetes' native gRPC probes). `None` for none.
+    pub health_listen: Option<String>,
 }
 
 /// Stops a running [`Server`] (from a signal handler, another thread, a test).
@@ -87,6 +95,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     metrics: Option<(tokio::net::TcpListener, SocketAddr)>,
+    health: Option<(tokio::net::TcpListener, SocketAddr)>,
     manager: Arc<PluginManager>,
     tls: Option<Arc<rustls::ServerConfig>>,
     options: ServeOptions,
@@ -125,25 +134,28 @@ impl Server {
             .block_on(tokio::net::TcpListener::bind(address))
             .map_err(|err| fleet(format!("cannot listen: {err}")))?;
         let local_addr = listener.local_addr().map_err(|err| fleet(err.to_string()))?;
-        let metrics = match &options.metrics_listen {
-            None => None,
+        let side = |listen: &Option<String>, what: &str| match listen {
+            None => Ok(None),
             Some(listen) => {
                 let fail = |reason: String| Error::Fleet { peer: listen.clone(), reason };
                 let address: SocketAddr = listen.parse().map_err(|err| {
-                    fail(format!("not an address to serve metrics on (IP:PORT): {err}"))
+                    fail(format!("not an address to serve {what} on (IP:PORT): {err}"))
                 })?;
                 let listener = runtime
                     .block_on(tokio::net::TcpListener::bind(address))
                     .map_err(|err| fail(format!("cannot listen: {err}")))?;
                 let bound = listener.local_addr().map_err(|err| fail(err.to_string()))?;
-                Some((listener, bound))
+                Ok(Some((listener, bound)))
             }
         };
+        let metrics = side(&options.metrics_listen, "metrics")?;
+        let health = side(&options.health_listen, "health checks")?;
         Ok(Server {
             runtime,
             listener,
             local_addr,
             metrics,
+            health,
             manager,
             tls,
             options,
@@ -154,6 +166,11 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the plaintext health service is served on, if it is.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().map(|(_, address)| *address)
     }
 
     /// The address `/metrics` is served on, if it is.
@@ -174,13 +191,23 @@ impl Server {
     ///
     /// [`Error::Fleet`] if serving fails.
     pub fn run(self) -> Result<(), Error> {
-        let Server { runtime, listener, local_addr, metrics, manager, tls, options, stopper } =
-            self;
+        let Server {
+            runtime,
+            listener,
+            local_addr,
+            metrics,
+            health: health_listener,
+            manager,
+            tls,
+            options,
+            stopper,
+        } = self;
         let peer = local_addr.to_string();
         runtime.block_on(async move {
             let (health, health_service) = tonic_health::server::health_reporter();
             health.set_service_status("", ServingStatus::Serving).await;
             health.set_service_status(CALCULATOR_SERVICE, ServingStatus::Serving).await;
+            health.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
             // Every plugin has its status before the first call can ask.
             update_health(&manager, &health, &stopper).await;
             let watcher = tokio::spawn(watch_health(
@@ -192,6 +219,22 @@ impl Server {
             let exporter = metrics.map(|(listener, address)| {
                 tracing::info!(%address, "serving /metrics");
                 tokio::spawn(serve_metrics(listener, manager.clone(), stopper.clone()))
+            });
+            let prober = health_listener.map(|(listener, address)| {
+                tracing::info!(%address, "serving plaintext health checks");
+                let service = health_service.clone();
+                let stopped = stopper.clone();
+                tokio::spawn(async move {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    // It closes with the process, not with the drain: liveness stays answered.
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(incoming, async move {
+                            stopped.stopped().await;
+                            std::future::pending::<()>().await;
+                        })
+                        .await;
+                })
             });
             let calculator = CalculatorServer::new(Served { resolve: ByName(manager.clone()) })
                 .max_decoding_message_size(usize::MAX)
@@ -237,8 +280,8 @@ impl Server {
                 }
             };
             watcher.abort();
-            if let Some(exporter) = exporter {
-                exporter.abort();
+            for task in [exporter, prober].into_iter().flatten() {
+                task.abort();
             }
             served.map_err(|reason| Error::Fleet { peer, reason })
         })
