@@ -15,7 +15,8 @@
 //!
 //! No command may write an escape byte to its (piped) stderr. The walk runs twice, on fresh
 //! copies: once with cargo's default target directory, once with `CARGO_TARGET_DIR` pointing
-//! elsewhere.
+//! elsewhere (to the first walk's target directory stripped of everything but cargo's caches of
+//! compiled dependencies, so that the second walk does not spend minutes rebuilding them).
 
 use std::{
     fs,
@@ -46,6 +47,9 @@ impl flags::WalkReadme {
             let clone = scratch.0.join(if shared_target { "clone-shared" } else { "clone" });
             copy_tracked_files(&root, &clone)?;
             let target_dir = shared_target.then(|| scratch.0.join("shared-target"));
+            if let Some(shared) = &target_dir {
+                reuse_dependencies(&scratch.0.join("clone").join("target"), shared)?;
+            }
             let walk = Walk { clone: &clone, target_dir: target_dir.as_deref() };
             eprintln!("==> README walk in {} ({})", clone.display(), walk.describe());
             for step in &script.steps {
@@ -55,6 +59,37 @@ impl flags::WalkReadme {
         eprintln!("==> the README's commands all did what they say, twice");
         Ok(())
     }
+}
+
+/// Gives the second walk the first walk's compiled dependencies and nothing else: moves the
+/// first clone's target directory to `shared` and removes every artifact a README command makes
+/// or finds (the binaries and libraries cargo copies to the top of each profile directory, the
+/// installed plugins), keeping only cargo's caches (`deps`, `build`, `.fingerprint`). The
+/// workspace's own crates build again (their paths differ), so a command that needs a binary
+/// nobody built still fails; what is saved is rebuilding tonic, rustls and aws-lc from scratch.
+fn reuse_dependencies(first: &Path, shared: &Path) -> anyhow::Result<()> {
+    fs::rename(first, shared)
+        .with_context(|| format!("moving {} to {}", first.display(), shared.display()))?;
+    let _ = fs::remove_dir_all(shared.join("plugins"));
+    for profile in ["debug", "release"] {
+        let Ok(entries) = fs::read_dir(shared.join(profile)) else { continue };
+        for entry in entries {
+            let path = entry?.path();
+            let keep = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| ["deps", "build", ".fingerprint"].contains(&n));
+            if keep {
+                continue;
+            }
+            if path.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The commands to run, in order.
