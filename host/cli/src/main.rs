@@ -104,35 +104,7 @@ enum Command {
     /// Serve the plugins the manager loads (from calcplug.toml and the plugin directories) to
     /// other hosts over gRPC on TCP, each by name, with health by plugin, until SIGTERM or
     /// Ctrl-C; then report NOT_SERVING, drain the calls in flight and shut the plugins down.
-    Serve {
-        /// The address to listen on, IP:PORT.
-        #[arg(long, env = "CALCPLUG_SERVE_LISTEN", default_value = "127.0.0.1:7443")]
-        listen: String,
-        /// The server's certificate chain (PEM).
-        #[arg(long, env = "CALCPLUG_TLS_CERT", value_name = "PEM")]
-        tls_cert: Option<PathBuf>,
-        /// The server's private key (PEM).
-        #[arg(long, env = "CALCPLUG_TLS_KEY", value_name = "PEM")]
-        tls_key: Option<PathBuf>,
-        /// The CA that signs the clients' certificates (PEM): clients without one are refused
-        /// (mutual TLS).
-        #[arg(long, env = "CALCPLUG_CLIENT_CA", value_name = "PEM")]
-        client_ca: Option<PathBuf>,
-        /// Serve plaintext, without TLS: anyone who reaches the address can call the plugins.
-        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
-        insecure: bool,
-        /// Also serve the manager's metrics at http://ADDR/metrics (Prometheus text format).
-        #[arg(long, env = "CALCPLUG_METRICS_LISTEN", value_name = "ADDR")]
-        metrics_listen: Option<String>,
-        /// Also serve the gRPC health service alone, plaintext, at ADDR: for probes without a
-        /// client certificate (Kubernetes' native gRPC probes).
-        #[arg(long, env = "CALCPLUG_HEALTH_LISTEN", value_name = "ADDR")]
-        health_listen: Option<String>,
-        /// On SIGTERM, how long to report NOT_SERVING while still answering, before the
-        /// listener closes (load balancers and fleet clients move away meanwhile).
-        #[arg(long, env = "CALCPLUG_DRAIN_GRACE", default_value = "1s", value_parser = humantime::parse_duration)]
-        drain_grace: std::time::Duration,
-    },
+    Serve(manager::ServeArgs),
     /// Write a throwaway CA, a server certificate and a client certificate (PEM) for trying
     /// `serve` with mutual TLS; a fleet in production uses its own PKI.
     Certs {
@@ -168,7 +140,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // `watch` is a log to follow: it logs loads and reloads (info) by default.
-    let watching = matches!(cli.command, Command::Watch | Command::Serve { .. });
+    let watching = matches!(cli.command, Command::Watch | Command::Serve(_));
     init_tracing(if watching { cli.verbose.max(2) } else { cli.verbose });
     match run(cli) {
         Ok(code) => code,
@@ -249,39 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Watch => manager::watch(config),
         Command::Certs { .. } => unreachable!("handled before the config is read"),
-        Command::Serve {
-            listen,
-            tls_cert,
-            tls_key,
-            client_ca,
-            insecure,
-            metrics_listen,
-            health_listen,
-            drain_grace,
-        } => {
-            let tls = match (insecure, tls_cert, tls_key) {
-                (true, _, _) => None,
-                (false, Some(cert), Some(key)) => {
-                    Some(host::fleet::ServerTls { cert, key, client_ca })
-                }
-                (false, _, _) => anyhow::bail!(
-                    "serve needs --tls-cert and --tls-key (and --client-ca for mutual TLS), or \
-                     --insecure to serve plaintext"
-                ),
-            };
-            manager::serve(
-                config,
-                host::fleet::ServeOptions {
-                    listen,
-                    tls,
-                    drain_timeout: std::time::Duration::ZERO,
-                    drain_grace,
-                    health_interval: std::time::Duration::from_millis(500),
-                    metrics_listen,
-                    health_listen,
-                },
-            )
-        }
+        Command::Serve(args) => manager::serve(config, args),
         Command::Bench { plugin, json, seconds } => {
             bench::bench(config, &dirs, &plugin, json, seconds)
         }

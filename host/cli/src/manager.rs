@@ -224,14 +224,70 @@ pub(crate) fn watch(config: ManagerConfig) -> anyhow::Result<ExitCode> {
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// The flags of `calcplug serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The address to listen on, IP:PORT.
+    #[arg(long, env = "CALCPLUG_SERVE_LISTEN", default_value = "127.0.0.1:7443")]
+    pub(crate) listen: String,
+    /// The server's certificate chain (PEM).
+    #[arg(long, env = "CALCPLUG_TLS_CERT", value_name = "PEM")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, env = "CALCPLUG_TLS_KEY", value_name = "PEM")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The CA that signs the clients' certificates (PEM): clients without one are refused
+    /// (mutual TLS).
+    #[arg(long, env = "CALCPLUG_CLIENT_CA", value_name = "PEM")]
+    pub(crate) client_ca: Option<PathBuf>,
+    /// Serve plaintext, without TLS: anyone who reaches the address can call the plugins.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    pub(crate) insecure: bool,
+    /// Also serve the manager's metrics at http://ADDR/metrics (Prometheus text format).
+    #[arg(long, env = "CALCPLUG_METRICS_LISTEN", value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<String>,
+    /// Also serve the gRPC health service alone, plaintext, at ADDR: for probes without a
+    /// client certificate (Kubernetes' native gRPC probes).
+    #[arg(long, env = "CALCPLUG_HEALTH_LISTEN", value_name = "ADDR")]
+    pub(crate) health_listen: Option<String>,
+    /// On SIGTERM, how long to report NOT_SERVING while still answering, before the
+    /// listener closes (load balancers and fleet clients move away meanwhile).
+    #[arg(long, env = "CALCPLUG_DRAIN_GRACE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) drain_grace: std::time::Duration,
+}
+
 /// `calcplug serve`: the manager's plugins over gRPC until SIGTERM or Ctrl-C, then a drain and
 /// a graceful shutdown.
-pub(crate) fn serve(
-    config: ManagerConfig,
-    options: host::fleet::ServeOptions,
-) -> anyhow::Result<ExitCode> {
-    // Calls in flight get `[manager] shutdown_timeout` to finish, as in a manager's shutdown.
-    let options = host::fleet::ServeOptions { drain_timeout: config.shutdown_timeout(), ..options };
+pub(crate) fn serve(config: ManagerConfig, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let ServeArgs {
+        listen,
+        tls_cert,
+        tls_key,
+        client_ca,
+        insecure,
+        metrics_listen,
+        health_listen,
+        drain_grace,
+    } = args;
+    let tls = match (insecure, tls_cert, tls_key) {
+        (true, _, _) => None,
+        (false, Some(cert), Some(key)) => Some(host::fleet::ServerTls { cert, key, client_ca }),
+        (false, _, _) => anyhow::bail!(
+            "serve needs --tls-cert and --tls-key (and --client-ca for mutual TLS), or \
+             --insecure to serve plaintext"
+        ),
+    };
+    let options = host::fleet::ServeOptions {
+        listen,
+        tls,
+        // Calls in flight get `[manager] shutdown_timeout` to finish, as in a manager's
+        // shutdown.
+        drain_timeout: config.shutdown_timeout(),
+        drain_grace,
+        health_interval: std::time::Duration::from_millis(500),
+        metrics_listen,
+        health_listen,
+    };
     let plaintext = options.tls.is_none();
     let manager = std::sync::Arc::new(PluginManager::start(config.with_auto_scan(true))?);
     let server = host::fleet::Server::bind(manager.clone(), options)?;
