@@ -301,13 +301,7 @@ impl Inner {
                 step(LifecycleState::Handshaking);
                 let mut state = state;
                 state.rename(plugin.identity().name());
-                Ok(Generation {
-                    plugin,
-                    source: source.to_owned(),
-                    state,
-                    loaded_at: Instant::now(),
-                    shared: AtomicU64::new(0),
-                })
+                Ok(Generation::new(plugin, source.to_owned(), state))
             }
             Err(err) => {
                 let err = err.with_path(source);
@@ -351,22 +345,8 @@ impl Inner {
                 }
                 .with_path(program))
             });
-        let _ = state.transition(LifecycleState::Loading);
-        let _ = state.transition(LifecycleState::Handshaking);
-        match started {
-            Ok(plugin) => Ok(Generation {
-                plugin: Backend::Remote(Box::new(plugin)),
-                source: program.to_owned(),
-                state,
-                loaded_at: Instant::now(),
-                shared: AtomicU64::new(0),
-            }),
-            Err(err) => {
-                let _ = state.transition(LifecycleState::Error);
-                tracing::warn!(error = %err, "refused");
-                Err(err)
-            }
-        }
+        let started = started.map(|plugin| (Backend::Remote(Box::new(plugin)), program.to_owned()));
+        started_generation(state, started, "refused")
     }
 
     /// Connects to the fleet configured as `name`.
@@ -378,22 +358,11 @@ impl Inner {
         let _span = tracing::info_span!("fleet", plugin = name).entered();
         let state = StateMachine::new(name.to_owned());
         let _ = state.transition(LifecycleState::Validating);
-        let _ = state.transition(LifecycleState::Loading);
-        let _ = state.transition(LifecycleState::Handshaking);
-        match crate::fleet::Fleet::connect(name, options.clone()) {
-            Ok(fleet) => Ok(Generation {
-                source: fleet.identity().path().to_owned(),
-                plugin: Backend::Fleet(Box::new(fleet)),
-                state,
-                loaded_at: Instant::now(),
-                shared: AtomicU64::new(0),
-            }),
-            Err(err) => {
-                let _ = state.transition(LifecycleState::Error);
-                tracing::warn!(error = %err, "cannot reach the fleet");
-                Err(err)
-            }
-        }
+        let connected = crate::fleet::Fleet::connect(name, options.clone()).map(|fleet| {
+            let source = fleet.identity().path().to_owned();
+            (Backend::Fleet(Box::new(fleet)), source)
+        });
+        started_generation(state, connected, "cannot reach the fleet")
     }
 
     /// Loads `source`: in a runner if this plugin is configured out of process (the runner
@@ -536,5 +505,24 @@ impl FileStamp {
             (meta.dev(), meta.ino())
         };
         Some(FileStamp { len: meta.len(), modified: meta.modified().ok(), id })
+    }
+}
+
+/// The generation of a plugin started in one step (an executable, a fleet): through `Loading`
+/// and `Handshaking` to a generation, or to `Error` with `refused` logged.
+fn started_generation(
+    state: StateMachine,
+    started: Result<(Backend, std::path::PathBuf), Error>,
+    refused: &str,
+) -> Result<Generation, Error> {
+    let _ = state.transition(LifecycleState::Loading);
+    let _ = state.transition(LifecycleState::Handshaking);
+    match started {
+        Ok((plugin, source)) => Ok(Generation::new(plugin, source, state)),
+        Err(err) => {
+            let _ = state.transition(LifecycleState::Error);
+            tracing::warn!(error = %err, "{refused}");
+            Err(err)
+        }
     }
 }

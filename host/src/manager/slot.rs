@@ -13,6 +13,21 @@ use crate::config::{ManagerConfig, Mode, PanicPolicy};
 use crate::Error;
 
 impl Generation {
+    /// A newly loaded (or started, or connected) plugin, serving from now.
+    pub(super) fn new(
+        plugin: Backend,
+        source: std::path::PathBuf,
+        state: crate::StateMachine,
+    ) -> Generation {
+        Generation {
+            plugin,
+            source,
+            state,
+            loaded_at: Instant::now(),
+            shared: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     pub(super) fn initialize(&self, config: &ManagerConfig) -> Result<(), Error> {
         let _ = self.state.transition(LifecycleState::Initializing);
         let plugin_config = config.plugin(self.plugin.identity().name());
