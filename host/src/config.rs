@@ -16,6 +16,7 @@
 //! max_value = 1e100
 //! ```
 
+mod env;
 mod parse;
 mod raw;
 
@@ -49,6 +50,7 @@ pub struct ManagerConfig {
     retry: RetryPolicy,
     security: SecurityConfig,
     isolation: IsolationConfig,
+    serve: ServeConfig,
     modes: BTreeMap<String, Mode>,
     plugins: BTreeMap<String, Config>,
     commands: BTreeMap<String, PluginCommand>,
@@ -215,6 +217,30 @@ impl SecurityConfig {
     }
 }
 
+/// What `calcplug serve` does: `[serve]`, and the seed's TLS keys of `[security]`
+/// (`enable_tls`, `cert_file`, `key_file`, plus `client_ca_file`). Its flags win over these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// `serve.listen`, `IP:PORT` (default `127.0.0.1:7443`).
+    pub listen: String,
+    /// `serve.metrics_listen`: where to serve `/metrics`, `IP:PORT` (default none).
+    pub metrics_listen: Option<String>,
+    /// `serve.health_listen`: where to serve the plaintext health service (default none).
+    pub health_listen: Option<String>,
+    /// `serve.drain_grace`: how long a stop reports `NOT_SERVING` while still answering
+    /// (default `1s`).
+    pub drain_grace: Duration,
+    /// `security.enable_tls` (default `true`); `false` serves plaintext.
+    pub enable_tls: bool,
+    /// `security.cert_file`: the server's certificate chain (PEM), relative to the config file.
+    pub cert_file: Option<PathBuf>,
+    /// `security.key_file`: the server's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// `security.client_ca_file`: the CA of the clients' certificates (PEM): clients without
+    /// one are refused (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
 /// Where plugins run (`[isolation]`, and `mode` in a `[plugins.NAME]` table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -281,6 +307,16 @@ impl ManagerConfig {
                 mode: Mode::InProcess,
                 options: crate::remote::RemoteOptions::default(),
             },
+            serve: ServeConfig {
+                listen: "127.0.0.1:7443".to_owned(),
+                metrics_listen: None,
+                health_listen: None,
+                drain_grace: Duration::from_secs(1),
+                enable_tls: true,
+                cert_file: None,
+                key_file: None,
+                client_ca_file: None,
+            },
             modes: BTreeMap::new(),
             plugins: BTreeMap::new(),
             commands: BTreeMap::new(),
@@ -296,14 +332,7 @@ impl ManagerConfig {
     /// and key of the first problem.
     pub fn from_file(path: impl AsRef<Path>) -> Result<ManagerConfig, Error> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound.with_path(path.to_owned())
-            } else {
-                Error::Io { error: source }.with_path(path.to_owned())
-            }
-        })?;
-        ManagerConfig::parse(&text, path)
+        ManagerConfig::parse(&read_config(path)?, path)
     }
 
     /// Parses `text`, the contents of the file `origin` (used in errors and as the base of
@@ -315,7 +344,57 @@ impl ManagerConfig {
     ///
     /// [`Error::Config`] naming `origin`, the line and the key of the first problem.
     pub fn parse(text: &str, origin: &Path) -> Result<ManagerConfig, Error> {
-        parse::parse(text, origin)
+        parse::parse(text, origin, [])
+    }
+
+    /// [`ManagerConfig::parse`] with the `CALCPLUG_*` variables among `vars` over the file: each
+    /// key `[section] key` can be set by `CALCPLUG_<SECTION>_<KEY>` (e.g.
+    /// `CALCPLUG_ISOLATION_CALL_TIMEOUT=2s`), and a `[plugins.NAME]` key by
+    /// `CALCPLUG_PLUGINS__<NAME>__<KEY>` (`-` in a name written `_`). A value is read as TOML
+    /// when it is a TOML value (`5`, `true`, `["a", "b"]`), else as a string. Other variables,
+    /// and `CALCPLUG_` ones that name no section (`CALCPLUG_LOG`), are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for the file, [`Error::ConfigEnv`] naming the variable for a value of
+    /// the wrong type or a variable that names a section but none of its keys.
+    pub fn parse_with_env(
+        text: &str,
+        origin: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ManagerConfig, Error> {
+        parse::parse(text, origin, vars)
+    }
+
+    /// [`ManagerConfig::from_file`] (or, for `None`, the defaults) with this process's
+    /// `CALCPLUG_*` environment over it; see [`ManagerConfig::parse_with_env`]. What the CLI
+    /// reads.
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagerConfig::from_file`] and [`ManagerConfig::parse_with_env`]; a `CALCPLUG_`
+    /// config variable whose value is not UTF-8 is an [`Error::ConfigEnv`].
+    pub fn from_file_with_env(path: Option<&Path>) -> Result<ManagerConfig, Error> {
+        let mut vars = Vec::new();
+        for (var, value) in std::env::vars_os() {
+            let Some(var) = var.to_str().filter(|var| var.starts_with("CALCPLUG_")) else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => vars.push((var.to_owned(), value)),
+                Err(_) => {
+                    return Err(Error::ConfigEnv {
+                        var: var.to_owned(),
+                        key: String::new(),
+                        message: "is not UTF-8".to_owned(),
+                    })
+                }
+            }
+        }
+        match path {
+            Some(path) => ManagerConfig::parse_with_env(&read_config(path)?, path, vars),
+            None => ManagerConfig::parse_with_env("", &ManagerConfig::defaults().origin, vars),
+        }
     }
 
     /// The same configuration with `dirs` as the plugin directories (what `--plugin-dir` does).
@@ -407,6 +486,11 @@ impl ManagerConfig {
         &self.isolation
     }
 
+    /// What `calcplug serve` does (`[serve]` and `[security]`'s TLS keys).
+    pub fn serve(&self) -> &ServeConfig {
+        &self.serve
+    }
+
     /// Where the plugin `name` runs: its `[plugins.NAME] mode`, else `isolation.mode`.
     pub fn mode_of(&self, name: &str) -> Mode {
         self.modes.get(name).copied().unwrap_or(self.isolation.mode)
@@ -446,6 +530,17 @@ impl ManagerConfig {
     pub fn fleets(&self) -> impl Iterator<Item = (&str, &crate::fleet::FleetOptions)> {
         self.fleets.iter().map(|(name, options)| (name.as_str(), options))
     }
+}
+
+/// The text of the config file at `path`.
+fn read_config(path: &Path) -> Result<String, Error> {
+    fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound.with_path(path.to_owned())
+        } else {
+            Error::Io { error: source }.with_path(path.to_owned())
+        }
+    })
 }
 
 #[cfg(test)]

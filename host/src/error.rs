@@ -192,6 +192,18 @@ pub enum Error {
         message: String,
     },
 
+    /// A `CALCPLUG_*` environment variable that overrides a config key is wrong: a value of the
+    /// wrong type, or a name that is no key.
+    #[error("environment variable {var}{}: {message}", if key.is_empty() { String::new() } else { format!(" (`{key}`)") })]
+    ConfigEnv {
+        /// The variable, e.g. `CALCPLUG_ISOLATION_CALL_TIMEOUT`.
+        var: String,
+        /// The dotted key it sets, e.g. `isolation.call_timeout` (empty when there is none).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// Another library claims the same plugin name with a higher version; this one is not used.
     #[error("plugin `{name}` {version} is shadowed by {winner_version} from {}", winner_path.display())]
     Shadowed {

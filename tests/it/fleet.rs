@@ -343,6 +343,62 @@ fn clients_without_the_right_certificate_are_refused_with_the_reason_on_both_sid
 }
 
 #[test]
+fn serve_takes_its_settings_from_the_config_file_and_the_environment() {
+    // The seed's keys, with paths relative to the file: mutual TLS without one flag.
+    let dir = scratch();
+    certs(&dir.path().join("tls"));
+    let toml = dir.path().join("calcplug.toml");
+    std::fs::write(
+        &toml,
+        "[serve]\nlisten = \"127.0.0.1:0\"\n\
+         [security]\nenable_tls = true\ncert_file = \"tls/server.pem\"\n\
+         key_file = \"tls/server.key\"\nclient_ca_file = \"tls/ca.pem\"\n",
+    )
+    .unwrap();
+    let serve_with = |env: &[(&str, &str)]| {
+        let mut command = calcplug();
+        command.arg("--config").arg(&toml).arg("--plugin-dir").arg(&artifacts().plugin_dir);
+        command.arg("serve").envs(env.iter().copied());
+        Serve::spawn(command)
+    };
+    let serve = serve_with(&[]);
+    let basic = Endpoint::connect(
+        &serve.url("https"),
+        "basic",
+        Some(&mutual(&dir.path().join("tls"))),
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(basic.call(Op::Add, 2.0, 3.0).unwrap(), 5.0);
+    let err = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap_err();
+    assert!(err.to_string().contains("is it a TLS port (https://)?"), "{err}");
+    drop(serve);
+
+    // A variable overrides the file's key: plaintext, with the warning.
+    let mut serve = serve_with(&[("CALCPLUG_SECURITY_ENABLE_TLS", "false")]);
+    serve.wait_for("serving plaintext (--insecure or security.enable_tls = false)");
+    let basic = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap();
+    assert_eq!(basic.call(Op::Multiply, 2.0, 3.0).unwrap(), 6.0);
+    drop(serve);
+
+    // A variable that names no key stops it at once, naming the variable and the keys there are.
+    let out = calcplug()
+        .arg("--config")
+        .arg(&toml)
+        .args(["serve"])
+        .env("CALCPLUG_SERVE_LISTN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: environment variable CALCPLUG_SERVE_LISTN (`serve.listn`): [serve] has no such key \
+         (its variables: CALCPLUG_SERVE_LISTEN, CALCPLUG_SERVE_METRICS_LISTEN, \
+         CALCPLUG_SERVE_HEALTH_LISTEN, CALCPLUG_SERVE_DRAIN_GRACE)\n"
+    );
+}
+
+#[test]
 fn plaintext_only_when_asked_for_and_then_with_a_warning() {
     let out = calcplug()
         .arg("--plugin-dir")
@@ -353,12 +409,14 @@ fn plaintext_only_when_asked_for_and_then_with_a_warning() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: serve needs --tls-cert and --tls-key (and --client-ca for mutual TLS), or \
-         --insecure to serve plaintext\n"
+        "error: serve needs a certificate and key: --tls-cert and --tls-key (config: \
+         security.cert_file and security.key_file, or CALCPLUG_SECURITY_CERT_FILE and \
+         CALCPLUG_SECURITY_KEY_FILE), and --client-ca for mutual TLS; or --insecure \
+         (security.enable_tls = false) to serve plaintext\n"
     );
 
     let mut serve = Serve::start(&["--insecure"]);
-    serve.wait_for("serving plaintext (--insecure)");
+    serve.wait_for("serving plaintext (--insecure or security.enable_tls = false)");
     let basic = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap();
     assert_eq!(basic.call(Op::Subtract, 2.0, 3.0).unwrap(), -1.0);
     let err = basic.call(Op::Divide, 1.0, 0.0).unwrap_err();
@@ -603,30 +661,38 @@ fn the_kubernetes_manifests_agree_with_the_code() {
         address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("IP:PORT")
     };
 
-    // The config parses, as the server will read it.
-    let toml = kind("ConfigMap")["data"]["calcplug.toml"].as_str().expect("calcplug.toml");
-    let config = host::ManagerConfig::parse(toml, Path::new("/etc/calcplug/calcplug.toml"))
-        .unwrap_or_else(|err| panic!("the ConfigMap's calcplug.toml: {err}"));
-
     let pod = &kind("Deployment")["spec"]["template"];
     let container = &pod["spec"]["containers"][0];
     let args: Vec<&str> =
         container["args"].as_vec().unwrap().iter().filter_map(Yaml::as_str).collect();
     assert_eq!(args, ["--config", "/etc/calcplug/calcplug.toml", "serve"]);
-    let env: std::collections::BTreeMap<&str, &str> = container["env"]
+    let env: Vec<(String, String)> = container["env"]
         .as_vec()
         .unwrap()
         .iter()
-        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap().to_owned()))
         .collect();
-    // Every variable is one `calcplug serve` reads (its --help lists them).
-    let help = calcplug().args(["serve", "--help"]).output().unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
-    for name in env.keys() {
-        assert!(
-            help.contains(&format!("[env: {name}=")),
-            "`calcplug serve` does not read {name}:\n{help}"
-        );
+    // The config parses with the variables over it, as the server will read it; each variable
+    // sets a key (one that names none is an error).
+    let toml = kind("ConfigMap")["data"]["calcplug.toml"].as_str().expect("calcplug.toml");
+    let file = host::ManagerConfig::parse(toml, Path::new("/etc/calcplug/calcplug.toml"))
+        .unwrap_or_else(|err| panic!("the ConfigMap's calcplug.toml: {err}"));
+    let config = host::ManagerConfig::parse_with_env(
+        toml,
+        Path::new("/etc/calcplug/calcplug.toml"),
+        env.clone(),
+    )
+    .unwrap_or_else(|err| panic!("the ConfigMap's calcplug.toml with the Deployment's env: {err}"));
+    let serve = config.serve();
+    assert_ne!(file.serve(), serve, "the variables change nothing: {env:?}");
+    // TLS from the Secret's volume.
+    let mounts = container["volumeMounts"].as_vec().unwrap();
+    let tls_mount = mounts.iter().find(|m| m["name"].as_str() == Some("tls")).unwrap();
+    let tls_dir = Path::new(tls_mount["mountPath"].as_str().unwrap());
+    assert!(serve.enable_tls);
+    for file in [&serve.cert_file, &serve.key_file, &serve.client_ca_file] {
+        let file = file.as_deref().expect("a TLS file");
+        assert_eq!(file.parent(), Some(tls_dir), "{}", file.display());
     }
     let container_port = |name: &str| -> i64 {
         container["ports"]
@@ -637,9 +703,10 @@ fn the_kubernetes_manifests_agree_with_the_code() {
             .and_then(|p| p["containerPort"].as_i64())
             .unwrap_or_else(|| panic!("no {name} port"))
     };
-    assert_eq!(port_of(env["CALCPLUG_SERVE_LISTEN"]), container_port("grpc"));
-    assert_eq!(port_of(env["CALCPLUG_METRICS_LISTEN"]), container_port("metrics"));
-    assert_eq!(port_of(env["CALCPLUG_HEALTH_LISTEN"]), container_port("health"));
+    let listen = |address: Option<&String>| port_of(address.expect("an address"));
+    assert_eq!(listen(Some(&serve.listen)), container_port("grpc"));
+    assert_eq!(listen(serve.metrics_listen.as_ref()), container_port("metrics"));
+    assert_eq!(listen(serve.health_listen.as_ref()), container_port("health"));
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(
         annotations["prometheus.io/port"].as_str(),
@@ -660,8 +727,7 @@ fn the_kubernetes_manifests_agree_with_the_code() {
         assert_eq!(container[probe]["grpc"]["service"].as_str(), Some(service), "{probe}");
     }
     // SIGTERM's grace period outlasts the drain: the grace, then the calls in flight.
-    let grace = humantime::parse_duration(env["CALCPLUG_DRAIN_GRACE"]).unwrap();
-    let drain = grace + config.shutdown_timeout();
+    let drain = serve.drain_grace + config.shutdown_timeout();
     let period = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap();
     assert!(Duration::from_secs(period as u64) > drain, "{period} s <= {drain:?}");
 

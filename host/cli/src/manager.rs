@@ -11,16 +11,11 @@ use host::{ManagerConfig, ManagerStatus, Op, PluginManager, CONFIG_FILE_NAME};
 use serde_json::json;
 
 /// The configuration: `--config PATH` (or `$CALCPLUG_CONFIG`), else `./calcplug.toml` if there
-/// is one, else every default.
+/// is one, else every default; with the `CALCPLUG_<SECTION>_<KEY>` variables over it.
 pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<ManagerConfig> {
-    if let Some(path) = path {
-        return Ok(ManagerConfig::from_file(path)?);
-    }
     let local = Path::new(CONFIG_FILE_NAME);
-    if local.is_file() {
-        return Ok(ManagerConfig::from_file(local)?);
-    }
-    Ok(ManagerConfig::defaults())
+    let path = path.or(local.is_file().then_some(local));
+    Ok(ManagerConfig::from_file_with_env(path)?)
 }
 
 /// The config file's `[plugins.NAME]` entries as `KEY=VALUE` settings, followed by `set` (so
@@ -224,41 +219,46 @@ pub(crate) fn watch(config: ManagerConfig) -> anyhow::Result<ExitCode> {
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// The flags of `calcplug serve`.
+/// The flags of `calcplug serve`: each wins over its config key (the file's, or its
+/// `CALCPLUG_*` variable's).
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The address to listen on, IP:PORT.
-    #[arg(long, env = "CALCPLUG_SERVE_LISTEN", default_value = "127.0.0.1:7443")]
-    pub(crate) listen: String,
-    /// The server's certificate chain (PEM).
-    #[arg(long, env = "CALCPLUG_TLS_CERT", value_name = "PEM")]
+    /// The address to listen on, IP:PORT [config: serve.listen; default 127.0.0.1:7443].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// The server's certificate chain (PEM) [config: security.cert_file].
+    #[arg(long, value_name = "PEM")]
     pub(crate) tls_cert: Option<PathBuf>,
-    /// The server's private key (PEM).
-    #[arg(long, env = "CALCPLUG_TLS_KEY", value_name = "PEM")]
+    /// The server's private key (PEM) [config: security.key_file].
+    #[arg(long, value_name = "PEM")]
     pub(crate) tls_key: Option<PathBuf>,
     /// The CA that signs the clients' certificates (PEM): clients without one are refused
-    /// (mutual TLS).
-    #[arg(long, env = "CALCPLUG_CLIENT_CA", value_name = "PEM")]
+    /// (mutual TLS) [config: security.client_ca_file].
+    #[arg(long, value_name = "PEM")]
     pub(crate) client_ca: Option<PathBuf>,
-    /// Serve plaintext, without TLS: anyone who reaches the address can call the plugins.
+    /// Serve plaintext, without TLS: anyone who reaches the address can call the plugins
+    /// [config: security.enable_tls = false].
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
     pub(crate) insecure: bool,
-    /// Also serve the manager's metrics at http://ADDR/metrics (Prometheus text format).
-    #[arg(long, env = "CALCPLUG_METRICS_LISTEN", value_name = "ADDR")]
+    /// Also serve the manager's metrics at http://ADDR/metrics (Prometheus text format)
+    /// [config: serve.metrics_listen].
+    #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_listen: Option<String>,
     /// Also serve the gRPC health service alone, plaintext, at ADDR: for probes without a
-    /// client certificate (Kubernetes' native gRPC probes).
-    #[arg(long, env = "CALCPLUG_HEALTH_LISTEN", value_name = "ADDR")]
+    /// client certificate (Kubernetes' native gRPC probes) [config: serve.health_listen].
+    #[arg(long, value_name = "ADDR")]
     pub(crate) health_listen: Option<String>,
     /// On SIGTERM, how long to report NOT_SERVING while still answering, before the
-    /// listener closes (load balancers and fleet clients move away meanwhile).
-    #[arg(long, env = "CALCPLUG_DRAIN_GRACE", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub(crate) drain_grace: std::time::Duration,
+    /// listener closes (load balancers and fleet clients move away meanwhile)
+    /// [config: serve.drain_grace; default 1s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) drain_grace: Option<std::time::Duration>,
 }
 
 /// `calcplug serve`: the manager's plugins over gRPC until SIGTERM or Ctrl-C, then a drain and
 /// a graceful shutdown.
 pub(crate) fn serve(config: ManagerConfig, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut settings = config.serve().clone();
     let ServeArgs {
         listen,
         tls_cert,
@@ -269,30 +269,42 @@ pub(crate) fn serve(config: ManagerConfig, args: ServeArgs) -> anyhow::Result<Ex
         health_listen,
         drain_grace,
     } = args;
-    let tls = match (insecure, tls_cert, tls_key) {
-        (true, _, _) => None,
-        (false, Some(cert), Some(key)) => Some(host::fleet::ServerTls { cert, key, client_ca }),
-        (false, _, _) => anyhow::bail!(
-            "serve needs --tls-cert and --tls-key (and --client-ca for mutual TLS), or \
-             --insecure to serve plaintext"
+    settings.listen = listen.unwrap_or(settings.listen);
+    settings.cert_file = tls_cert.or(settings.cert_file);
+    settings.key_file = tls_key.or(settings.key_file);
+    settings.client_ca_file = client_ca.or(settings.client_ca_file);
+    settings.enable_tls &= !insecure;
+    settings.metrics_listen = metrics_listen.or(settings.metrics_listen);
+    settings.health_listen = health_listen.or(settings.health_listen);
+    settings.drain_grace = drain_grace.unwrap_or(settings.drain_grace);
+    let tls = match (settings.enable_tls, settings.cert_file, settings.key_file) {
+        (false, _, _) => None,
+        (true, Some(cert), Some(key)) => {
+            Some(host::fleet::ServerTls { cert, key, client_ca: settings.client_ca_file })
+        }
+        (true, _, _) => anyhow::bail!(
+            "serve needs a certificate and key: --tls-cert and --tls-key (config: \
+             security.cert_file and security.key_file, or CALCPLUG_SECURITY_CERT_FILE and \
+             CALCPLUG_SECURITY_KEY_FILE), and --client-ca for mutual TLS; or --insecure \
+             (security.enable_tls = false) to serve plaintext"
         ),
     };
     let options = host::fleet::ServeOptions {
-        listen,
+        listen: settings.listen,
         tls,
         // Calls in flight get `[manager] shutdown_timeout` to finish, as in a manager's
         // shutdown.
         drain_timeout: config.shutdown_timeout(),
-        drain_grace,
+        drain_grace: settings.drain_grace,
         health_interval: std::time::Duration::from_millis(500),
-        metrics_listen,
-        health_listen,
+        metrics_listen: settings.metrics_listen,
+        health_listen: settings.health_listen,
     };
     let plaintext = options.tls.is_none();
     let manager = std::sync::Arc::new(PluginManager::start(config.with_auto_scan(true))?);
     let server = host::fleet::Server::bind(manager.clone(), options)?;
     if plaintext {
-        tracing::warn!(address = %server.local_addr(), "serving plaintext (--insecure): anyone who can reach this address can call the plugins");
+        tracing::warn!(address = %server.local_addr(), "serving plaintext (--insecure or security.enable_tls = false): anyone who can reach this address can call the plugins");
     }
     for plugin in manager.status().plugins {
         tracing::info!(plugin = %plugin.name, version = %plugin.version, transport = plugin.transport, "serving");

@@ -3,6 +3,7 @@
 //! file, the line and the dotted key.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,22 +13,38 @@ use toml::Spanned;
 
 mod fleet;
 
+use super::env::{self, Override};
 use super::raw::{
-    RawConfig, RawDiscovery, RawIsolation, RawManager, RawMetrics, RawRetry, RawSecurity,
+    RawConfig, RawDiscovery, RawIsolation, RawManager, RawMetrics, RawRetry, RawSecurity, RawServe,
 };
 use super::{
     ConfigPath, IsolationConfig, ManagerConfig, Mode, PanicPolicy, PluginCommand, RetryPolicy,
-    SecurityConfig,
+    SecurityConfig, ServeConfig,
 };
 use crate::remote::RemoteOptions;
 use crate::security::{Enforcement, TrustedKey};
 use crate::Error;
 
-/// Parses `text`, the contents of the file `origin`; see [`ManagerConfig::parse`].
-pub(super) fn parse(text: &str, origin: &Path) -> Result<ManagerConfig, Error> {
-    let raw: RawConfig =
+/// Parses `text`, the contents of the file `origin`, with the `CALCPLUG_*` variables among
+/// `vars` over it; see [`ManagerConfig::parse`] and [`ManagerConfig::parse_with_env`].
+pub(super) fn parse(
+    text: &str,
+    origin: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<ManagerConfig, Error> {
+    let mut raw: RawConfig =
         toml::from_str(text).map_err(|err| config_error_from_toml(origin, text, &err))?;
-    let cx = Cx { text, origin, base: origin.parent().map(Path::to_owned).unwrap_or_default() };
+    let names: Vec<String> = raw.plugins.iter().flat_map(|tables| tables.keys()).cloned().collect();
+    let overrides = env::overrides(vars, names.iter())?;
+    for over in &overrides {
+        raw.overlay(over.layer()?);
+    }
+    let cx = Cx {
+        text,
+        origin,
+        base: origin.parent().map(Path::to_owned).unwrap_or_default(),
+        overrides: &overrides,
+    };
     let defaults = ManagerConfig::defaults();
     let discovery = raw.discovery.unwrap_or_default();
     let (paths, auto_scan, scan_interval) = cx.discovery(discovery, &defaults)?;
@@ -35,7 +52,9 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<ManagerConfig, Error> {
         cx.manager(raw.manager.unwrap_or_default(), &defaults)?;
     let sample_every = cx.metrics(raw.metrics.unwrap_or_default(), &defaults)?;
     let retry = cx.retry(raw.retry.unwrap_or_default(), &defaults.retry)?;
-    let security = cx.security(raw.security.unwrap_or_default(), &defaults.security)?;
+    let mut raw_security = raw.security.unwrap_or_default();
+    let serve = cx.serve(raw.serve.unwrap_or_default(), &mut raw_security, &defaults.serve)?;
+    let security = cx.security(raw_security, &defaults.security)?;
     let isolation = cx.isolation(raw.isolation.unwrap_or_default(), &defaults.isolation)?;
     let PluginTables { plugins, modes, commands, fleets } =
         cx.plugins(raw.plugins.unwrap_or_default())?;
@@ -50,6 +69,7 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<ManagerConfig, Error> {
         retry,
         security,
         isolation,
+        serve,
         modes,
         plugins,
         commands,
@@ -57,12 +77,13 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<ManagerConfig, Error> {
     })
 }
 
-/// What every validator needs: the text (for line numbers), the file, and the directory that
-/// relative paths are relative to.
+/// What every validator needs: the text (for line numbers), the file, the directory that
+/// relative paths are relative to, and the keys set by environment variables instead.
 struct Cx<'a> {
     text: &'a str,
     origin: &'a Path,
     base: PathBuf,
+    overrides: &'a [Override],
 }
 
 /// The `[plugins.NAME]` tables: each plugin's `initialize` config, and what the manager takes
@@ -77,11 +98,30 @@ struct PluginTables {
 impl Cx<'_> {
     #[cold]
     fn fail(&self, span: Range<usize>, key: &str, message: String) -> Error {
-        Error::Config {
-            path: self.origin.to_owned(),
-            line: line_of(self.text, span.start),
-            key: key.to_owned(),
-            message,
+        match self.overridden(key) {
+            Some(over) => over.fail(key, message),
+            None => Error::Config {
+                path: self.origin.to_owned(),
+                line: line_of(self.text, span.start),
+                key: key.to_owned(),
+                message,
+            },
+        }
+    }
+
+    /// The variable that set `key` (or the table holding it), if one did.
+    fn overridden(&self, key: &str) -> Option<&Override> {
+        self.overrides.iter().find(|over| {
+            key == over.key
+                || key.strip_prefix(over.key.as_str()).is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+
+    /// The file's line of the value of `key` at `span`; 0 when a variable set it.
+    fn line(&self, span: Range<usize>, key: &str) -> usize {
+        match self.overridden(key) {
+            Some(_) => 0,
+            None => line_of(self.text, span.start),
         }
     }
 
@@ -120,7 +160,7 @@ impl Cx<'_> {
             if text_path.trim().is_empty() {
                 return Err(self.fail(span, "discovery.paths", "a path may not be empty".into()));
             }
-            let line = line_of(self.text, span.start);
+            let line = self.line(span, "discovery.paths");
             paths.push(ConfigPath { path: self.resolve(&text_path), line });
         }
         let scan_interval =
@@ -230,9 +270,9 @@ impl Cx<'_> {
                 .map_err(|message| self.fail(key.span(), "security.trusted_keys", message))?;
             trusted_keys.push(parsed);
         }
-        let manifest = raw
-            .manifest
-            .map(|value| (self.resolve(value.get_ref()), line_of(self.text, value.span().start)));
+        let manifest = raw.manifest.map(|value| {
+            (self.resolve(value.get_ref()), self.line(value.span(), "security.manifest"))
+        });
         if integrity != Enforcement::Off && manifest.is_none() && trusted_keys.is_empty() {
             return Err(self.fail(
                 0..0,
@@ -270,6 +310,48 @@ impl Cx<'_> {
             )?,
             on_panic,
             origin: self.origin.to_owned(),
+        })
+    }
+
+    /// `[serve]`, and the TLS keys of `[security]` (taken out of `security`).
+    fn serve(
+        &self,
+        raw: RawServe,
+        security: &mut RawSecurity,
+        defaults: &ServeConfig,
+    ) -> Result<ServeConfig, Error> {
+        let address = |value: Option<Spanned<String>>, key: &str| match value {
+            None => Ok(None),
+            Some(value) => match value.get_ref().parse::<SocketAddr>() {
+                Ok(_) => Ok(Some(value.into_inner())),
+                Err(_) => Err(self.fail(
+                    value.span(),
+                    key,
+                    format!(
+                        "{:?} is not an address: write IP:PORT, e.g. \"0.0.0.0:7443\"",
+                        value.get_ref()
+                    ),
+                )),
+            },
+        };
+        let file =
+            |value: Option<Spanned<String>>| value.map(|value| self.resolve(value.get_ref()));
+        Ok(ServeConfig {
+            listen: address(raw.listen, "serve.listen")?.unwrap_or_else(|| defaults.listen.clone()),
+            metrics_listen: address(raw.metrics_listen, "serve.metrics_listen")?
+                .or_else(|| defaults.metrics_listen.clone()),
+            health_listen: address(raw.health_listen, "serve.health_listen")?
+                .or_else(|| defaults.health_listen.clone()),
+            drain_grace: self.duration(
+                raw.drain_grace,
+                "serve.drain_grace",
+                defaults.drain_grace,
+            )?,
+            enable_tls: security.enable_tls.take().unwrap_or(defaults.enable_tls),
+            cert_file: file(security.cert_file.take()).or_else(|| defaults.cert_file.clone()),
+            key_file: file(security.key_file.take()).or_else(|| defaults.key_file.clone()),
+            client_ca_file: file(security.client_ca_file.take())
+                .or_else(|| defaults.client_ca_file.clone()),
         })
     }
 
@@ -516,6 +598,11 @@ mod tests {
         ManagerConfig::parse(text, Path::new("/etc/calcplug/calcplug.toml"))
     }
 
+    fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<ManagerConfig, Error> {
+        let vars = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        ManagerConfig::parse_with_env(text, Path::new("/etc/calcplug/calcplug.toml"), vars)
+    }
+
     #[track_caller]
     fn fails(text: &str, key: &str, message: &str) {
         match parse(text) {
@@ -611,6 +698,150 @@ mod tests {
         assert_eq!(o.failure_window, Duration::from_secs(660));
         assert_eq!(o.circuit_cooldown, Duration::from_millis(12));
         assert_eq!(o.max_circuit_cooldown, Duration::from_secs(13));
+    }
+
+    #[test]
+    fn serve_keys_take_effect_with_paths_relative_to_the_file() {
+        let text = "[serve]\nlisten = \"0.0.0.0:7443\"\nmetrics_listen = \"127.0.0.1:9464\"\n\
+                    health_listen = \"127.0.0.1:7444\"\ndrain_grace = \"3s\"\n\
+                    [security]\nenable_tls = true\ncert_file = \"tls/server.pem\"\n\
+                    key_file = \"/keys/server.key\"\nclient_ca_file = \"tls/ca.pem\"\n";
+        let serve = parse(text).unwrap().serve().clone();
+        assert_eq!(
+            serve,
+            ServeConfig {
+                listen: "0.0.0.0:7443".into(),
+                metrics_listen: Some("127.0.0.1:9464".into()),
+                health_listen: Some("127.0.0.1:7444".into()),
+                drain_grace: Duration::from_secs(3),
+                enable_tls: true,
+                cert_file: Some("/etc/calcplug/tls/server.pem".into()),
+                key_file: Some("/keys/server.key".into()),
+                client_ca_file: Some("/etc/calcplug/tls/ca.pem".into()),
+            }
+        );
+        fails("[serve]\nlisten = \"7443\"\n", "serve.listen", "\"7443\" is not an address");
+        fails("[serve]\ndrain_grace = \"soon\"\n", "serve.drain_grace", "is not a duration");
+    }
+
+    #[test]
+    fn a_variable_sets_its_key_over_the_file() {
+        let text = "[isolation]\ncall_timeout = \"7s\"\nretries = 2\n\
+                    [plugins.basic]\nprecision = 4\n[plugins.go-calc]\ncommand = [\"./go-calc\"]\n";
+        let config = parse_env(
+            text,
+            &[
+                ("CALCPLUG_ISOLATION_CALL_TIMEOUT", "2s"),
+                ("CALCPLUG_DISCOVERY_PATHS", "[\"plugins\", \"/opt/plugins\"]"),
+                ("CALCPLUG_RETRY_MAX_RETRIES", "9"),
+                ("CALCPLUG_SECURITY_ENABLE_TLS", "false"),
+                ("CALCPLUG_SERVE_LISTEN", "0.0.0.0:7443"),
+                ("CALCPLUG_PLUGINS__BASIC__PRECISION", "2"),
+                ("CALCPLUG_PLUGINS__GO_CALC__AUTO_MTLS", "false"),
+                ("CALCPLUG_PLUGINS__SCIENTIFIC__ANGLE_UNIT", "degrees"),
+                // Not config keys: left alone.
+                ("CALCPLUG_LOG", "debug"),
+                ("CALCPLUG_RUNNER", "/bin/false"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .unwrap();
+        let options = config.isolation().options();
+        assert_eq!(options.call_timeout, Duration::from_secs(2));
+        assert_eq!(options.retries, 2, "a key the variables leave alone keeps the file's value");
+        let paths: Vec<&Path> = config.paths().collect();
+        assert_eq!(paths, [Path::new("/etc/calcplug/plugins"), Path::new("/opt/plugins")]);
+        assert_eq!(config.retry().max_retries(), 9);
+        assert!(!config.serve().enable_tls);
+        assert_eq!(config.serve().listen, "0.0.0.0:7443");
+        assert_eq!(config.plugin("basic").get("precision"), Some("2"));
+        assert_eq!(config.plugin("scientific").get("angle_unit"), Some("degrees"));
+        let commands: Vec<_> = config.commands().collect();
+        assert_eq!(commands.len(), 1);
+        assert_eq!(commands[0].0, "go-calc", "GO_CALC is the file's go-calc");
+        assert_eq!(commands[0].1.auto_mtls, Some(false));
+    }
+
+    #[track_caller]
+    fn env_fails(vars: &[(&str, &str)], var: &str, key: &str, message: &str) {
+        match parse_env("[plugins.basic]\nprecision = 4\n", vars) {
+            Err(Error::ConfigEnv { var: v, key: k, message: m }) => {
+                assert_eq!((v.as_str(), k.as_str()), (var, key), "{vars:?}");
+                assert!(m.contains(message), "{vars:?}: {m}");
+            }
+            other => panic!("{vars:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_variable_is_named_with_its_key() {
+        env_fails(
+            &[("CALCPLUG_ISOLATION_CALL_TIMOUT", "2s")],
+            "CALCPLUG_ISOLATION_CALL_TIMOUT",
+            "isolation.call_timout",
+            "[isolation] has no such key (its variables: CALCPLUG_ISOLATION_MODE, \
+             CALCPLUG_ISOLATION_CALL_TIMEOUT,",
+        );
+        env_fails(
+            &[("CALCPLUG_ISOLATION_CALL_TIMEOUT", "fast")],
+            "CALCPLUG_ISOLATION_CALL_TIMEOUT",
+            "isolation.call_timeout",
+            "\"fast\" is not a duration",
+        );
+        env_fails(
+            &[("CALCPLUG_RETRY_MAX_RETRIES", "many")],
+            "CALCPLUG_RETRY_MAX_RETRIES",
+            "retry.max_retries",
+            "invalid type: string \"many\", expected u32",
+        );
+        env_fails(
+            &[("CALCPLUG_SERVE_HEALTH_LISTEN", "anywhere")],
+            "CALCPLUG_SERVE_HEALTH_LISTEN",
+            "serve.health_listen",
+            "\"anywhere\" is not an address",
+        );
+        env_fails(
+            &[("CALCPLUG_PLUGINS__BASIC__MODE", "sideways")],
+            "CALCPLUG_PLUGINS__BASIC__MODE",
+            "plugins.basic.mode",
+            "\"sideways\" is not in-process or out-of-process",
+        );
+        env_fails(
+            &[("CALCPLUG_PLUGINS__BASIC", "4")],
+            "CALCPLUG_PLUGINS__BASIC",
+            "plugins",
+            "expected CALCPLUG_PLUGINS__<NAME>__<KEY>",
+        );
+        // A value cannot smuggle in a second key.
+        env_fails(
+            &[("CALCPLUG_RETRY_MAX_RETRIES", "3\nprobe = true")],
+            "CALCPLUG_RETRY_MAX_RETRIES",
+            "retry.max_retries",
+            "invalid type: string",
+        );
+        let err = parse_env("", &[("CALCPLUG_ISOLATION_RETRIES", "x")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable CALCPLUG_ISOLATION_RETRIES (`isolation.retries`): \
+             invalid type: string \"x\", expected u32"
+        );
+    }
+
+    #[test]
+    fn the_example_file_documents_every_key_of_every_section() {
+        let example = include_str!("../../../calcplug.example.toml");
+        for (section, keys) in RawConfig::SECTIONS {
+            let header = format!("[{section}]\n");
+            let start = example.find(&header).unwrap_or_else(|| panic!("no [{section}]"));
+            let body = &example[start + header.len()..];
+            let body = &body[..body.find("\n[").unwrap_or(body.len())];
+            for key in keys {
+                let set = body.lines().any(|line| {
+                    line.trim_start_matches(['#', ' ']).starts_with(&format!("{key} ="))
+                });
+                assert!(set, "calcplug.example.toml's [{section}] has no `{key} =`");
+            }
+        }
     }
 
     #[test]

@@ -17,67 +17,129 @@ pub(super) struct RawConfig {
     pub(super) retry: Option<RawRetry>,
     pub(super) security: Option<RawSecurity>,
     pub(super) isolation: Option<RawIsolation>,
-    pub(super) plugins: Option<BTreeMap<String, BTreeMap<String, Spanned<PluginValue>>>>,
+    pub(super) serve: Option<RawServe>,
+    pub(super) plugins: Option<BTreeMap<String, RawPlugin>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawDiscovery {
-    pub(super) paths: Option<Spanned<Vec<Spanned<String>>>>,
-    pub(super) auto_scan: Option<bool>,
-    pub(super) scan_interval: Option<Spanned<String>>,
+/// A `[plugins.NAME]` table, key by key.
+pub(super) type RawPlugin = BTreeMap<String, Spanned<PluginValue>>;
+
+impl RawConfig {
+    /// Each section's name and keys: what `CALCPLUG_<SECTION>_<KEY>` may name.
+    pub(super) const SECTIONS: [(&'static str, &'static [&'static str]); 7] = [
+        ("discovery", RawDiscovery::KEYS),
+        ("manager", RawManager::KEYS),
+        ("metrics", RawMetrics::KEYS),
+        ("retry", RawRetry::KEYS),
+        ("security", RawSecurity::KEYS),
+        ("isolation", RawIsolation::KEYS),
+        ("serve", RawServe::KEYS),
+    ];
+
+    /// `layer`'s keys replace this one's (an environment variable over the file).
+    pub(super) fn overlay(&mut self, layer: RawConfig) {
+        fn section<T: Default>(mine: &mut Option<T>, theirs: Option<T>, overlay: fn(&mut T, T)) {
+            if let Some(theirs) = theirs {
+                overlay(mine.get_or_insert_with(T::default), theirs);
+            }
+        }
+        section(&mut self.discovery, layer.discovery, RawDiscovery::overlay);
+        section(&mut self.manager, layer.manager, RawManager::overlay);
+        section(&mut self.metrics, layer.metrics, RawMetrics::overlay);
+        section(&mut self.retry, layer.retry, RawRetry::overlay);
+        section(&mut self.security, layer.security, RawSecurity::overlay);
+        section(&mut self.isolation, layer.isolation, RawIsolation::overlay);
+        section(&mut self.serve, layer.serve, RawServe::overlay);
+        section(&mut self.plugins, layer.plugins, |mine, theirs| {
+            for (name, table) in theirs {
+                mine.entry(name).or_default().extend(table);
+            }
+        });
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawManager {
-    pub(super) shutdown_timeout: Option<Spanned<String>>,
-    pub(super) health_interval: Option<Spanned<String>>,
+/// A section of the file: its struct with every key optional, its list of keys, and how a
+/// layer over it replaces the keys it sets. Written once per section so that the three cannot
+/// disagree.
+macro_rules! section {
+    ($(#[$doc:meta])* $name:ident { $($(#[$key_doc:meta])* $key:ident: $ty:ty,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct $name {
+            $($(#[$key_doc])* pub(super) $key: Option<$ty>,)*
+        }
+
+        impl $name {
+            pub(super) const KEYS: &'static [&'static str] = &[$(stringify!($key)),*];
+
+            fn overlay(&mut self, layer: $name) {
+                $(if layer.$key.is_some() {
+                    self.$key = layer.$key;
+                })*
+            }
+        }
+    };
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawMetrics {
-    pub(super) sample_every: Option<Spanned<u64>>,
-}
+section!(RawDiscovery {
+    paths: Spanned<Vec<Spanned<String>>>,
+    auto_scan: bool,
+    scan_interval: Spanned<String>,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRetry {
-    pub(super) max_retries: Option<u32>,
-    pub(super) backoff: Option<Spanned<String>>,
-    pub(super) max_backoff: Option<Spanned<String>>,
-    pub(super) retryable: Option<Spanned<Vec<Spanned<String>>>>,
-}
+section!(RawManager {
+    shutdown_timeout: Spanned<String>,
+    health_interval: Spanned<String>,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawSecurity {
-    pub(super) integrity: Option<Spanned<String>>,
-    pub(super) manifest: Option<Spanned<String>>,
-    pub(super) trusted_keys: Option<Vec<Spanned<String>>>,
-    pub(super) check_permissions: Option<bool>,
-    pub(super) probe: Option<bool>,
-    pub(super) probe_timeout: Option<Spanned<String>>,
-    pub(super) on_panic: Option<Spanned<String>>,
+section!(RawMetrics {
+    sample_every: Spanned<u64>,
+});
+
+section!(RawRetry {
+    max_retries: u32,
+    backoff: Spanned<String>,
+    max_backoff: Spanned<String>,
+    retryable: Spanned<Vec<Spanned<String>>>,
+});
+
+section!(RawSecurity {
+    integrity: Spanned<String>,
+    manifest: Spanned<String>,
+    trusted_keys: Vec<Spanned<String>>,
+    check_permissions: bool,
+    probe: bool,
+    probe_timeout: Spanned<String>,
+    on_panic: Spanned<String>,
     /// The seed's name for it: `true` is `integrity = "enforce"`.
-    pub(super) verify_signatures: Option<bool>,
-}
+    verify_signatures: bool,
+    /// `calcplug serve`: TLS on its listener (the seed's key); `false` serves plaintext.
+    enable_tls: bool,
+    cert_file: Spanned<String>,
+    key_file: Spanned<String>,
+    client_ca_file: Spanned<String>,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawIsolation {
-    pub(super) mode: Option<Spanned<String>>,
-    pub(super) call_timeout: Option<Spanned<String>>,
-    pub(super) start_timeout: Option<Spanned<String>>,
-    pub(super) retries: Option<u32>,
-    pub(super) max_failures: Option<u32>,
-    pub(super) failure_window: Option<Spanned<String>>,
-    pub(super) circuit_cooldown: Option<Spanned<String>>,
-    pub(super) max_circuit_cooldown: Option<Spanned<String>>,
-    pub(super) runner: Option<String>,
-    pub(super) auto_mtls: Option<bool>,
-}
+section!(RawIsolation {
+    mode: Spanned<String>,
+    call_timeout: Spanned<String>,
+    start_timeout: Spanned<String>,
+    retries: u32,
+    max_failures: u32,
+    failure_window: Spanned<String>,
+    circuit_cooldown: Spanned<String>,
+    max_circuit_cooldown: Spanned<String>,
+    runner: String,
+    auto_mtls: bool,
+});
+
+section!(RawServe {
+    listen: Spanned<String>,
+    metrics_listen: Spanned<String>,
+    health_listen: Spanned<String>,
+    drain_grace: Spanned<String>,
+});
 
 /// A value of a `[plugins.NAME]` table: a string, number or boolean (handed to `initialize` as
 /// a string), or an array of strings (`command`).
