@@ -13,10 +13,18 @@
 //! A server stops when its [`Stopper`] says so (the CLI's on `SIGTERM` and `SIGINT`): it
 //! reports `NOT_SERVING` everywhere, stops accepting, lets the calls in flight finish (at most
 //! the drain timeout), then returns; the caller shuts the manager down.
+//!
+//! Calls carry the caller's trace: a [`Fleet`] or [`Endpoint`] call runs in a span (debug level,
+//! target [`TRACE_TARGET`]) whose context goes out as the W3C `traceparent` through the
+//! propagator the application installed (`opentelemetry::global::set_text_map_propagator`); the
+//! server reads it into the span of the request, and the plugin's work is a span inside that.
+//! With `tracing-opentelemetry`'s layer taking [`TRACE_TARGET`], one trace shows the host's call,
+//! the served call and the plugin's work; without it, nothing is sent or made.
 
 mod serve;
 mod tls;
 
+pub use crate::remote::trace_context::TARGET as TRACE_TARGET;
 pub use crate::remote::{Endpoint, Fleet, FleetOptions, Targets};
 pub use serve::{
     ServeOptions, Server, ServerTls, Stopper, CALCULATOR_SERVICE, LIVENESS_SERVICE, PLUGIN_METADATA,

@@ -32,6 +32,7 @@ pub use endpoint::Endpoint;
 pub(crate) use grpc::mtls::provider as grpc_mtls_provider;
 pub(crate) use grpc::pb::calculator_server::CalculatorServer;
 pub(crate) use grpc::server::{Resolve, Served, Target, TlsConnection};
+pub(crate) use grpc::trace_context;
 mod process;
 mod runner;
 mod supervisor;

@@ -15,6 +15,9 @@ use host::{Error, ErrorCode, Op};
 
 use crate::util::{artifacts, calcplug, scratch};
 
+/// OpenTelemetry traces across the hop.
+mod trace;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `calcplug certs --out DIR`: a throwaway CA, server and client certificates.

@@ -39,8 +39,13 @@ pub(crate) fn copy_as(from: &Path, dir: &Path, name: &str) -> PathBuf {
 /// the one way the tests run the CLI.
 pub(crate) fn calcplug() -> Command {
     let mut command = Command::new(&artifacts().calcplug);
-    for key in ["CALCPLUG_LOG", "CALCPLUG_PLUGIN_PATH", "CALCPLUG_CONFIG", "CALCPLUG_RUNNER"] {
-        command.env_remove(key);
+    // Nothing of the caller's environment that the CLI reads: every CALCPLUG_ variable (config
+    // keys among them) and the OpenTelemetry exporter's.
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("CALCPLUG_") || name.starts_with("OTEL_") {
+            command.env_remove(&key);
+        }
     }
     command
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::env;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -23,6 +23,7 @@ mod bench;
 mod certs;
 mod manager;
 mod runner_log;
+mod telemetry;
 
 /// Loads Calculator plugins (stable-ABI cdylibs) and calls them.
 #[derive(Debug, Parser)]
@@ -141,7 +142,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `watch` is a log to follow: it logs loads and reloads (info) by default.
     let watching = matches!(cli.command, Command::Watch | Command::Serve(_));
-    init_tracing(if watching { cli.verbose.max(2) } else { cli.verbose });
+    let _telemetry = telemetry::init(if watching { cli.verbose.max(2) } else { cli.verbose });
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -156,27 +157,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn init_tracing(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match env::var("CALCPLUG_LOG") {
-        Ok(filter) => EnvFilter::new(filter),
-        Err(_) => EnvFilter::new(match verbose {
-            0 => "error",
-            1 => "warn",
-            2 => "info",
-            3 => "debug",
-            _ => "trace",
-        }),
-    };
-    // Colour only for a person at a terminal, and never under NO_COLOR (no-color.org).
-    let colour = io::stderr().is_terminal() && env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(colour)
-        .with_env_filter(filter)
-        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@ use tonic::Status;
 use tonic_health::ServingStatus;
 
 use crate::manager::Handle;
+use crate::remote::trace_context::plugin_span;
 use crate::remote::{CalculatorServer, Resolve, Served, Target, TlsConnection};
 use crate::{Error, LifecycleState, PluginManager};
 
@@ -240,6 +241,7 @@ impl Server {
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
             let router = tonic::transport::Server::builder()
+                .trace_fn(crate::remote::trace_context::server_span)
                 .add_service(health_service)
                 .add_service(calculator);
             let draining = {
@@ -485,11 +487,12 @@ impl Target for Handle {
     }
 
     fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
-        Handle::call(self, op, a, b)
+        plugin_span(self.name(), op.name()).in_scope(|| Handle::call(self, op, a, b))
     }
 
     fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
-        Handle::process_batch(self, ops, results)
+        plugin_span(self.name(), "process_batch")
+            .in_scope(|| Handle::process_batch(self, ops, results))
     }
 
     fn set_angle_unit(&self, _: AngleUnit) -> Result<(), Error> {

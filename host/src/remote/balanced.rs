@@ -84,6 +84,7 @@ pub struct Fleet {
 struct Caller {
     runtime: tokio::runtime::Runtime,
     client: Client,
+    plugin: String,
     shown: String,
     options: FleetOptions,
     /// Calls that failed in transport and were tried again.
@@ -171,6 +172,7 @@ impl Fleet {
         let caller = Caller {
             runtime,
             client,
+            plugin: plugin.to_owned(),
             shown,
             options,
             failovers: std::sync::atomic::AtomicU64::new(0),
@@ -319,6 +321,9 @@ impl Caller {
     ) -> Result<Response, Error> {
         let deadline = Instant::now() + self.options.call_timeout;
         let mut tries = 0u32;
+        // One span for the call, retries included; the interceptor sends it as `traceparent`.
+        let span = super::grpc::trace_context::client_span(&self.plugin, op, &self.shown);
+        let _entered = span.enter();
         loop {
             tries += 1;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -347,6 +352,7 @@ impl Caller {
                 });
             }
             self.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(tries, "no answer in transport: trying another instance");
             // The balancer may still hold the instance that just failed, until its prober
             // sees it: a short pause, shorter as the deadline nears.
             std::thread::sleep(Duration::from_millis(10).min(left / 4));

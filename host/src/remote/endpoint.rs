@@ -133,6 +133,8 @@ impl Endpoint {
     }
 
     fn roundtrip(&self, op: &str, request: &Request) -> Result<Response, Error> {
+        let span = super::grpc::trace_context::client_span(&self.plugin, op, &self.url);
+        let _entered = span.enter();
         self.link.roundtrip(request, self.timeout).map_err(|err| Error::Fleet {
             peer: self.url.clone(),
             reason: match err {

@@ -14,6 +14,7 @@ pub(crate) mod client;
 pub(crate) mod handshake;
 pub(crate) mod mtls;
 pub(crate) mod server;
+pub(crate) mod trace_context;
 
 use interface::{AngleUnit, ErrorCode, PluginState};
 

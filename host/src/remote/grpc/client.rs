@@ -46,6 +46,7 @@ impl Interceptor for Naming {
         if let Some(timeout) = self.timeout {
             request.set_timeout(timeout);
         }
+        super::trace_context::inject(request.metadata_mut());
         Ok(request)
     }
 }
