@@ -142,7 +142,18 @@ fn demo_tours_the_bundled_plugins() {
 #[test]
 fn no_plugin_directory_is_a_clear_error() {
     let dir = scratch();
-    let out = calcplug(&[&dir.path().join("absent")], &["call", "basic", "add", "1", "2"]);
+    let absent = dir.path().join("absent");
+    for args in [&["call", "basic", "add", "1", "2"][..], &["status"], &["serve", "--insecure"]] {
+        let out = calcplug(&[&absent], args);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            text(&out.stderr),
+            format!("error: --plugin-dir {}: does not exist\n", absent.display()),
+            "{args:?}"
+        );
+    }
+    // An empty one is no error: nothing is loaded from it.
+    let out = calcplug(&[dir.path()], &["call", "basic", "add", "1", "2"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("no plugin named `basic` (no plugin was loaded)"),

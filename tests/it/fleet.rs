@@ -184,11 +184,11 @@ fn a_fleet_of_three_balances_fails_over_and_takes_an_instance_back() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // Four callers for 4 s: each instance gets its share.
+    // Four callers for 10 s: each instance gets its share.
     let stop = AtomicBool::new(false);
     let made = std::thread::scope(|scope| {
         let caller = scope.spawn(|| call_until(&fleet, &stop));
-        std::thread::sleep(Duration::from_secs(4));
+        std::thread::sleep(Duration::from_secs(10));
         stop.store(true, Ordering::Relaxed);
         caller.join().unwrap()
     });
@@ -733,6 +733,37 @@ fn the_kubernetes_manifests_agree_with_the_code() {
     let drain = serve.drain_grace + config.shutdown_timeout();
     let period = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap();
     assert!(Duration::from_secs(period as u64) > drain, "{period} s <= {drain:?}");
+
+    // The image has what the Deployment asks of it: the entry point, the runner beside it,
+    // the plugins where the config looks, the default command the Deployment's args repeat.
+    let dockerfile = std::fs::read_to_string(deploy.join("../Dockerfile")).unwrap();
+    let last_stage = dockerfile.rsplit_once("\nFROM ").expect("a build stage and an image").1;
+    let line = |prefix: &str| -> &str {
+        last_stage
+            .lines()
+            .find(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in the image"))
+    };
+    assert_eq!(line("ENTRYPOINT "), "ENTRYPOINT [\"calcplug\"]");
+    let default_args = format!(
+        "CMD [{}]",
+        args.iter().map(|arg| format!("{arg:?}")).collect::<Vec<_>>().join(", ")
+    );
+    assert_eq!(line("CMD "), default_args);
+    assert!(
+        last_stage
+            .contains("/release/calcplug /src/target/release/calcplug-runner /usr/local/bin/"),
+        "calcplug and its runner on the PATH, side by side"
+    );
+    let plugin_dirs: Vec<&Path> = config.paths().collect();
+    assert_eq!(plugin_dirs, [Path::new("/opt/calcplug/plugins")]);
+    assert!(
+        last_stage
+            .contains("COPY --from=build /src/target/plugins/release/ /opt/calcplug/plugins/\n"),
+        "the plugins where the ConfigMap's discovery.paths looks"
+    );
+    let user = line("USER ").trim_start_matches("USER ");
+    assert!(!["root", "0", "0:0"].contains(&user), "the image runs as root");
 
     // A headless Service on the gRPC port: its DNS name lists the pods, for `dns:///`.
     let service = kind("Service");

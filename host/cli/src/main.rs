@@ -171,6 +171,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         &cli.command,
         Command::Call { plugin, .. } | Command::Info { plugin, .. } if plugin.contains('/')
     );
+    for dir in &cli.plugin_dirs {
+        if !dir.is_dir() {
+            let what = if dir.exists() { "is not a directory" } else { "does not exist" };
+            bail!("--plugin-dir {}: {what}", dir.display());
+        }
+    }
     let dirs = match (cli.plugin_dirs.is_empty(), config_dirs.is_empty()) {
         (false, _) => cli.plugin_dirs,
         (true, false) => {

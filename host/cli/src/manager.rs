@@ -93,12 +93,15 @@ fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> 
             p.name,
             p.version.to_string(),
             p.state.name(),
-            p.mode.name(),
+            // A fleet's plugin runs on other machines: neither mode says that.
+            if p.transport == "fleet" { "remote" } else { p.mode.name() },
             p.generation,
             p.source.display()
         )?;
-        if p.transport == "grpc" {
-            writeln!(out, "  transport: gRPC (go-plugin protocol)")?;
+        match p.transport {
+            "grpc" => writeln!(out, "  transport: gRPC (go-plugin protocol)")?,
+            "fleet" => writeln!(out, "  transport: gRPC to `calcplug serve` instances, balanced")?,
+            _ => {}
         }
         match (p.runner_pid, p.circuit) {
             (Some(pid), Some(circuit)) => writeln!(out, "  runner: pid {pid}, circuit {circuit}")?,

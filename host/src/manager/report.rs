@@ -76,8 +76,9 @@ pub struct PluginStatus {
     pub state: LifecycleState,
     /// Where it runs: in this process, or in a `calcplug-runner` child.
     pub mode: Mode,
-    /// How calls reach it: `in-process`, `child` (a calcplug runner) or `grpc` (a plugin
-    /// executable speaking go-plugin's protocol).
+    /// How calls reach it: `in-process`, `child` (a calcplug runner), `grpc` (a plugin
+    /// executable speaking go-plugin's protocol) or `fleet` (`calcplug serve` instances on
+    /// other machines; its `mode` is then `OutOfProcess`).
     pub transport: &'static str,
     /// The process id of its runner, out of process while one runs.
     pub runner_pid: Option<u32>,

@@ -125,6 +125,14 @@ fn one_trace_shows_the_host_call_the_served_call_and_the_plugin_work() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The status says where the plugin runs.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.starts_with("basic ") && first.contains(" remote "), "{text}");
+    assert!(
+        text.contains("\n  transport: gRPC to `calcplug serve` instances, balanced\n"),
+        "{text}"
+    );
 
     // The server flushes its spans as it exits.
     let pid = rustix::process::Pid::from_raw(serve.child.id() as i32).expect("a pid");
