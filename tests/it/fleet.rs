@@ -187,9 +187,10 @@ fn a_fleet_of_three_balances_fails_over_and_takes_an_instance_back() {
     // Four callers for 10 s: each instance gets its share.
     let stop = AtomicBool::new(false);
     let made = std::thread::scope(|scope| {
+        let stopper = StopOnDrop(&stop);
         let caller = scope.spawn(|| call_until(&fleet, &stop));
         std::thread::sleep(Duration::from_secs(10));
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         caller.join().unwrap()
     });
     let counts: Vec<u64> = urls.iter().map(|url| served(url, &dir)).collect();
@@ -205,6 +206,7 @@ fn a_fleet_of_three_balances_fails_over_and_takes_an_instance_back() {
     let victim = urls[1].clone();
     let victim_address = instances[1].address.clone();
     std::thread::scope(|scope| {
+        let stopper = StopOnDrop(&stop);
         let caller = scope.spawn(|| call_until(&fleet, &stop));
         std::thread::sleep(Duration::from_millis(500));
         instances[1].child.kill().expect("kill -9");
@@ -215,7 +217,7 @@ fn a_fleet_of_three_balances_fails_over_and_takes_an_instance_back() {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(1500));
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         caller.join().unwrap()
     });
     let failovers = fleet.failovers() - failovers_before;
@@ -225,6 +227,7 @@ fn a_fleet_of_three_balances_fails_over_and_takes_an_instance_back() {
     let restarted = Instant::now();
     let stop = AtomicBool::new(false);
     let back_after = std::thread::scope(|scope| {
+        let stopper = StopOnDrop(&stop);
         let caller = scope.spawn(|| call_until(&fleet, &stop));
         let back = loop {
             if served(&victim, &dir) > 0 {
@@ -236,7 +239,7 @@ fn a_fleet_of_three_balances_fails_over_and_takes_an_instance_back() {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         caller.join().unwrap();
         back
     });
@@ -401,6 +404,72 @@ fn serve_takes_its_settings_from_the_config_file_and_the_environment() {
     );
 }
 
+/// Sets its flag when dropped, by a return or by a panic.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_served_plugin_hot_reloads_under_callers_without_a_failed_call() {
+    let dir = scratch();
+    let file = dir.path().join(tests::library_file_name("reload"));
+    let install = |package: &str| {
+        let partial = dir.path().join(".reload.partial");
+        std::fs::copy(artifacts().library(package), &partial).unwrap();
+        std::fs::rename(&partial, &file).unwrap();
+    };
+    install("reload-v1");
+    let mut command = calcplug();
+    command.arg("--plugin-dir").arg(dir.path());
+    command.args(["serve", "--insecure", "--listen", "127.0.0.1:0"]);
+    let mut serve = Serve::spawn(command);
+    let reload = Endpoint::connect(&serve.url("http"), "reload", None, TIMEOUT).unwrap();
+    // `reload` 1.0.0 adds 1 to every sum, 2.0.0 adds 2.
+    assert_eq!(reload.call(Op::Add, 0.0, 0.0).unwrap(), 1.0);
+
+    let stop = AtomicBool::new(false);
+    let url = serve.url("http");
+    let answers: Vec<Vec<f64>> = std::thread::scope(|scope| {
+        // The callers stop however this thread ends, a failed assertion included.
+        let stopper = StopOnDrop(&stop);
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let endpoint = Endpoint::connect(&url, "reload", None, TIMEOUT).unwrap();
+                    let mut answers = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = endpoint.call(Op::Add, 0.0, 0.0);
+                        answers.push(answer.unwrap_or_else(|err| panic!("a call failed: {err}")));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        install("reload-v2");
+        serve.wait_for("reloaded");
+        let deadline = Instant::now() + TIMEOUT;
+        while reload.call(Op::Add, 0.0, 0.0).unwrap() != 2.0 {
+            assert!(Instant::now() < deadline, "still 1.0.0 after the reload");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        drop(stopper);
+        callers.into_iter().map(|caller| caller.join().unwrap()).collect()
+    });
+    for thread in &answers {
+        // Each caller saw 1.0.0, then 2.0.0, and never the old one again.
+        let switch = thread.iter().position(|&answer| answer == 2.0).expect("2.0.0 answered");
+        assert!(switch > 0, "1.0.0 answered first");
+        assert!(thread[..switch].iter().all(|&answer| answer == 1.0), "{thread:?}");
+        assert!(thread[switch..].iter().all(|&answer| answer == 2.0), "{thread:?}");
+    }
+}
+
 #[test]
 fn plaintext_only_when_asked_for_and_then_with_a_warning() {
     let out = calcplug()
@@ -440,6 +509,7 @@ fn sigterm_reports_not_serving_before_closing_and_a_fleet_loses_no_call() {
     // once the server stopped answering.
     let mut seen: Vec<Option<bool>> = Vec::new();
     let made = std::thread::scope(|scope| {
+        let stopper = StopOnDrop(&stop);
         let caller = scope.spawn(|| call_until(&fleet, &stop));
         std::thread::sleep(Duration::from_millis(500));
         let pid = rustix::process::Pid::from_raw(draining.child.id() as i32).expect("a pid");
@@ -456,7 +526,7 @@ fn sigterm_reports_not_serving_before_closing_and_a_fleet_loses_no_call() {
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         caller.join().unwrap()
     });
     assert!(made > 0);
