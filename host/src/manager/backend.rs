@@ -13,6 +13,7 @@ use crate::{Error, Identity, Plugin};
 // The in-process variant stays inline so a call reaches it without another pointer hop; the enum
 // lives once per loaded library, inside an `Arc`, so its size costs nothing per call.
 #[allow(clippy::large_enum_variant)]
+#[repr(u8)]
 pub(crate) enum Backend {
     /// Mapped into this process.
     Local(Plugin),

@@ -53,8 +53,10 @@ pub(crate) struct Metrics {
     shards: Box<[Shard; SHARED + 1]>,
     latency: Box<[Histogram]>,
     /// `sample_every - 1`; a call is timed if its ticket has none of these bits.
+    /// A call is timed when `ticket & sample_mask == sample_match`: `sample_every - 1` and 0,
+    /// or, with timing off, 0 and 1 (never). One compare on the call path, no flag to test.
     sample_mask: u64,
-    timing: bool,
+    sample_match: u64,
 }
 
 /// One thread's counters (or, the last one, those of the threads that share it).
@@ -89,14 +91,25 @@ impl Default for Shard {
 }
 
 /// The calling thread's shard of one plugin's metrics.
+///
+/// Two scalars (a pointer and a byte), so that it travels in registers even to the cold
+/// functions it is passed to: a larger struct would go by reference, and its address escaping
+/// makes the compiler reload it from memory around the plugin's call on the fast path.
 #[derive(Clone, Copy)]
 pub(crate) struct ThreadShard<'a> {
     shard: &'a Shard,
-    /// Whether this thread is the shard's only writer (it is not for [`SHARED`]).
-    owned: bool,
-    /// Whether a compiler fence is enough after `entered` ([`fence::light`]); a full fence if
-    /// not. Decided when the thread claims its shard.
-    light: bool,
+    writer: Writer,
+}
+
+/// Who writes a shard's counters, and how an entry is made visible.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// This thread alone, and a compiler fence is enough after `entered` ([`fence::light`]).
+    Owner,
+    /// This thread alone, with a full fence (no `membarrier` on this system).
+    OwnerFullFence,
+    /// Several threads ([`SHARED`]): read-modify-writes.
+    Shared,
 }
 
 impl ThreadShard<'_> {
@@ -108,11 +121,11 @@ impl ThreadShard<'_> {
     #[inline(always)]
     pub(crate) fn enter(self) -> u64 {
         let entered = &self.shard.entered;
-        if self.owned {
+        if self.is_owned() {
             // Nobody else writes this counter: no read-modify-write needed.
             let ticket = entered.load(Ordering::Relaxed);
             entered.store(ticket.wrapping_add(1), Ordering::Relaxed);
-            if self.light {
+            if self.writer == Writer::Owner {
                 fence::light();
             } else {
                 std::sync::atomic::fence(Ordering::SeqCst);
@@ -126,7 +139,7 @@ impl ThreadShard<'_> {
     /// Whether this thread is its shard's only writer (false for threads beyond [`SHARDS`]).
     #[inline]
     pub(crate) fn is_owned(self) -> bool {
-        self.owned
+        self.writer != Writer::Shared
     }
 
     /// Counts a call that was refused after entering.
@@ -141,7 +154,7 @@ impl ThreadShard<'_> {
     #[inline]
     pub(crate) fn finish(self, op: usize) {
         let calls = &self.shard.calls[op];
-        if self.owned {
+        if self.is_owned() {
             // Nobody else writes this counter: no read-modify-write needed.
             calls.store(calls.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
         } else {
@@ -169,7 +182,7 @@ impl Metrics {
             shards: Box::new(std::array::from_fn(|_| Shard::default())),
             latency: (0..OPS).map(|_| Histogram::default()).collect(),
             sample_mask: sample_every.saturating_sub(1),
-            timing: sample_every != 0,
+            sample_match: u64::from(sample_every == 0),
         }
     }
 
@@ -180,7 +193,7 @@ impl Metrics {
     pub(crate) fn own_shard(&self) -> Option<ThreadShard<'_>> {
         // Every other value of the index (unclaimed, `SHARED`, flagged) is out of this range.
         let shard = self.shards[..SHARDS].get(shard_index())?;
-        Some(ThreadShard { shard, owned: true, light: true })
+        Some(ThreadShard { shard, writer: Writer::Owner })
     }
 
     /// This thread's shard, whatever it is (claiming one on the thread's first call).
@@ -190,17 +203,20 @@ impl Metrics {
             raw = claim();
         }
         let index = (raw & !FULL_FENCE).min(SHARED);
-        ThreadShard {
-            shard: &self.shards[index],
-            owned: index != SHARED,
-            light: raw & FULL_FENCE == 0,
-        }
+        let writer = if index == SHARED {
+            Writer::Shared
+        } else if raw & FULL_FENCE == 0 {
+            Writer::Owner
+        } else {
+            Writer::OwnerFullFence
+        };
+        ThreadShard { shard: &self.shards[index], writer }
     }
 
     /// Whether the call with this ticket is timed.
     #[inline]
     pub(crate) fn sampled(&self, ticket: u64) -> bool {
-        self.timing && ticket & self.sample_mask == 0
+        ticket & self.sample_mask == self.sample_match
     }
 
     /// Records the latency of a timed call.
