@@ -366,6 +366,18 @@ impl ManagerConfig {
         parse::parse(text, origin, vars)
     }
 
+    /// Whether the environment variable `var` is one of the config's, right or wrong
+    /// (`CALCPLUG_<SECTION>_…` for a section of the file, or `CALCPLUG_PLUGINS__…`): what a
+    /// program that has `CALCPLUG_` variables of its own needs to tell a misspelt one apart.
+    pub fn is_config_variable(var: &str) -> bool {
+        env::is_config_variable(var)
+    }
+
+    /// The sections a `CALCPLUG_<SECTION>_<KEY>` variable may name.
+    pub fn sections() -> impl Iterator<Item = &'static str> {
+        raw::RawConfig::SECTIONS.iter().map(|(section, _)| *section)
+    }
+
     /// [`ManagerConfig::from_file`] (or, for `None`, the defaults) with this process's
     /// `CALCPLUG_*` environment over it; see [`ManagerConfig::parse_with_env`]. What the CLI
     /// reads.

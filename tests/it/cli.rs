@@ -271,3 +271,37 @@ fn succeeded_stderr(output: &Output) -> String {
     succeeded(output);
     text(&output.stderr)
 }
+
+#[test]
+fn a_calcplug_variable_it_does_not_read_is_an_error_naming_it() {
+    let plugins = artifacts().plugin_dir.clone();
+    let add = ["call", "basic", "add", "1", "2"];
+    // A misspelt section: no section, so no config key, and no other variable either.
+    let out = calcplug_with(&[&plugins], &add, &[("CALCPLUG_ISOLATON_MODE", "out-of-process")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: environment variable CALCPLUG_ISOLATON_MODE: calcplug reads no such variable (a \
+         config key is CALCPLUG_<SECTION>_<KEY>, SECTION one of DISCOVERY, MANAGER, METRICS, \
+         RETRY, SECURITY, ISOLATION, SERVE, or CALCPLUG_PLUGINS__<NAME>__<KEY>; the others are \
+         CALCPLUG_CONFIG, CALCPLUG_LOG, CALCPLUG_PLUGIN_PATH, CALCPLUG_RUNNER, \
+         CALCPLUG_RUNNER_LOG, CALCPLUG_FENCE)\n"
+    );
+    // A misspelt key of a real section: the config's own error, with the section's variables.
+    let out = calcplug_with(&[&plugins], &add, &[("CALCPLUG_ISOLATION_MOD", "out-of-process")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with(
+            "error: environment variable CALCPLUG_ISOLATION_MOD (`isolation.mod`): [isolation] \
+             has no such key (its variables: CALCPLUG_ISOLATION_MODE, "
+        ),
+        "{out:?}"
+    );
+    // The right ones work: a config key (handed to `initialize`), and one of the others.
+    let out = calcplug_with(
+        &[&plugins],
+        &["call", "basic", "divide", "1", "3"],
+        &[("CALCPLUG_PLUGINS__BASIC__PRECISION", "2"), ("CALCPLUG_LOG", "off")],
+    );
+    assert_eq!(succeeded(&out), "0.33\n");
+}

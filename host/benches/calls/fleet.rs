@@ -32,7 +32,15 @@ impl Drop for Served {
 
 /// Starts `calcplug --plugin-dir DIR serve --listen 127.0.0.1:0 ARGS` and reads its address.
 fn serve(calcplug: &Path, dir: &Path, args: &[&str]) -> Result<Served, String> {
-    let mut child = Command::new(calcplug)
+    let mut command = Command::new(calcplug);
+    // The benchmark's own variables are not for `calcplug`, which refuses `CALCPLUG_` ones it
+    // does not read.
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("CALCPLUG_BENCH_") {
+            command.env_remove(var);
+        }
+    }
+    let mut child = command
         .arg("--plugin-dir")
         .arg(dir)
         .args(["serve", "--listen", "127.0.0.1:0"])

@@ -13,9 +13,41 @@ use serde_json::json;
 /// The configuration: `--config PATH` (or `$CALCPLUG_CONFIG`), else `./calcplug.toml` if there
 /// is one, else every default; with the `CALCPLUG_<SECTION>_<KEY>` variables over it.
 pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<ManagerConfig> {
+    check_variables(std::env::vars_os().filter_map(|(var, _)| var.into_string().ok()))?;
     let local = Path::new(CONFIG_FILE_NAME);
     let path = path.or(local.is_file().then_some(local));
     Ok(ManagerConfig::from_file_with_env(path)?)
+}
+
+/// The `CALCPLUG_` variables the CLI reads besides the config's keys.
+const OTHER_VARIABLES: [&str; 6] = [
+    "CALCPLUG_CONFIG",
+    "CALCPLUG_LOG",
+    "CALCPLUG_PLUGIN_PATH",
+    "CALCPLUG_RUNNER",
+    "CALCPLUG_RUNNER_LOG",
+    "CALCPLUG_FENCE",
+];
+
+/// Refuses a `CALCPLUG_` variable that calcplug does not read (`CALCPLUG_ISOLATON_MODE`): left
+/// alone, the setting it was meant for would silently keep its default.
+fn check_variables(vars: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+    for var in vars {
+        if var.starts_with("CALCPLUG_")
+            && !OTHER_VARIABLES.contains(&var.as_str())
+            && !ManagerConfig::is_config_variable(&var)
+        {
+            let sections: Vec<String> = ManagerConfig::sections().map(str::to_uppercase).collect();
+            bail!(
+                "environment variable {var}: calcplug reads no such variable (a config key is \
+                 CALCPLUG_<SECTION>_<KEY>, SECTION one of {}, or CALCPLUG_PLUGINS__<NAME>__<KEY>; \
+                 the others are {})",
+                sections.join(", "),
+                OTHER_VARIABLES.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The config file's `[plugins.NAME]` entries as `KEY=VALUE` settings, followed by `set` (so

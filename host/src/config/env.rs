@@ -75,13 +75,8 @@ pub(super) fn overrides<'a>(
             };
             (format!("plugins.{}", quoted(&name)), key.to_lowercase())
         } else {
-            let section = RawConfig::SECTIONS.iter().find(|(section, _)| {
-                rest.len() > section.len()
-                    && rest[..section.len()].eq_ignore_ascii_case(section)
-                    && rest.as_bytes()[section.len()] == b'_'
-            });
-            let Some((section, keys)) = section else { continue };
-            let key = rest[section.len() + 1..].to_lowercase();
+            let Some((section, keys, key)) = section_of(rest) else { continue };
+            let key = key.to_lowercase();
             if !keys.contains(&key.as_str()) {
                 let spelled: Vec<String> = keys.iter().map(|key| variable(section, key)).collect();
                 return Err(Error::ConfigEnv {
@@ -102,6 +97,23 @@ pub(super) fn overrides<'a>(
     }
     found.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(found)
+}
+
+/// The section `rest` (a variable's name after `CALCPLUG_`) names, its keys, and the rest of
+/// the name after `<SECTION>_`.
+fn section_of(rest: &str) -> Option<(&'static str, &'static [&'static str], &str)> {
+    RawConfig::SECTIONS.iter().find_map(|&(section, keys)| {
+        let head = rest.get(..section.len())?;
+        let key = rest.get(section.len()..)?.strip_prefix('_')?;
+        (head.eq_ignore_ascii_case(section) && !key.is_empty()).then_some((section, keys, key))
+    })
+}
+
+/// Whether `var` is one of the config's variables, right or wrong: `CALCPLUG_PLUGINS__…` or
+/// `CALCPLUG_<SECTION>_…` for a section of the file.
+pub(super) fn is_config_variable(var: &str) -> bool {
+    var.strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.starts_with(PLUGINS) || section_of(rest).is_some())
 }
 
 /// The variable for `[section] key`.

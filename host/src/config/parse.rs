@@ -828,6 +828,35 @@ mod tests {
     }
 
     #[test]
+    fn which_variables_are_the_configs() {
+        for var in [
+            "CALCPLUG_ISOLATION_CALL_TIMEOUT",
+            "CALCPLUG_isolation_mode",
+            "CALCPLUG_ISOLATION_MOD",
+            "CALCPLUG_SERVE_LISTEN",
+            "CALCPLUG_PLUGINS__BASIC__PRECISION",
+            "CALCPLUG_PLUGINS__",
+        ] {
+            assert!(ManagerConfig::is_config_variable(var), "{var}");
+        }
+        for var in [
+            "CALCPLUG_LOG",
+            "CALCPLUG_RUNNER_LOG",
+            "CALCPLUG_ISOLATION",
+            "CALCPLUG_ISOLATION_",
+            "CALCPLUG_ISOLATON_MODE",
+            "CALCPLUG_ISOLATIÖN_MODE",
+            "CALCPLUG_",
+            "PATH",
+        ] {
+            assert!(!ManagerConfig::is_config_variable(var), "{var}");
+        }
+        // A multi-byte character where a section's name would end is read, not a panic.
+        let config = parse_env("", &[("CALCPLUG_ISOLATIÖN_MODE", "x"), ("CALCPLUG_SECURITŸ", "x")]);
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
     fn the_example_file_documents_every_key_of_every_section() {
         let example = include_str!("../../../calcplug.example.toml");
         for (section, keys) in RawConfig::SECTIONS {
