@@ -278,7 +278,7 @@ impl IsolationConfig {
     }
 
     /// `call_timeout`, `start_timeout`, `retries`, `max_failures`, `failure_window`,
-    /// `circuit_cooldown`, `max_circuit_cooldown`, `runner`, `auto_mtls`.
+    /// `circuit_cooldown`, `max_circuit_cooldown`, `runner`, `auto_mtls`, `transport`.
     pub fn options(&self) -> &crate::remote::RemoteOptions {
         &self.options
     }

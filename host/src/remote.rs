@@ -8,8 +8,12 @@
 //! the last `initialize`, and calculations are retried on the new process up to
 //! [`RemoteOptions::retries`] times (they are idempotent).
 //!
-//! Calls take a connection from a small pool (one per thread calling at once), write one frame
-//! and read one frame: the same two wake-ups as a raw socket ping-pong, which is the floor.
+//! Calls take a connection from a small pool (one per thread calling at once). By default each
+//! connection then moves to a shared-memory lane ([`Channel::SharedMemory`]): a call writes its
+//! frame into memory both processes map and waits for the answer there, spinning briefly before
+//! it sleeps on a futex, so a busy runner answers without a wake-up through the kernel and a
+//! batch travels in place. With [`Channel::Socket`] (or where there is no memfd) a call writes
+//! one frame and reads one frame on the socket: the same two wake-ups as a raw ping-pong.
 //!
 //! The same supervision runs plugin executables in any language that speak HashiCorp
 //! go-plugin's gRPC protocol with the `calcplug.v1` contract
@@ -35,6 +39,7 @@ pub(crate) use grpc::server::{Resolve, Served, Target, TlsConnection};
 pub(crate) use grpc::trace_context;
 mod process;
 mod runner;
+mod shm;
 mod supervisor;
 mod wire;
 
@@ -94,12 +99,40 @@ pub struct RemoteOptions {
     /// mutual TLS, a fresh certificate on each side, each pinning the other's. A plugin that
     /// does not return its certificate is then refused.
     pub auto_mtls: bool,
+    /// How calls reach a runner (plugin executables always use gRPC).
+    pub channel: Channel,
+}
+
+/// How calls reach a runner once it is started (the handshake always uses its socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Channel {
+    /// A lane of memory shared with the runner per connection, with futex wake-ups; the
+    /// socket where this host or the runner cannot make one. Config: `transport = "shm"`.
+    #[default]
+    SharedMemory,
+    /// One frame each way on the runner's Unix socket. Config: `transport = "socket"`.
+    Socket,
+}
+
+impl Channel {
+    /// Its name in `calcplug.toml` (`[isolation] transport`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::SharedMemory => "shm",
+            Channel::Socket => "socket",
+        }
+    }
+
+    /// The channel a config name stands for.
+    pub fn from_name(name: &str) -> Option<Channel> {
+        [Channel::SharedMemory, Channel::Socket].into_iter().find(|c| c.name() == name)
+    }
 }
 
 impl Default for RemoteOptions {
     /// 5 s per call, 10 s to start, 3 retries, backoff from 50 ms to 5 s, circuit open after 5
     /// failures in 60 s, a trial after 1 s, then 2 s, then every 4 s while trials fail;
-    /// automatic mutual TLS with plugin executables.
+    /// automatic mutual TLS with plugin executables; shared-memory lanes with runners.
     fn default() -> RemoteOptions {
         RemoteOptions {
             runner: None,
@@ -113,6 +146,7 @@ impl Default for RemoteOptions {
             circuit_cooldown: Duration::from_secs(1),
             max_circuit_cooldown: Duration::from_secs(4),
             auto_mtls: true,
+            channel: Channel::SharedMemory,
         }
     }
 }
@@ -200,12 +234,18 @@ impl RemotePlugin {
         spawn_plugin(program.as_ref(), Launch::Grpc(args), options)
     }
 
-    /// How the plugin's process talks: `child` for a runner, `grpc` for a plugin executable.
+    /// How the plugin's process talks: `child` for a runner (over shared memory or its
+    /// socket: see [`RemotePlugin::channel`]), `grpc` for a plugin executable.
     pub fn transport(&self) -> &'static str {
         match self.launch {
             Launch::Runner(_) => "child",
             Launch::Grpc(_) => "grpc",
         }
+    }
+
+    /// How calls reach a runner: the configured [`Channel`] (plugin executables: gRPC).
+    pub fn channel(&self) -> Channel {
+        self.options.channel
     }
 
     /// What the plugin is: name, versions, metadata, library file, extension groups.
@@ -293,7 +333,8 @@ impl RemotePlugin {
         }
     }
 
-    /// Computes every item of `ops` into `results`; the batch travels as one frame each way.
+    /// Computes every item of `ops` into `results`: in place through a shared-memory lane (in
+    /// chunks of a lane's size), or as one frame each way on the socket.
     ///
     /// # Errors
     ///
@@ -306,12 +347,8 @@ impl RemotePlugin {
                 format!("{} operations but {} result slots", ops.len(), results.len()),
             ));
         }
-        let items = ops.iter().map(|op| (op.op.as_u8(), op.a, op.b)).collect();
-        match self.request("process_batch", &Request::Batch(items), true)? {
-            Response::Batch(answers) if answers.len() == results.len() => {
-                wire::fill_batch(results, answers);
-                Ok(())
-            }
+        match self.request_with("process_batch", true, |process| process.batch(ops, results))? {
+            Response::Done => Ok(()),
             other => Err(self.unexpected("process_batch", &other)),
         }
     }

@@ -175,6 +175,9 @@ fn bench_measures_every_figure_it_prints() {
         "in_process",
         "in_process_metrics",
         "out_of_process",
+        "out_of_process_p99",
+        "out_of_process_socket",
+        "out_of_process_socket_p99",
     ] {
         let ns = per_call[figure].as_f64().unwrap_or(f64::NAN);
         assert!(ns.is_finite() && ns > 0.0, "{figure}: {per_call:#}");
@@ -188,6 +191,15 @@ fn bench_measures_every_figure_it_prints() {
         assert_eq!(row["failed_items"], 0, "{row}");
         assert!(row["in_process"].as_f64().is_some_and(|r| r > 0.0), "{row}");
         assert!(row["out_of_process"].as_f64().is_some_and(|r| r > 0.0), "{row}");
+        assert!(row["out_of_process_socket"].as_f64().is_some_and(|r| r > 0.0), "{row}");
+    }
+    let threads = json["out_of_process_calls_per_sec"].as_array().expect("thread rows");
+    let counts: Vec<_> = threads.iter().map(|row| row["threads"].as_u64()).collect();
+    assert_eq!(counts, [Some(1), Some(2), Some(4), Some(8)]);
+    for row in threads {
+        for key in ["out_of_process", "out_of_process_socket"] {
+            assert!(row[key].as_f64().is_some_and(|r| r > 0.0), "{key}: {row}");
+        }
     }
 }
 

@@ -19,6 +19,9 @@ mod panics;
 /// The out-of-process mode: conformance in both modes, crashes, hangs, kills, hostile bytes.
 mod ipc;
 
+/// The shared-memory channel to runners: used, equal to the socket, safe from its runner.
+mod lanes;
+
 mod grpc;
 
 mod proto_evolution;

@@ -8,6 +8,8 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "host/src/loader/ffi.rs",
     // The serving library read without a reference count on the manager's call path.
     "host/src/manager/generations.rs",
+    // The shared-memory lanes to runners: mapping, header words, bounds-checked copies.
+    "host/src/remote/shm.rs",
     "interface/src/plugin/export.rs",
     // The thread pointer: a plugin's counter shard without `__tls_get_addr`.
     "interface/src/plugin/thread.rs",

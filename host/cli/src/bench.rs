@@ -7,8 +7,9 @@
 //! plugin has no plain-Rust twin here: a plugin that only adds, called through the root module
 //! (the boundary's own cost); `basic`'s checks and rounding through `&dyn Calculator` (the floor
 //! the in-process call is compared with); and the same with `basic`'s request counting.
-//! The out-of-process figures use `calcplug-runner` (found as `--isolate` finds it); without it
-//! they are reported as not measured, with the reason.
+//! The out-of-process figures use `calcplug-runner` (found as `--isolate` finds it), over both
+//! channels (shared memory and the socket); without it they are reported as not measured, with
+//! the reason.
 
 use std::hint::black_box;
 use std::io::{self, Write};
@@ -18,13 +19,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use host::reference::{BareAdder, Checked, Counted};
-use host::remote::{RemoteOptions, RemotePlugin};
+use host::remote::{Channel, RemoteOptions, RemotePlugin};
 use host::{BatchOp, BatchResult, Config, ManagerConfig, Op, PluginManager};
 use interface::plugin::Calculator;
 use serde_json::json;
 
 /// The batch sizes, in items (as in `BENCHMARKS.md`).
 const BATCH_SIZES: [usize; 4] = [1, 100, 10_000, 1_000_000];
+
+/// The numbers of threads calling one out-of-process plugin at once.
+const THREADS: [usize; 4] = [1, 2, 4, 8];
+
+/// The channels to a runner, as the JSON keys name them: `out_of_process` is the default.
+const CHANNELS: [(Channel, &str); 2] =
+    [(Channel::SharedMemory, "out_of_process"), (Channel::Socket, "out_of_process_socket")];
 
 /// `calcplug bench`.
 pub(crate) fn bench(
@@ -37,9 +45,10 @@ pub(crate) fn bench(
     if seconds == 0 {
         bail!("--seconds must be at least 1");
     }
-    // Fourteen figures share the time: six per-call ones (the in-process pair, timed in
-    // alternating slices, takes two slots) and four batch sizes in and out of process.
-    let slot = Duration::from_secs(seconds).div_f64(14.0);
+    // The figures share the time: six in-process per-call ones (the pair, timed in alternating
+    // slices, takes two slots), the four batch sizes, and per channel one per-call latency,
+    // four thread counts and the four batch sizes.
+    let slot = Duration::from_secs(seconds).div_f64((6 + 4 + CHANNELS.len() * 9) as f64);
     let plugin = super::find_plugin(dirs, name)?;
     let plugin_config = config.plugin(name);
     plugin.initialize(&plugin_config)?;
@@ -48,9 +57,16 @@ pub(crate) fn bench(
         manager.get(name).with_context(|| format!("the plugin manager does not serve `{name}`"))?;
     plugin.add(1.0, 2.0).with_context(|| format!("{name}: add(1, 2) fails"))?;
     handle.add(1.0, 2.0).with_context(|| format!("{name}: add(1, 2) through the manager fails"))?;
-    let remote = RemotePlugin::spawn(plugin.identity().path(), RemoteOptions::default())
-        .and_then(|remote| remote.initialize(&plugin_config).map(|()| remote));
-    let no_ipc = remote.as_ref().err().map(|err| format!("{err}"));
+    let spawn = |channel| {
+        let options = RemoteOptions { channel, ..RemoteOptions::default() };
+        RemotePlugin::spawn(plugin.identity().path(), options)
+            .and_then(|remote| remote.initialize(&plugin_config).map(|()| remote))
+    };
+    let remotes = match CHANNELS.map(|(channel, _)| spawn(channel)) {
+        [Ok(shm), Ok(socket)] => Ok([shm, socket]),
+        [Err(err), _] | [_, Err(err)] => Err(err),
+    };
+    let no_ipc = remotes.as_ref().err().map(|err| format!("{err}"));
 
     let progress = |what: &str| {
         let _ =
@@ -92,22 +108,25 @@ pub(crate) fn bench(
     );
     let (in_process, metrics) = (paired.a, paired.b);
 
-    let out_of_process = match &remote {
-        Ok(remote) => {
-            progress("out-of-process call");
+    // Per channel: one caller's latency, then calls/s from 1 to 8 threads.
+    let mut out_of_process = Vec::new();
+    if let Ok(remotes) = &remotes {
+        for (remote, (channel, _)) in remotes.iter().zip(CHANNELS) {
+            progress(&format!("out-of-process call, {}", channel.name()));
             remote
                 .add(1.0, 2.0)
                 .with_context(|| format!("{name}: add(1, 2) out of process fails"))?;
-            Some(per_iteration(slot, |n| {
-                for _ in 0..n {
-                    black_box(value(remote.add(black_box(1.0), black_box(2.0))));
-                }
-            }))
+            let latency = latency(slot, || black_box(value(remote.add(1.0, black_box(2.0)))));
+            let mut rates = Vec::new();
+            for threads in THREADS {
+                progress(&format!("{threads} threads calling out of process, {}", channel.name()));
+                rates.push((threads, calls_per_second(slot, threads, remote)));
+            }
+            out_of_process.push((latency, rates));
         }
-        Err(_) => None,
-    };
+    }
 
-    // (items, in-process items/s, failed items, out-of-process items/s)
+    // (items, in-process items/s, failed items, out-of-process items/s per channel)
     let mut batches = Vec::new();
     for size in BATCH_SIZES {
         progress(&format!("batch of {size}"));
@@ -123,27 +142,25 @@ pub(crate) fn bench(
                 }
             }
         });
-        let remote_ns = match &remote {
-            Ok(remote) => {
-                progress(&format!("batch of {size}, out of process"));
-                Some(per_iteration(slot, |n| {
-                    for _ in 0..n {
-                        if let Err(err) = remote.process_batch(black_box(&ops), &mut results) {
-                            error.get_or_insert(err);
-                        }
+        let mut remote_ns = Vec::new();
+        for remote in remotes.iter().flatten() {
+            progress(&format!("batch of {size}, out of process, {}", remote.channel().name()));
+            remote_ns.push(per_iteration(slot, |n| {
+                for _ in 0..n {
+                    if let Err(err) = remote.process_batch(black_box(&ops), &mut results) {
+                        error.get_or_insert(err);
                     }
-                }))
-            }
-            Err(_) => None,
-        };
+                }
+            }));
+        }
         if let Some(err) = error {
             return Err(err.into());
         }
         let rate = |ns: f64| size as f64 / ns * 1e9;
-        batches.push((size, rate(ns), failed, remote_ns.map(rate)));
+        batches.push((size, rate(ns), failed, remote_ns.into_iter().map(rate).collect::<Vec<_>>()));
     }
     drop(manager);
-    if let Ok(remote) = &remote {
+    for remote in remotes.iter().flatten() {
         remote.shutdown()?;
     }
     plugin.shutdown()?;
@@ -163,10 +180,21 @@ pub(crate) fn bench(
                 "in_process": in_process,
                 "in_process_metrics": metrics,
                 "metrics_overhead_paired": paired.difference,
-                "out_of_process": out_of_process,
+                "out_of_process": out_of_process.first().map(|(latency, _)| latency.mean),
+                "out_of_process_p99": out_of_process.first().map(|(latency, _)| latency.p99),
+                "out_of_process_socket": out_of_process.get(1).map(|(latency, _)| latency.mean),
+                "out_of_process_socket_p99": out_of_process.get(1).map(|(latency, _)| latency.p99),
             },
+            "out_of_process_calls_per_sec": THREADS.iter().enumerate().map(|(i, threads)| {
+                let mut row = json!({ "threads": threads });
+                for ((_, rates), (_, key)) in out_of_process.iter().zip(CHANNELS) {
+                    row[key] = json!(rates[i].1);
+                }
+                row
+            }).collect::<Vec<_>>(),
             "batch_items_per_sec": batches.iter().map(|(size, rate, failed, remote)| json!({
-                "items": size, "in_process": rate, "failed_items": failed, "out_of_process": remote,
+                "items": size, "in_process": rate, "failed_items": failed,
+                "out_of_process": remote.first(), "out_of_process_socket": remote.get(1),
             })).collect::<Vec<_>>(),
             "not_measured": no_ipc.as_ref().map_or_else(|| json!({}), |why| json!({ "out_of_process": why })),
         });
@@ -212,28 +240,37 @@ pub(crate) fn bench(
         nanos(metrics),
         paired.difference
     )?;
-    match (out_of_process, &no_ipc) {
-        (Some(ns), _) => writeln!(
+    if let Some(why) = &no_ipc {
+        writeln!(out, "  out-of-process                          not measured: {why}")?;
+    }
+    for ((latency, _), (channel, _)) in out_of_process.iter().zip(CHANNELS) {
+        writeln!(
             out,
-            "  out-of-process                          {:>10}  {:.0}x the in-process call",
-            nanos(ns),
-            ns / in_process
-        )?,
-        (None, why) => writeln!(
-            out,
-            "  out-of-process                          not measured: {}",
-            why.as_deref().unwrap_or("no runner")
-        )?,
+            "  out-of-process, {:<6}                  {:>10}  p99 {}, {:.0}x the in-process call",
+            channel.name(),
+            nanos(latency.mean),
+            nanos(latency.p99),
+            latency.mean / in_process
+        )?;
+    }
+    if !out_of_process.is_empty() {
+        writeln!(out, "out of process, calls per second by calling threads:")?;
+        for (i, threads) in THREADS.iter().enumerate() {
+            write!(out, "  {threads} threads")?;
+            for ((_, rates), (channel, _)) in out_of_process.iter().zip(CHANNELS) {
+                write!(out, "  {} {:>12}", channel.name(), rate_text(rates[i].1))?;
+            }
+            writeln!(out)?;
+        }
     }
     writeln!(out, "batch, process_batch (items per second):")?;
     for (size, rate, failed, remote) in &batches {
         let note = if *failed > 0 { format!("  ({failed} items failed)") } else { String::new() };
-        let remote = remote.map_or_else(|| "not measured".to_owned(), rate_text);
-        writeln!(
-            out,
-            "  {size:>9} items  in-process {:>12}  out-of-process {remote:>12}{note}",
-            rate_text(*rate)
-        )?;
+        write!(out, "  {size:>9} items  in-process {:>12}", rate_text(*rate))?;
+        for (rate, (channel, _)) in remote.iter().zip(CHANNELS) {
+            write!(out, "  {} {:>12}", channel.name(), rate_text(*rate))?;
+        }
+        writeln!(out, "{note}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -272,6 +309,52 @@ fn per_iteration(budget: Duration, mut run: impl FnMut(u64)) -> f64 {
     }
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// One caller's latency, in nanoseconds.
+struct Latency {
+    mean: f64,
+    p99: f64,
+}
+
+/// Times each call of `call` for about `budget` (the first fifth warms up): their mean and
+/// 99th percentile. For calls of microseconds, where reading the clock twice is noise.
+fn latency(budget: Duration, mut call: impl FnMut() -> f64) -> Latency {
+    let started = Instant::now();
+    while started.elapsed() < budget / 5 {
+        call();
+    }
+    let mut samples = Vec::new();
+    let measuring = Instant::now();
+    while measuring.elapsed() < budget * 4 / 5 || samples.len() < 100 {
+        let start = Instant::now();
+        call();
+        samples.push(start.elapsed().as_nanos() as f64);
+    }
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    samples.sort_by(f64::total_cmp);
+    Latency { mean, p99: samples[samples.len() * 99 / 100] }
+}
+
+/// Calls per second of `threads` threads calling `remote.add` for about `budget`.
+fn calls_per_second(budget: Duration, threads: usize, remote: &RemotePlugin) -> f64 {
+    let started = Instant::now();
+    let calls: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut calls = 0u64;
+                    while started.elapsed() < budget {
+                        black_box(value(remote.add(1.0, black_box(2.0))));
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        workers.into_iter().map(|worker| worker.join().unwrap_or(0)).sum()
+    });
+    calls as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Two ways of doing the same thing timed in alternating slices (which goes first alternates

@@ -21,7 +21,7 @@ use super::{
     ConfigPath, IsolationConfig, ManagerConfig, Mode, PanicPolicy, PluginCommand, RetryPolicy,
     SecurityConfig, ServeConfig,
 };
-use crate::remote::RemoteOptions;
+use crate::remote::{Channel, RemoteOptions};
 use crate::security::{Enforcement, TrustedKey};
 use crate::Error;
 
@@ -405,6 +405,16 @@ impl Cx<'_> {
                 d.max_circuit_cooldown,
             )?,
             auto_mtls: raw.auto_mtls.unwrap_or(d.auto_mtls),
+            channel: match &raw.transport {
+                None => d.channel,
+                Some(value) => Channel::from_name(value.get_ref()).ok_or_else(|| {
+                    self.fail(
+                        value.span(),
+                        "isolation.transport",
+                        format!("{:?} is not shm or socket", value.get_ref()),
+                    )
+                })?,
+            },
             ..d.clone()
         };
         Ok(IsolationConfig { mode, options })

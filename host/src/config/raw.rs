@@ -132,6 +132,7 @@ section!(RawIsolation {
     max_circuit_cooldown: Spanned<String>,
     runner: String,
     auto_mtls: bool,
+    transport: Spanned<String>,
 });
 
 section!(RawServe {

@@ -10,17 +10,18 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use interface::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
+use interface::{BatchOp, BatchResult, MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use parking_lot::Mutex;
 
 use super::grpc::client::GrpcLink;
 use super::grpc::handshake as grpc_handshake;
 use super::grpc::mtls::{self, Credentials};
+use super::shm::{self, HostLane, Region};
 use super::wire::{self, FrameError, Request, Response};
-use super::{runner, RemoteOptions, RUNNER_NAME};
+use super::{runner, Channel, RemoteOptions, RUNNER_NAME};
 use crate::Error;
 
 /// How a plugin process is started, and what it speaks.
@@ -36,7 +37,8 @@ pub(super) enum Launch {
 /// The connections to a plugin process.
 #[derive(Debug)]
 enum Link {
-    /// calcplug's socket transport: a pool of connections to the runner's socket.
+    /// calcplug's own transport: a pool of connections to the runner's socket, each with a
+    /// shared-memory lane when the channel is [`Channel::SharedMemory`].
     Frames { socket: PathBuf, pool: Mutex<Vec<Connection>> },
     /// go-plugin's gRPC protocol.
     Grpc(GrpcLink),
@@ -62,7 +64,8 @@ pub(super) struct Process {
     stdin: Mutex<Option<ChildStdin>>,
     dir: PathBuf,
     link: Link,
-    dead: AtomicBool,
+    liveness: Arc<Liveness>,
+    channel: Channel,
     /// Its failure was counted (see [`RemotePlugin::record_failure`](super::RemotePlugin)).
     pub(super) failed: AtomicBool,
     /// It answered a call (see [`RemotePlugin::record_answer`](super::RemotePlugin)).
@@ -72,13 +75,37 @@ pub(super) struct Process {
     call_timeout: Duration,
 }
 
+/// Whether a process is gone, and the lanes to wake when it goes: shared with its exit
+/// watcher.
+#[derive(Debug, Default)]
+struct Liveness {
+    dead: AtomicBool,
+    lanes: Mutex<Vec<Weak<Region>>>,
+}
+
+impl Liveness {
+    /// Marks the process dead and wakes every caller waiting on one of its lanes.
+    fn died(&self) {
+        self.dead.store(true, Ordering::Release);
+        for lane in self.lanes.lock().drain(..) {
+            if let Some(region) = lane.upgrade() {
+                region.poke();
+            }
+        }
+    }
+}
+
 /// One connection to the runner: one socket for both directions (unbuffered: a request is one
-/// `write`), its receive buffer and its encoding buffer, both reused for every call.
+/// `write`), its receive buffer and its encoding buffer, both reused for every call; and its
+/// shared-memory lane, through which its calls go once it has one.
 #[derive(Debug)]
 struct Connection {
     stream: UnixStream,
     inbox: wire::Inbox,
     outbuf: Vec<u8>,
+    /// A lane's answer, copied out of the shared region before it is decoded.
+    answer: Vec<u8>,
+    lane: Option<HostLane>,
 }
 
 pub(super) fn start_process(
@@ -118,7 +145,11 @@ fn start_runner(
     process.link = Link::Frames { socket, pool: Mutex::new(Vec::new()) };
     match process.roundtrip(&Request::Hello { wire_version: wire::WIRE_VERSION }) {
         Ok(Response::Hello(hello)) if hello.wire_version == wire::WIRE_VERSION => {
-            process.hello = hello
+            process.hello = hello;
+            // The handshake's connection has no lane; the calls' connections get one.
+            if let Link::Frames { pool, .. } = &process.link {
+                pool.lock().clear();
+            }
         }
         Ok(Response::Error { message, .. }) => return Err(failed(message)),
         Ok(other) => return Err(failed(format!("unexpected answer to Hello: {other:?}"))),
@@ -239,13 +270,16 @@ impl Process {
                 .spawn(move || runner::forward_logs(&label, stderr, &tail));
         }
         let stdin = child.stdin.take();
+        let liveness = Arc::new(Liveness::default());
+        watch_exit(pid, &liveness);
         let process = Process {
             pid,
             child: Mutex::new(child),
             stdin: Mutex::new(stdin),
             dir,
             link: Link::Frames { socket: PathBuf::new(), pool: Mutex::new(Vec::new()) },
-            dead: AtomicBool::new(false),
+            liveness,
+            channel: options.channel,
             failed: AtomicBool::new(false),
             answered: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -292,22 +326,30 @@ impl Process {
     }
 
     pub(super) fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Acquire)
+        self.liveness.dead.load(Ordering::Acquire)
     }
 
     pub(super) fn mark_dead(&self) {
-        self.dead.store(true, Ordering::Release);
+        self.liveness.dead.store(true, Ordering::Release);
         match &self.link {
             Link::Frames { pool, .. } => pool.lock().clear(),
             Link::Grpc(link) => link.clear(),
         }
     }
 
-    fn connect(&self, socket: &Path) -> Result<Connection, Transport> {
+    /// A new connection to the runner's socket, greeted, and moved to a lane if `channel` is
+    /// [`Channel::SharedMemory`].
+    fn connect(&self, socket: &Path, channel: Channel) -> Result<Connection, Transport> {
         let stream = UnixStream::connect(socket).map_err(|_| Transport::Closed)?;
         // Set once per connection: a call on it costs no syscall beyond its `write` and `read`.
         stream.set_read_timeout(Some(self.call_timeout)).map_err(|_| Transport::Closed)?;
-        let mut connection = Connection { stream, inbox: wire::Inbox::new(), outbuf: Vec::new() };
+        let mut connection = Connection {
+            stream,
+            inbox: wire::Inbox::new(),
+            outbuf: Vec::new(),
+            answer: Vec::new(),
+            lane: None,
+        };
         if !self.hello.interface_version.is_empty() {
             // Every connection but the first (which performs the handshake) greets too.
             match self
@@ -320,26 +362,88 @@ impl Process {
                     )))
                 }
             }
+            if channel == Channel::SharedMemory {
+                self.attach_lane(&mut connection)?;
+            }
         }
         Ok(connection)
+    }
+
+    /// Moves `connection`'s calls to a new shared-memory lane (see [`Request::AttachLane`]).
+    /// Where this host cannot make one, or the runner declines, the connection stays on the
+    /// socket.
+    fn attach_lane(&self, connection: &mut Connection) -> Result<(), Transport> {
+        let region = match Region::create() {
+            Ok(region) => Arc::new(region),
+            Err(err) => {
+                tracing::debug!(pid = self.pid, error = %err, "no shared-memory lane: using the socket");
+                return Ok(());
+            }
+        };
+        // `Done` goes on, an error declines (the connection stays on the socket).
+        let agreed = |response: Response, step: &str| match response {
+            Response::Done => Ok(true),
+            Response::Error { message, .. } => {
+                tracing::debug!(pid = self.pid, %message, "no shared-memory lane ({step}): using the socket");
+                Ok(false)
+            }
+            other => Err(Transport::Malformed(format!("unexpected answer to {step}: {other:?}"))),
+        };
+        let asked = self.exchange(connection, &Request::AttachLane { bytes: shm::SIZE as u64 })?;
+        if !agreed(asked, "AttachLane")? {
+            return Ok(());
+        }
+        if shm::send_fd(&connection.stream, region.fd()).is_err() {
+            return Err(Transport::Closed);
+        }
+        let mapped = match connection.inbox.read_frame::<Response>(&mut connection.stream) {
+            Ok(envelope) => envelope.body,
+            Err(FrameError::Malformed(reason)) => return Err(Transport::Malformed(reason)),
+            Err(_) => return Err(Transport::Closed),
+        };
+        if !agreed(mapped, "the lane's descriptor")? {
+            return Ok(());
+        }
+        let mut lanes = self.liveness.lanes.lock();
+        lanes.retain(|lane| lane.strong_count() > 0);
+        lanes.push(Arc::downgrade(&region));
+        drop(lanes);
+        if self.is_dead() {
+            // The watcher may have run before the lane was registered.
+            return Err(Transport::Closed);
+        }
+        connection.lane = Some(HostLane::new(region));
+        Ok(())
     }
 
     /// One request and its answer, on a pooled connection (a new one if none is idle); the
     /// answer must come within `call_timeout`.
     pub(super) fn roundtrip(&self, request: &Request) -> Result<Response, Transport> {
+        if let Link::Grpc(link) = &self.link {
+            if self.is_dead() {
+                return Err(Transport::Closed);
+            }
+            return link.roundtrip(request, self.call_timeout);
+        }
+        self.with_connection(|connection| self.exchange(connection, request))
+    }
+
+    /// Runs `exchange` on a pooled connection (a new one if none is idle), which goes back to
+    /// the pool unless the process died meanwhile.
+    fn with_connection(
+        &self,
+        exchange: impl FnOnce(&mut Connection) -> Result<Response, Transport>,
+    ) -> Result<Response, Transport> {
+        let Link::Frames { socket, pool } = &self.link else { return Err(Transport::Closed) };
         if self.is_dead() {
             return Err(Transport::Closed);
         }
-        let (socket, pool) = match &self.link {
-            Link::Frames { socket, pool } => (socket, pool),
-            Link::Grpc(link) => return link.roundtrip(request, self.call_timeout),
-        };
         let pooled = pool.lock().pop();
         let mut connection = match pooled {
             Some(connection) => connection,
-            None => self.connect(socket)?,
+            None => self.connect(socket, self.channel)?,
         };
-        let response = self.exchange(&mut connection, request)?;
+        let response = exchange(&mut connection)?;
         if !self.is_dead() {
             pool.lock().push(connection);
         }
@@ -353,6 +457,23 @@ impl Process {
     ) -> Result<Response, Transport> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         wire::encode(&mut connection.outbuf, id, request).map_err(Transport::Malformed)?;
+        if let Some(lane) = &mut connection.lane {
+            let deadline = Instant::now() + self.call_timeout;
+            let payload = &connection.outbuf[4..];
+            if payload.len() > shm::DATA {
+                return self.exchange_apart(request);
+            }
+            let answer = &mut connection.answer;
+            lane.exchange(payload, answer, deadline, || self.is_dead())?;
+            return match wire::decode::<Response>(answer) {
+                Ok(envelope) if envelope.id == id => Ok(envelope.body),
+                Ok(envelope) => {
+                    Err(Transport::Malformed(format!("answer {} to request {id}", envelope.id)))
+                }
+                Err(FrameError::Malformed(reason)) => Err(Transport::Malformed(reason)),
+                Err(_) => Err(Transport::Closed),
+            };
+        }
         if wire::write_frame(&mut connection.stream, &connection.outbuf).is_err() {
             return Err(Transport::Closed);
         }
@@ -373,6 +494,63 @@ impl Process {
             Err(FrameError::Io(_)) => Err(Transport::Closed),
             Err(FrameError::Malformed(reason)) => Err(Transport::Malformed(reason)),
         }
+    }
+
+    /// `request` on a connection of its own without a lane: for a request too large for one.
+    #[cold]
+    fn exchange_apart(&self, request: &Request) -> Result<Response, Transport> {
+        let Link::Frames { socket, .. } = &self.link else { return Err(Transport::Closed) };
+        let mut connection = self.connect(socket, Channel::Socket)?;
+        self.exchange(&mut connection, request)
+    }
+
+    /// A batch: in place through a lane, chunk by chunk, where the connection has one; else
+    /// one [`Request::Batch`] frame each way. `Response::Done` once `results` is filled, or
+    /// the plugin's (or an unexpected) answer.
+    pub(super) fn batch(
+        &self,
+        ops: &[BatchOp],
+        results: &mut [BatchResult],
+    ) -> Result<Response, Transport> {
+        let items = || Request::Batch(ops.iter().map(|op| (op.op.as_u8(), op.a, op.b)).collect());
+        let response = match &self.link {
+            Link::Grpc(_) => self.roundtrip(&items())?,
+            Link::Frames { .. } => self.with_connection(|connection| match connection.lane {
+                Some(_) => self.batch_in_lane(connection, ops, results),
+                None => self.exchange(connection, &items()),
+            })?,
+        };
+        Ok(match response {
+            Response::Batch(answers) if answers.len() == results.len() => {
+                wire::fill_batch(results, answers);
+                Response::Done
+            }
+            other => other,
+        })
+    }
+
+    fn batch_in_lane(
+        &self,
+        connection: &mut Connection,
+        ops: &[BatchOp],
+        results: &mut [BatchResult],
+    ) -> Result<Response, Transport> {
+        let Some(lane) = &mut connection.lane else { return Err(Transport::Closed) };
+        let deadline = Instant::now() + self.call_timeout;
+        let answer = &mut connection.answer;
+        for (ops, results) in ops.chunks(shm::BATCH_ITEMS).zip(results.chunks_mut(shm::BATCH_ITEMS))
+        {
+            lane.batch(ops, results, answer, deadline, || self.is_dead())?;
+            match wire::decode::<Response>(answer) {
+                Ok(envelope) => match envelope.body {
+                    Response::Done => {}
+                    other => return Ok(other),
+                },
+                Err(FrameError::Malformed(reason)) => return Err(Transport::Malformed(reason)),
+                Err(_) => return Err(Transport::Closed),
+            }
+        }
+        Ok(Response::Done)
     }
 
     /// Waits up to `limit` for the runner to exit; its status if it did.
@@ -399,7 +577,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.dead.store(true, Ordering::Release);
+        self.liveness.dead.store(true, Ordering::Release);
         match &self.link {
             Link::Frames { pool, .. } => pool.lock().clear(),
             // go-plugin's way: the controller's `Shutdown`, then a kill if it lingers.
@@ -414,6 +592,32 @@ impl Drop for Process {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts a thread that waits for process `pid` to end, without reaping it (the `Child` does),
+/// and then marks it dead and wakes the callers waiting on its lanes: a runner that dies
+/// mid-call is noticed at once, not at the call's timeout.
+fn watch_exit(pid: u32, liveness: &Arc<Liveness>) {
+    use rustix::process::{pidfd_open, waitid, Pid, PidfdFlags, WaitId, WaitIdOptions};
+    let liveness = Arc::clone(liveness);
+    let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else { return };
+    // A pidfd names this process even after it is reaped and its number reused.
+    let pidfd = pidfd_open(raw, PidfdFlags::empty()).ok();
+    let _ = std::thread::Builder::new().name(format!("plugin-exit-{pid}")).spawn(move || {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+        loop {
+            let waited = match &pidfd {
+                Some(fd) => waitid(WaitId::PidFd(std::os::fd::AsFd::as_fd(fd)), options),
+                None => waitid(WaitId::Pid(raw), options),
+            };
+            // Exited, or already reaped (`ECHILD`): either way it is gone.
+            match waited {
+                Err(rustix::io::Errno::INTR) => continue,
+                _ => break,
+            }
+        }
+        liveness.died();
+    });
 }
 
 /// "killed by signal 9 (SIGKILL)", "exited with code 3".

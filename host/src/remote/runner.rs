@@ -24,6 +24,7 @@ use interface::{
     MAGIC_COOKIE_VALUE, PROTOCOL_VERSION,
 };
 
+use super::shm::{self, Asked, Region, RunnerLane};
 use super::wire::{
     self, FrameError, Hello, Request, Response, WireMetadata, WireStatus, WIRE_NAME, WIRE_VERSION,
 };
@@ -193,17 +194,91 @@ fn serve_connection(plugin: &Plugin, mut stream: UnixStream) {
                 return;
             }
         };
-        let (response, close) = if greeted {
-            (dispatch(plugin, envelope.body), false)
-        } else {
-            greet(plugin, envelope.body)
-        };
+        let (response, close) =
+            if let (true, Request::AttachLane { bytes }) = (greeted, &envelope.body) {
+                match attach_lane(&mut stream, envelope.id, *bytes, &mut outbuf) {
+                    Ok(Some(lane)) => return serve_lane(plugin, lane),
+                    Ok(None) => continue,
+                    Err(()) => return,
+                }
+            } else if greeted {
+                (dispatch(plugin, envelope.body), false)
+            } else {
+                greet(plugin, envelope.body)
+            };
         greeted = true;
         if let Err(reason) = wire::encode(&mut outbuf, envelope.id, &response) {
             tracing::error!(%reason, "cannot encode a response");
             return;
         }
         if wire::write_frame(&mut stream, &outbuf).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Answers [`Request::AttachLane`]: `Done`, then the host's memfd arrives, then `Done` once
+/// it is mapped. The lane; `None` if the runner declined (an error was answered and the
+/// connection stays on the socket); `Err` if the connection broke.
+fn attach_lane(
+    stream: &mut UnixStream,
+    id: u64,
+    bytes: u64,
+    outbuf: &mut Vec<u8>,
+) -> Result<Option<RunnerLane>, ()> {
+    let answer = |stream: &mut UnixStream, outbuf: &mut Vec<u8>, response: &Response| {
+        wire::encode(outbuf, id, response)
+            .ok()
+            .and_then(|()| wire::write_frame(stream, outbuf).ok())
+            .ok_or(())
+    };
+    if bytes != shm::SIZE as u64 {
+        let message = format!("a lane of {bytes} bytes asked, this runner makes {}", shm::SIZE);
+        answer(stream, outbuf, &error(ErrorCode::Unsupported, message))?;
+        return Ok(None);
+    }
+    answer(stream, outbuf, &Response::Done)?;
+    let fd = shm::receive_fd(&*stream).map_err(|err| {
+        tracing::warn!(error = %err, "no lane descriptor: closing the connection");
+    })?;
+    match Region::attach(fd) {
+        Ok(region) => {
+            answer(stream, outbuf, &Response::Done)?;
+            Ok(Some(RunnerLane::new(region)))
+        }
+        Err(err) => {
+            let message = format!("cannot map the lane: {err}");
+            answer(stream, outbuf, &error(ErrorCode::Unsupported, message))?;
+            Ok(None)
+        }
+    }
+}
+
+/// Answers the requests of one shared-memory lane until the host closes it: the same
+/// dispatch as the socket's, and batches computed in place.
+fn serve_lane(plugin: &Plugin, mut lane: RunnerLane) {
+    let mut outbuf = Vec::new();
+    loop {
+        let (id, response) = match lane.next() {
+            None => return,
+            Some(Asked::Frame(payload)) => match wire::decode::<Request>(payload) {
+                Ok(envelope) => (envelope.id, dispatch(plugin, envelope.body)),
+                Err(err) => {
+                    tracing::warn!(error = ?err, "malformed request in the lane: closing it");
+                    return;
+                }
+            },
+            Some(Asked::Batch(ops, results)) => match plugin.process_batch(ops, results) {
+                Ok(()) => (0, Response::Done),
+                Err(err) => (0, refusal(err)),
+            },
+        };
+        if let Err(reason) = wire::encode(&mut outbuf, id, &response) {
+            tracing::error!(%reason, "cannot encode a response");
+            return;
+        }
+        if !lane.answer(&outbuf[4..]) {
+            tracing::error!(bytes = outbuf.len(), "an answer larger than the lane");
             return;
         }
     }
@@ -289,11 +364,19 @@ fn dispatch(plugin: &Plugin, request: Request) -> Response {
             }
         },
         Request::AngleUnit => plugin.angle_unit().map(|unit| Response::AngleUnit(unit as u8)),
+        Request::AttachLane { .. } => {
+            return error(ErrorCode::Internal, "AttachLane is not a call".to_owned())
+        }
     };
-    result.unwrap_or_else(|err| match err {
+    result.unwrap_or_else(refusal)
+}
+
+/// The answer for a call the plugin refused.
+fn refusal(err: Error) -> Response {
+    match err {
         Error::Call { code, message, .. } => error(code, message),
         other => error(other.code().unwrap_or(ErrorCode::Internal), other.to_string()),
-    })
+    }
 }
 
 fn metadata(plugin: &Plugin) -> WireMetadata {

@@ -95,10 +95,20 @@ impl RemotePlugin {
         request: &Request,
         idempotent: bool,
     ) -> Result<Response, Error> {
+        self.request_with(op, idempotent, |process| process.roundtrip(request))
+    }
+
+    /// [`RemotePlugin::request`] for any exchange with the process.
+    pub(super) fn request_with(
+        &self,
+        op: &'static str,
+        idempotent: bool,
+        mut exchange: impl FnMut(&Process) -> Result<Response, Transport>,
+    ) -> Result<Response, Error> {
         let mut attempt = 0;
         loop {
             let error = match self.live_process() {
-                Ok(process) => match process.roundtrip(request) {
+                Ok(process) => match exchange(&process) {
                     Ok(response) => {
                         if !process.answered.load(Ordering::Relaxed) {
                             self.record_answer(&process);

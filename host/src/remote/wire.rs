@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The version of this wire format; bumped on any change to the types below.
-pub(crate) const WIRE_VERSION: u32 = 1;
+pub(crate) const WIRE_VERSION: u32 = 2;
 
 /// The name of this wire format in the runner's handshake line.
 pub(crate) const WIRE_NAME: &str = "calcplug-postcard";
@@ -51,6 +51,13 @@ pub(crate) enum Request {
     Batch(Vec<(u8, f64, f64)>),
     SetAngleUnit(u8),
     AngleUnit,
+    /// Asks to move this connection to a shared-memory lane of `bytes` bytes: the runner
+    /// answers `Done`, the host then sends the lane's memfd (`SCM_RIGHTS`), and the runner
+    /// answers `Done` again once it mapped it; from then on the connection's calls go through
+    /// the lane (`remote/shm.rs`). A runner that cannot answers an error and stays on the socket.
+    AttachLane {
+        bytes: u64,
+    },
 }
 
 /// What the runner answers.
@@ -271,6 +278,15 @@ pub(crate) fn encode<T: Message>(buf: &mut Vec<u8>, id: u64, body: &T) -> Result
     Ok(())
 }
 
+/// Decodes one frame's payload (the bytes after its length).
+pub(crate) fn decode<T: Message>(payload: &[u8]) -> Result<Envelope<T>, FrameError> {
+    match T::decode_fast(payload) {
+        Some(envelope) => Ok(envelope),
+        None => postcard::from_bytes(payload)
+            .map_err(|err| FrameError::Malformed(format!("undecodable frame: {err}"))),
+    }
+}
+
 /// Writes one already encoded frame: one `write` on an unbuffered stream, no `flush` needed.
 pub(crate) fn write_frame(out: &mut impl Write, frame: &[u8]) -> io::Result<()> {
     out.write_all(frame)
@@ -322,12 +338,7 @@ impl Inbox {
             }
             self.receive(input, 4 + len)?;
         };
-        let payload = &self.buf[self.start + 4..self.start + 4 + len];
-        let decoded = match T::decode_fast(payload) {
-            Some(envelope) => Ok(envelope),
-            None => postcard::from_bytes(payload)
-                .map_err(|err| FrameError::Malformed(format!("undecodable frame: {err}"))),
-        };
+        let decoded = decode(&self.buf[self.start + 4..self.start + 4 + len]);
         self.start += 4 + len;
         if self.start == self.end {
             (self.start, self.end) = (0, 0);

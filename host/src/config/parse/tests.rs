@@ -92,7 +92,8 @@ fn every_isolation_key_takes_effect() {
     let text =
         "[isolation]\nmode = \"out-of-process\"\nrunner = \"bin/runner\"\ncall_timeout = \"7s\"\n\
                 start_timeout = \"8s\"\nretries = 9\nmax_failures = 10\nfailure_window = \"11m\"\n\
-                circuit_cooldown = \"12ms\"\nmax_circuit_cooldown = \"13s\"\n";
+                circuit_cooldown = \"12ms\"\nmax_circuit_cooldown = \"13s\"\n\
+                auto_mtls = false\ntransport = \"socket\"\n";
     let config = parse(text).unwrap();
     let isolation = config.isolation();
     assert_eq!(isolation.mode(), Mode::OutOfProcess);
@@ -103,6 +104,16 @@ fn every_isolation_key_takes_effect() {
     assert_eq!(o.failure_window, Duration::from_secs(660));
     assert_eq!(o.circuit_cooldown, Duration::from_millis(12));
     assert_eq!(o.max_circuit_cooldown, Duration::from_secs(13));
+    assert!(!o.auto_mtls);
+    assert_eq!(o.channel, Channel::Socket);
+    let shm = parse("[isolation]\ntransport = \"shm\"\n").unwrap();
+    assert_eq!(shm.isolation().options().channel, Channel::SharedMemory);
+    assert_eq!(parse("").unwrap().isolation().options().channel, Channel::SharedMemory);
+    fails(
+        "[isolation]\ntransport = \"pipe\"\n",
+        "isolation.transport",
+        "\"pipe\" is not shm or socket",
+    );
 }
 
 #[test]

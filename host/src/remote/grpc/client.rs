@@ -419,6 +419,9 @@ pub(crate) async fn exchange(
         Request::Hello { .. } => {
             return Err(Transport::Malformed("no Hello over gRPC".to_owned()));
         }
+        Request::AttachLane { .. } => {
+            return Err(Transport::Malformed("no shared-memory lane over gRPC".to_owned()));
+        }
         Request::Metadata => {
             let m = match calculator.get_metadata(pb::Empty {}).await {
                 Ok(answer) => answer.into_inner(),
