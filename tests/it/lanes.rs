@@ -62,7 +62,7 @@ fn both_channels_give_the_in_process_answers_batches_across_chunks_included() {
     let local = crate::util::ready("scientific", &Config::new());
     let remotes = [Channel::SharedMemory, Channel::Socket]
         .map(|channel| remote("scientific", options(channel)));
-    // More items than one lane holds (about 419 000), with every kind of outcome.
+    // Many lane chunks (16 384 items each) and a partial one, with every kind of outcome.
     let ops: Vec<BatchOp> = (0..1_000_003u32)
         .map(|i| {
             let x = f64::from(i);
@@ -124,7 +124,7 @@ fn vandalised(mode: &str, call_timeout: Duration) -> (Error, Duration) {
 fn a_runner_writing_garbage_into_its_lane_is_killed_and_the_call_fails_clearly() {
     let timeout = Duration::from_secs(2);
     let cases = [
-        ("bad-length", "an answer of 4294967280 bytes in a lane of 16777216"),
+        ("bad-length", "an answer of 4294967280 bytes in a lane's 1048576"),
         ("bad-id", "in the shared lane"),
         ("torn", "undecodable frame"),
     ];

@@ -537,20 +537,20 @@ impl Process {
     ) -> Result<Response, Transport> {
         let Some(lane) = &mut connection.lane else { return Err(Transport::Closed) };
         let deadline = Instant::now() + self.call_timeout;
-        let answer = &mut connection.answer;
-        for (ops, results) in ops.chunks(shm::BATCH_ITEMS).zip(results.chunks_mut(shm::BATCH_ITEMS))
-        {
-            lane.batch(ops, results, answer, deadline, || self.is_dead())?;
-            match wire::decode::<Response>(answer) {
-                Ok(envelope) => match envelope.body {
-                    Response::Done => {}
-                    other => return Ok(other),
-                },
-                Err(FrameError::Malformed(reason)) => return Err(Transport::Malformed(reason)),
-                Err(_) => return Err(Transport::Closed),
-            }
-        }
-        Ok(Response::Done)
+        let mut refusal = None;
+        let accept = |answer: &[u8]| match wire::decode::<Response>(answer) {
+            Ok(envelope) => match envelope.body {
+                Response::Done => Ok(true),
+                other => {
+                    refusal = Some(other);
+                    Ok(false)
+                }
+            },
+            Err(FrameError::Malformed(reason)) => Err(Transport::Malformed(reason)),
+            Err(_) => Err(Transport::Closed),
+        };
+        lane.batch(ops, results, &mut connection.answer, deadline, || self.is_dead(), accept)?;
+        Ok(refusal.unwrap_or(Response::Done))
     }
 
     /// Waits up to `limit` for the runner to exit; its status if it did.
