@@ -5,7 +5,8 @@
 //! calcplug's rows are timed here; the Go rows by the Go host of `tests/go` (`bench:N`), built
 //! from Debian's go-plugin. Without Go, the Go rows are recorded as not measured, saying why.
 //!
-//! - `peers/calcplug_socket`: calcplug's own out-of-process transport (for reference);
+//! - `peers/calcplug_shm`, `peers/calcplug_socket`: calcplug's own out-of-process transport,
+//!   through a shared-memory lane (its default) and over the runner's socket;
 //! - `peers/calcplug_grpc_rust_plain` / `_tls`: the calcplug host calling `basic` served by
 //!   `calcplug-runner --grpc`, without and with automatic mutual TLS (calcplug's default);
 //! - `peers/calcplug_grpc_go_tls`: the calcplug host calling the Go plugin;
@@ -78,7 +79,8 @@ pub(super) fn grpc_rows(setup: &Setup, remote: &Remote, quick: bool, run: &mut R
     fn add(plugin: &RemotePlugin) -> impl FnMut() -> f64 + '_ {
         move || value(plugin.add(black_box(1.0), black_box(2.0)))
     }
-    run.extra("peers/calcplug_socket", timed(calls, add(&remote.plugin)));
+    run.extra("peers/calcplug_shm", timed(calls, add(&remote.plugin)));
+    run.extra("peers/calcplug_socket", timed(calls, add(&remote.socket)));
 
     let runner = built().1.clone();
     let library = setup.library.clone().into_os_string();

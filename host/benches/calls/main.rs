@@ -13,9 +13,10 @@
 //!   the abi_stable root module), `in_process_metrics` (`host::Handle::add` through the plugin
 //!   manager, metrics on with the default sampling), `socket_pingpong` (a frame of an
 //!   out-of-process `add` request to a child process over a Unix socket, and a frame of its
-//!   answer back: the out-of-process floor, since waking another process dominates both) and
-//!   `out_of_process` (`host::remote::RemotePlugin::add`, served by `calcplug-runner`).
-//! - `batch/{plain_loop,in_process,out_of_process}/{1,100,10000,1000000}`: `process_batch` of
+//!   answer back: the out-of-process floor, since waking another process dominates both),
+//!   `out_of_process` (`host::remote::RemotePlugin::add`, served by `calcplug-runner`, through
+//!   a shared-memory lane) and `out_of_process_socket` (the same over the runner's socket).
+//! - `batch/{plain_loop,in_process,out_of_process,out_of_process_socket}/{1,100,10000,1000000}`: `process_batch` of
 //!   that many items, with criterion's throughput in items per second. `plain_loop` is the same
 //!   validated arithmetic in a plain loop (`host::reference::Checked`), the floor.
 //!
@@ -56,7 +57,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use basic::BasicCalculator;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use host::reference::{BareAdder, Checked};
-use host::remote::{RemoteOptions, RemotePlugin};
+use host::remote::{Channel, RemoteOptions, RemotePlugin};
 use host::{BatchOp, BatchResult, Config, ManagerConfig, Op, Plugin, PluginManager};
 use interface::plugin::Calculator;
 use serde_json::{json, Value};
@@ -481,13 +482,14 @@ fn thread_rows<P: Send + Sync + 'static>(
         }
         let calls = latencies.len() as f64 * f64::from(block);
         let ops_per_sec = calls / wall.as_secs_f64();
+        let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
         let p99 = percentile(&mut latencies, 0.99);
         let p50 = percentile(&mut latencies, 0.50);
         note!("threads/{mode}/{n}: {ops_per_sec:.3e} calls/s, p50 {p50:.1} ns, p99 {p99:.1} ns");
         run.extra(
             &format!("threads/{mode}/{n}"),
-            json!({ "threads": n, "ops_per_sec": ops_per_sec, "p50_ns": p50, "p99_ns": p99,
-                    "block": block, "seconds": wall.as_secs_f64() }),
+            json!({ "threads": n, "ops_per_sec": ops_per_sec, "mean_ns": mean, "p50_ns": p50,
+                    "p99_ns": p99, "block": block, "seconds": wall.as_secs_f64() }),
         );
     }
 }

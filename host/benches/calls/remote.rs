@@ -1,19 +1,31 @@
 //! The out-of-process rows, kept apart from the rest of the suite: `basic` served by a
-//! `calcplug-runner`, and the socket ping-pong floor (a child process echoing frames).
+//! `calcplug-runner`, called through a shared-memory lane (the default) and over the runner's
+//! socket, and the socket ping-pong floor (a child process echoing frames).
 
 use super::*;
 
-/// The out-of-process side: `basic` served by a `calcplug-runner` child process.
+/// The out-of-process side: `basic` served by a `calcplug-runner` child process, once called
+/// through shared memory (`plugin`, the default) and once over the socket (`socket`).
 pub(super) struct Remote {
     pub(super) plugin: Arc<RemotePlugin>,
+    pub(super) socket: Arc<RemotePlugin>,
 }
 
 impl Remote {
     pub(super) fn start(setup: &Setup) -> Remote {
-        let plugin =
-            RemotePlugin::spawn(&setup.library, remote_options()).expect("the runner starts");
-        plugin.initialize(&Config::new()).expect("basic initializes in the runner");
-        Remote { plugin: Arc::new(plugin) }
+        let start = |options| {
+            let plugin = RemotePlugin::spawn(&setup.library, options).expect("the runner starts");
+            plugin.initialize(&Config::new()).expect("basic initializes in the runner");
+            Arc::new(plugin)
+        };
+        let socket = RemoteOptions { channel: Channel::Socket, ..remote_options() };
+        Remote { plugin: start(remote_options()), socket: start(socket) }
+    }
+
+    /// Each plugin with the id of its rows: `out_of_process` (shared memory) and
+    /// `out_of_process_socket`.
+    fn channels(&self) -> [(&'static str, &Arc<RemotePlugin>); 2] {
+        [("out_of_process", &self.plugin), ("out_of_process_socket", &self.socket)]
     }
 }
 
@@ -35,26 +47,32 @@ pub(super) fn out_of_process(
     group.bench_function("socket_pingpong", |b| {
         b.iter(|| echo.round_trip());
     });
-    let plugin = &remote.plugin;
-    group.bench_function("out_of_process", |b| {
-        b.iter(|| value(plugin.add(black_box(1.0), black_box(2.0))));
-    });
+    for (id, plugin) in remote.channels() {
+        group.bench_function(id, |b| {
+            b.iter(|| value(plugin.add(black_box(1.0), black_box(2.0))));
+        });
+    }
     group.finish();
     drop(echo);
     run.criterion("per_call/socket_pingpong");
-    run.criterion("per_call/out_of_process");
+    for (id, _) in remote.channels() {
+        run.criterion(&format!("per_call/{id}"));
+    }
 
     let mut group = batch_group(c, quick);
     for n in BATCH_SIZES {
-        let (ops, mut results) = batch_of(&mut group, n);
-        group.bench_with_input(BenchmarkId::new("out_of_process", n), &ops, |b, ops| {
-            b.iter(|| plugin.process_batch(ops, &mut results));
-        });
-        // Unless a filter left it out, the batch computed.
-        if results[n - 1].result() != BatchResult::PENDING.result() {
-            assert_eq!(results[n - 1].result().map(f64::is_finite), Ok(true), "the batch computed");
+        for (id, plugin) in remote.channels() {
+            let (ops, mut results) = batch_of(&mut group, n);
+            group.bench_with_input(BenchmarkId::new(id, n), &ops, |b, ops| {
+                b.iter(|| plugin.process_batch(ops, &mut results));
+            });
+            // Unless a filter left it out, the batch computed.
+            if results[n - 1].result() != BatchResult::PENDING.result() {
+                let last = results[n - 1].result().map(f64::is_finite);
+                assert_eq!(last, Ok(true), "{id}: the batch computed");
+            }
+            run.criterion(&format!("batch/{id}/{n}"));
         }
-        run.criterion(&format!("batch/out_of_process/{n}"));
     }
     group.finish();
 }
@@ -64,7 +82,9 @@ pub(super) fn threads_remote(remote: &Remote, quick: bool, run: &mut RunFile) {
     let add = |plugin: &RemotePlugin| {
         black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
     };
-    thread_rows("out_of_process", &remote.plugin, 1, add, quick, run);
+    for (id, plugin) in remote.channels() {
+        thread_rows(id, plugin, 1, add, quick, run);
+    }
 }
 
 /// Out-of-process start-up: spawn a runner, handshake, initialize, until the first call answers.

@@ -89,7 +89,8 @@ fn report_shows_ratios_goals_and_unmeasured_rows() {
     assert!(md.contains("| in-process plugin call (`Plugin::add`) | 4.00 ns | 2.00× |"), "{md}");
     assert!(
         md.contains(
-            "| out-of-process call | not measured: out-of-process mode not built yet | – |"
+            "| out-of-process call through a shared-memory lane (the default) | not measured: \
+             out-of-process mode not built yet | – |"
         ),
         "{md}"
     );
@@ -169,4 +170,36 @@ fn numbers_are_readable() {
     assert_eq!(duration(3.456), "3.46 ns");
     assert_eq!(duration(41_234.0), "41.2 µs");
     assert_eq!(per_second(2.5e8), "250.0 M/s");
+}
+
+#[test]
+fn the_out_of_process_goals_and_ratios_far_below_the_floor() {
+    let mut run = sample_run();
+    for (id, ns) in [
+        ("per_call/out_of_process", 250.0),
+        ("per_call/out_of_process_socket", 44_000.0),
+        ("batch/out_of_process/1000000", 10_000_000.0),
+    ] {
+        run.medians.push((id.to_owned(), ns));
+    }
+    run.extras.insert(
+        "threads/out_of_process/1".to_owned(),
+        serde_json::json!({ "threads": 1, "ops_per_sec": 1e6, "mean_ns": 800.0,
+                            "p50_ns": 700.0, "p99_ns": 1500.0 }),
+    );
+    let machine = Machine { cpus: 2, ..Machine::default() };
+    let report = Report { run: &run, machine: &machine, command: "c", quick: true };
+    let md = report.markdown();
+    // The mean of individually timed calls, not criterion's median.
+    let goal =
+        "| out-of-process call through shared memory (mean per `add`) | ≤ 5 µs | 800 ns | yes |";
+    assert!(md.contains(goal), "{md}");
+    let goal = "| batch of 1 000 000, out of process (shared memory) vs in process (throughput) \
+                | ≥ 50% | 40% | **no** |";
+    assert!(md.contains(goal), "{md}");
+    let goal = "| out-of-process call over the socket vs socket ping-pong | ≤ 1.2× | 1.10× | yes |";
+    assert!(md.contains(goal), "{md}");
+    // 250 ns against a 40 µs floor reads as a fraction, not as 0.00×.
+    let row = "| out-of-process call through a shared-memory lane (the default) | 250 ns | 1/160 |";
+    assert!(md.contains(row), "{md}");
 }
