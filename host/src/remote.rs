@@ -234,11 +234,11 @@ impl RemotePlugin {
         spawn_plugin(program.as_ref(), Launch::Grpc(args), options)
     }
 
-    /// How the plugin's process talks: `child` for a runner (over shared memory or its
-    /// socket: see [`RemotePlugin::channel`]), `grpc` for a plugin executable.
+    /// How the plugin's process talks: for a runner, its configured [`Channel`]'s name
+    /// (`shm` or `socket`), for a plugin executable `grpc`.
     pub fn transport(&self) -> &'static str {
         match self.launch {
-            Launch::Runner(_) => "child",
+            Launch::Runner(_) => self.options.channel.name(),
             Launch::Grpc(_) => "grpc",
         }
     }

@@ -508,6 +508,23 @@ fn isolate_moves_every_plugin_out_of_process_and_status_says_so() {
     let plugins = status["plugins"].as_array().unwrap();
     assert!(!plugins.is_empty());
     assert!(plugins.iter().all(|p| p["mode"] == "out-of-process"), "{status:#}");
+    assert!(plugins.iter().all(|p| p["transport"] == "shm"), "{status:#}");
+    // The text says how calls reach the runner; `CALCPLUG_ISOLATION_TRANSPORT` changes it.
+    for (channel, line) in [
+        ("shm", "transport: shared memory (calcplug-runner)"),
+        ("socket", "transport: Unix socket (calcplug-runner)"),
+    ] {
+        let out = crate::util::calcplug()
+            .arg("--plugin-dir")
+            .arg(&a.plugin_dir)
+            .args(["--isolate", "status", "--call", "basic:add:2:3"])
+            .env("CALCPLUG_RUNNER", &a.runner)
+            .env("CALCPLUG_ISOLATION_TRANSPORT", channel)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(line), "{channel}: {out:?}");
+    }
 }
 
 #[test]

@@ -207,8 +207,9 @@ fn status_lists_refused_and_shadowed_files_and_the_runner() {
     ));
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("reload         2.0.0    ready         out-of-process"), "{text}");
+    assert_eq!(lines[1], "  transport: shared memory (calcplug-runner)", "{text}");
     assert!(
-        lines[1].starts_with("  runner: pid ") && lines[1].ends_with(", circuit closed"),
+        lines[2].starts_with("  runner: pid ") && lines[2].ends_with(", circuit closed"),
         "{text}"
     );
     let shadowed = format!(

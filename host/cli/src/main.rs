@@ -446,7 +446,8 @@ fn info(dirs: &[PathBuf], name: &str, as_json: bool, isolate: bool) -> anyhow::R
     writeln!(out, "operations:  {}", meta.operations.join(", "))?;
     writeln!(out, "extensions:  {}", extensions_line(plugin))?;
     let mode = match plugin.transport() {
-        "child" => "out-of-process (calcplug-runner)",
+        "shm" => "out-of-process (calcplug-runner, shared memory)",
+        "socket" => "out-of-process (calcplug-runner, Unix socket)",
         "grpc" => "out-of-process (gRPC, go-plugin protocol)",
         other => other,
     };

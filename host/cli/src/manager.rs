@@ -132,6 +132,8 @@ fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> 
         )?;
         match p.transport {
             "grpc" => writeln!(out, "  transport: gRPC (go-plugin protocol)")?,
+            "shm" => writeln!(out, "  transport: shared memory (calcplug-runner)")?,
+            "socket" => writeln!(out, "  transport: Unix socket (calcplug-runner)")?,
             "fleet" => writeln!(out, "  transport: gRPC to `calcplug serve` instances, balanced")?,
             _ => {}
         }

@@ -76,7 +76,8 @@ pub struct PluginStatus {
     pub state: LifecycleState,
     /// Where it runs: in this process, or in a `calcplug-runner` child.
     pub mode: Mode,
-    /// How calls reach it: `in-process`, `child` (a calcplug runner), `grpc` (a plugin
+    /// How calls reach it: `in-process`, `shm` or `socket` (a calcplug runner, through
+    /// shared-memory lanes or its socket), `grpc` (a plugin
     /// executable speaking go-plugin's protocol) or `fleet` (`calcplug serve` instances on
     /// other machines; its `mode` is then `OutOfProcess`).
     pub transport: &'static str,
