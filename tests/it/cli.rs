@@ -178,6 +178,8 @@ fn bench_measures_every_figure_it_prints() {
         "out_of_process_p99",
         "out_of_process_socket",
         "out_of_process_socket_p99",
+        "socket_pingpong",
+        "socket_pingpong_p99",
     ] {
         let ns = per_call[figure].as_f64().unwrap_or(f64::NAN);
         assert!(ns.is_finite() && ns > 0.0, "{figure}: {per_call:#}");

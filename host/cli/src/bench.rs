@@ -8,13 +8,17 @@
 //! (the boundary's own cost); `basic`'s checks and rounding through `&dyn Calculator` (the floor
 //! the in-process call is compared with); and the same with `basic`'s request counting.
 //! The out-of-process figures use `calcplug-runner` (found as `--isolate` finds it), over both
-//! channels (shared memory and the socket); without it they are reported as not measured, with
-//! the reason.
+//! channels (shared memory and the socket), next to their floor: a Unix-socket ping-pong with a
+//! child process (this program again, started as `calcplug-bench-echo`); without a runner they
+//! are reported as not measured, with the reason.
 
 use std::hint::black_box;
-use std::io::{self, Write};
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -48,7 +52,8 @@ pub(crate) fn bench(
     // The figures share the time: six in-process per-call ones (the pair, timed in alternating
     // slices, takes two slots), the four batch sizes, and per channel one per-call latency,
     // four thread counts and the four batch sizes.
-    let slot = Duration::from_secs(seconds).div_f64((6 + 4 + CHANNELS.len() * 9) as f64);
+    // and the socket floor.
+    let slot = Duration::from_secs(seconds).div_f64((6 + 4 + CHANNELS.len() * 9 + 1) as f64);
     let plugin = super::find_plugin(dirs, name)?;
     let plugin_config = config.plugin(name);
     plugin.initialize(&plugin_config)?;
@@ -108,9 +113,14 @@ pub(crate) fn bench(
     );
     let (in_process, metrics) = (paired.a, paired.b);
 
-    // Per channel: one caller's latency, then calls/s from 1 to 8 threads.
+    // The floor of a call to another process, then per channel one caller's latency and
+    // calls/s from 1 to 8 threads.
+    let mut floor = None;
     let mut out_of_process = Vec::new();
     if let Ok(remotes) = &remotes {
+        progress("Unix-socket ping-pong to a child process (the floor)");
+        let mut echo = Echo::start().context("cannot start the ping-pong's echo process")?;
+        floor = Some(latency(slot, || echo.round_trip()));
         for (remote, (channel, _)) in remotes.iter().zip(CHANNELS) {
             progress(&format!("out-of-process call, {}", channel.name()));
             remote
@@ -184,6 +194,8 @@ pub(crate) fn bench(
                 "out_of_process_p99": out_of_process.first().map(|(latency, _)| latency.p99),
                 "out_of_process_socket": out_of_process.get(1).map(|(latency, _)| latency.mean),
                 "out_of_process_socket_p99": out_of_process.get(1).map(|(latency, _)| latency.p99),
+                "socket_pingpong": floor.as_ref().map(|floor| floor.mean),
+                "socket_pingpong_p99": floor.as_ref().map(|floor| floor.p99),
             },
             "out_of_process_calls_per_sec": THREADS.iter().enumerate().map(|(i, threads)| {
                 let mut row = json!({ "threads": threads });
@@ -243,10 +255,18 @@ pub(crate) fn bench(
     if let Some(why) = &no_ipc {
         writeln!(out, "  out-of-process                          not measured: {why}")?;
     }
+    if let Some(floor) = &floor {
+        writeln!(
+            out,
+            "  Unix-socket ping-pong (IPC floor)       {:>10}  p99 {}, mean",
+            nanos(floor.mean),
+            nanos(floor.p99)
+        )?;
+    }
     for ((latency, _), (channel, _)) in out_of_process.iter().zip(CHANNELS) {
         writeln!(
             out,
-            "  out-of-process, {:<6}                  {:>10}  p99 {}, {:.0}x the in-process call",
+            "  out-of-process, {:<6}                  {:>10}  p99 {}, mean, {:.0}x the in-process call",
             channel.name(),
             nanos(latency.mean),
             nanos(latency.p99),
@@ -309,6 +329,71 @@ fn per_iteration(budget: Duration, mut run: impl FnMut(u64)) -> f64 {
     }
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// `argv[0]` of the child process that echoes frames for the socket floor.
+const ECHO_NAME: &str = "calcplug-bench-echo";
+/// The floor's frames: those of an out-of-process `add(a, b)` request and its answer (length,
+/// id, variant, op code and operands; length, id, variant and value).
+const REQUEST_FRAME: usize = 4 + 4 + 1 + 1 + 16;
+const ANSWER_FRAME: usize = 4 + 4 + 1 + 8;
+
+/// Serves as the socket floor's echo process when this program was started as one (its
+/// `argv[0]` is [`ECHO_NAME`], its stdin a Unix socket): call it first thing in `main`.
+pub(crate) fn echo_if_asked() -> Option<ExitCode> {
+    let arg0 = std::env::args_os().next()?;
+    if Path::new(&arg0).file_name() != Some(ECHO_NAME.as_ref()) {
+        return None;
+    }
+    let Ok(fd) = io::stdin().as_fd().try_clone_to_owned() else {
+        return Some(ExitCode::FAILURE);
+    };
+    let mut stream = UnixStream::from(fd);
+    let (mut request, mut answer) = ([0u8; REQUEST_FRAME], [0u8; ANSWER_FRAME]);
+    while stream.read_exact(&mut request).is_ok() {
+        answer[..8].copy_from_slice(&request[..8]);
+        if stream.write_all(&answer).is_err() {
+            break;
+        }
+    }
+    Some(ExitCode::SUCCESS)
+}
+
+/// A child process (this program again) echoing frames over a Unix socket: the floor of any
+/// call to another process, since waking it dominates.
+struct Echo {
+    child: Child,
+    stream: UnixStream,
+}
+
+impl Echo {
+    fn start() -> io::Result<Echo> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg0(ECHO_NAME)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Echo { child, stream: ours })
+    }
+
+    /// One round trip; NaN if the echo process is gone.
+    fn round_trip(&mut self) -> f64 {
+        let mut answer = [0u8; ANSWER_FRAME];
+        let sent = self.stream.write_all(black_box(&[7; REQUEST_FRAME]));
+        match sent.and_then(|()| self.stream.read_exact(&mut answer)) {
+            Ok(()) => f64::from(answer[0]),
+            Err(_) => f64::NAN,
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // End of file on its stdin ends the echo process.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+    }
 }
 
 /// One caller's latency, in nanoseconds.

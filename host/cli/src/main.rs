@@ -139,6 +139,10 @@ fn main() -> ExitCode {
     if let Some(code) = host::remote::serve_if_runner() {
         return code;
     }
+    // `calcplug bench` starts this same binary to echo its socket floor's frames.
+    if let Some(code) = bench::echo_if_asked() {
+        return code;
+    }
     let cli = Cli::parse();
     // `watch` is a log to follow: it logs loads and reloads (info) by default.
     let watching = matches!(cli.command, Command::Watch | Command::Serve(_));
