@@ -224,3 +224,28 @@ fn an_idle_runner_sleeps_on_its_lane_and_uses_no_cpu() {
     assert!(used <= 1, "the idle runner used {used} ticks of CPU in 2 s");
     assert_eq!(plugin.add(1.0, 1.0).unwrap(), 2.0, "and wakes for the next call");
 }
+
+#[test]
+fn requests_and_answers_larger_than_a_lane_still_get_through() {
+    let plugin = remote("basic", options(Channel::SharedMemory));
+    plugin.initialize(&Config::new()).unwrap();
+    assert_eq!(plugin.add(1.0, 2.0).unwrap(), 3.0);
+    // 15 MiB of config: more than a lane's 14 MiB of request room.
+    let huge = "7".repeat(15 << 20);
+    let err = plugin.initialize(&Config::new().with("precision", &huge)).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidInput), "{err}");
+    assert!(err.to_string().contains("precision"), "{err}");
+    // The refusal was the plugin's own: the runner and its lane still serve.
+    let pid = plugin.runner_pid();
+    // 2 MiB fits a request, but the refusal echoes it and does not fit an answer's 1 MiB:
+    // the message is cut, and the caller gets it, not a timeout.
+    let big = "7".repeat(2 << 20);
+    let err = plugin.initialize(&Config::new().with("precision", &big)).unwrap_err();
+    let message = err.to_string();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidInput), "{}", &message[..200]);
+    assert!(message.ends_with("(cut: the message does not fit a shared-memory lane)"));
+    assert!(message.len() < 70 << 10, "{} bytes", message.len());
+    assert_eq!(plugin.add(2.0, 2.0).unwrap(), 4.0);
+    assert_eq!(plugin.runner_pid(), pid);
+    assert_eq!(lanes_mapped(pid.unwrap()), 1);
+}

@@ -460,7 +460,7 @@ impl Process {
         if let Some(lane) = &mut connection.lane {
             let deadline = Instant::now() + self.call_timeout;
             let payload = &connection.outbuf[4..];
-            if payload.len() > shm::DATA {
+            if payload.len() > shm::REQUEST_BYTES {
                 return self.exchange_apart(request);
             }
             let answer = &mut connection.answer;

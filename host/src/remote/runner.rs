@@ -277,10 +277,42 @@ fn serve_lane(plugin: &Plugin, mut lane: RunnerLane) {
             tracing::error!(%reason, "cannot encode a response");
             return;
         }
+        if outbuf.len() - 4 > shm::ANSWER_BYTES {
+            // Still an answer, so that the caller gets an error rather than a timeout.
+            let smaller = shrunk(response, outbuf.len() - 4);
+            if wire::encode(&mut outbuf, id, &smaller).is_err() {
+                return;
+            }
+        }
         if !lane.answer(&outbuf[4..]) {
             tracing::error!(bytes = outbuf.len(), "an answer larger than the lane");
             return;
         }
+    }
+}
+
+/// An answer of `bytes` too large for a lane, made to fit: an error's message cut (at a
+/// character boundary), anything else an `Internal` error saying so.
+fn shrunk(response: Response, bytes: usize) -> Response {
+    const KEPT: usize = 64 << 10;
+    match response {
+        Response::Error { code, mut message } => {
+            let mut end = KEPT.min(message.len());
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str(" … (cut: the message does not fit a shared-memory lane)");
+            Response::Error { code, message }
+        }
+        _ => error(
+            ErrorCode::Internal,
+            format!(
+                "an answer of {bytes} bytes does not fit a shared-memory lane ({} bytes); \
+                 `[isolation] transport = \"socket\"` carries it",
+                shm::ANSWER_BYTES
+            ),
+        ),
     }
 }
 
