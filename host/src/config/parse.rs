@@ -256,13 +256,12 @@ impl Cx<'_> {
         let integrity = match raw.integrity {
             None if raw.verify_signatures == Some(true) => Enforcement::Enforce,
             None => defaults.integrity,
-            Some(value) => Enforcement::from_name(value.get_ref()).ok_or_else(|| {
-                self.fail(
-                    value.span(),
-                    "security.integrity",
-                    format!("{:?} is not off, warn or enforce", value.get_ref()),
-                )
-            })?,
+            Some(value) => self.named(
+                &value,
+                "security.integrity",
+                Enforcement::from_name,
+                "off, warn or enforce",
+            )?,
         };
         let mut trusted_keys = Vec::new();
         for key in raw.trusted_keys.unwrap_or_default() {
@@ -356,12 +355,19 @@ impl Cx<'_> {
     }
 
     fn mode(&self, value: &Spanned<String>, key: &str) -> Result<Mode, Error> {
-        Mode::parse(value.get_ref()).ok_or_else(|| {
-            self.fail(
-                value.span(),
-                key,
-                format!("{:?} is not in-process or out-of-process", value.get_ref()),
-            )
+        self.named(value, key, Mode::parse, "in-process or out-of-process")
+    }
+
+    /// One of a few named values, read with `parse`; else an error listing `choices`.
+    fn named<T>(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        choices: &str,
+    ) -> Result<T, Error> {
+        parse(value.get_ref()).ok_or_else(|| {
+            self.fail(value.span(), key, format!("{:?} is not {choices}", value.get_ref()))
         })
     }
 
@@ -407,13 +413,9 @@ impl Cx<'_> {
             auto_mtls: raw.auto_mtls.unwrap_or(d.auto_mtls),
             channel: match &raw.transport {
                 None => d.channel,
-                Some(value) => Channel::from_name(value.get_ref()).ok_or_else(|| {
-                    self.fail(
-                        value.span(),
-                        "isolation.transport",
-                        format!("{:?} is not shm or socket", value.get_ref()),
-                    )
-                })?,
+                Some(value) => {
+                    self.named(value, "isolation.transport", Channel::from_name, "shm or socket")?
+                }
             },
             ..d.clone()
         };
