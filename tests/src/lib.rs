@@ -1,8 +1,10 @@
 //! Support for calcplug's integration tests: builds the real plugin, fixture and CLI binaries
 //! once per test run and says where they are.
 //!
-//! The build goes into its own target directory, `target/test-artifacts`: cargo holds the lock
-//! on the outer target directory while the tests run, so a nested build there would wait forever.
+//! The build goes into cargo's own target directory (the one `cargo test` just built the
+//! workspace into, `CARGO_TARGET_DIR` included), so the dependencies compiled for the tests serve
+//! it too; cargo does not hold that directory's lock while test binaries run. The libraries are
+//! then installed under `target/test-artifacts`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -118,7 +120,7 @@ fn build_all() -> anyhow::Result<Artifacts> {
     packages.push("calcplug".to_owned());
     let built = xtask::build(
         &root,
-        &BuildRequest { packages: &packages, release: false, target_dir: Some(&out), quiet: true },
+        &BuildRequest { packages: &packages, release: false, target_dir: None, quiet: true },
     )?;
     let of = |set: &[String]| -> Vec<xtask::Artifact> {
         built
