@@ -10,6 +10,8 @@
 //! `handle`: `Handle::add`, through the plugin manager; the references of `host::reference`,
 //! which ignore `LIB`: `bare`, `Plugin::add` of a built-in plugin that only adds; `checked`
 //! and `counted`, `basic`'s work through `&dyn Calculator`, without and with its counters).
+//! Run natively it also prints the time per call, loading included (so use a large `N`): a
+//! rough figure beside `calcplug bench`'s.
 
 #![allow(clippy::print_stderr)]
 
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let library = PathBuf::from(library);
+    let started = std::time::Instant::now();
     let result = match how.as_str() {
         "plugin" => host::load(&library).and_then(|plugin| {
             plugin.initialize(&Config::new())?;
@@ -76,6 +79,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if n > 0 {
+        let ns = started.elapsed().as_secs_f64() * 1e9 / n as f64;
+        eprintln!("call_path: {n} calls ({how}), {ns:.2} ns each, loading included");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -65,9 +65,12 @@ impl Handle {
     /// As [`Plugin::process_batch`](crate::Plugin::process_batch), and as [`Handle::call`].
     pub fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
         let results = std::cell::RefCell::new(results);
-        self.slot.run(BATCH, "process_batch", |plugin| {
-            plugin.process_batch(ops, &mut results.borrow_mut())
-        })
+        self.slot.run(
+            BATCH,
+            "process_batch",
+            |p| p.process_batch(ops, &mut results.borrow_mut()),
+            |p| p.process_batch(ops, &mut results.borrow_mut()),
+        )
     }
 }
 
@@ -83,9 +86,12 @@ macro_rules! handle_operations {
                 /// As [`Handle::call`].
                 #[inline]
                 pub fn $method(&self, $($arg: $ty),*) -> Result<f64, Error> {
-                    self.slot.run(op_index(Op::$variant), stringify!($method), |plugin| {
-                        plugin.$method($($arg),*)
-                    })
+                    self.slot.run(
+                        op_index(Op::$variant),
+                        stringify!($method),
+                        move |p| p.$method($($arg),*),
+                        move |p| p.$method($($arg),*),
+                    )
                 }
             )*
         }

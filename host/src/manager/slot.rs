@@ -10,7 +10,16 @@ use super::backend::Backend;
 use super::metrics::{op_index, ThreadShard};
 use super::{fence, Generation, Health, LifecycleState, PluginStatus, Slot};
 use crate::config::{ManagerConfig, Mode, PanicPolicy};
-use crate::Error;
+use crate::{Error, Plugin};
+
+/// Where [`Slot::run`] left its fast path.
+pub(super) enum Detour<'s, 'g> {
+    /// Before counting the call: the thread has no counter shard of its own yet, or none.
+    Unentered,
+    /// Counted as entered, not called: the library is not `Ready` or in process, or the call is
+    /// timed.
+    Entered { generation: &'g Generation, shard: ThreadShard<'s>, ticket: u64 },
+}
 
 impl Generation {
     /// A newly loaded (or started, or connected) plugin, serving from now.
@@ -114,8 +123,8 @@ impl Slot {
         }
     }
 
-    /// One try of a call: the hot path.
-    #[inline(always)]
+    /// One try of a call, on whichever backend serves: the retries' path, and the first try's
+    /// when [`Slot::run`] cannot take its fast path.
     pub(super) fn try_once<T>(
         &self,
         op: usize,
@@ -233,18 +242,81 @@ impl Slot {
         }
     }
 
-    /// A call with the retry policy.
+    /// A call with the retry policy: the hot path.
+    ///
+    /// `local` is the call on an in-process plugin, `any` the same call on whichever backend
+    /// serves. A thread with a counter shard of its own, on a `Ready` library in this process,
+    /// on a call that is not timed, calls `local` and hands its value straight back; everything
+    /// else (a first call, timing, another process, an error, retries) leaves through one cold
+    /// function. So the value of a call does not travel through the `Result`s of the other
+    /// paths (an `Error` is over 100 bytes, and merging with them would put it on the stack).
     #[inline(always)]
     pub(super) fn run<T>(
         &self,
         op: usize,
         name: &'static str,
-        f: impl Fn(&Backend) -> Result<T, Error>,
+        local: impl Fn(&Plugin) -> Result<T, Error>,
+        any: impl Fn(&Backend) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        match self.try_once(op, name, &f) {
-            Ok(value) => Ok(value),
-            Err(err) => self.retry(op, name, &f, err),
+        let Some(shard) = self.metrics.own_shard() else {
+            return self.detour(Detour::Unentered, op, name, &any);
+        };
+        let ticket = shard.enter();
+        let generation = self.generation();
+        if let Backend::Local(plugin) = &generation.plugin {
+            if generation.state.is_ready() && !self.metrics.sampled(ticket) {
+                return match local(plugin) {
+                    Ok(value) => {
+                        shard.finish(op);
+                        Ok(value)
+                    }
+                    Err(err) => self.failed(generation, shard, op, name, &any, err),
+                };
+            }
         }
+        self.detour(Detour::Entered { generation, shard, ticket }, op, name, &any)
+    }
+
+    /// [`Slot::run`] off its fast path: the first try (unless it already failed), then the
+    /// retry policy.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn detour<T>(
+        &self,
+        detour: Detour<'_, '_>,
+        op: usize,
+        name: &'static str,
+        f: &impl Fn(&Backend) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let first = match detour {
+            Detour::Unentered => self.try_slow(op, name, f),
+            Detour::Entered { generation, shard, ticket } => {
+                self.call_on(generation, shard, ticket, op, name, f)
+            }
+        };
+        match first {
+            Ok(value) => Ok(value),
+            Err(err) => self.retry(op, name, f, err),
+        }
+    }
+
+    /// [`Slot::run`]'s fast path got an error from the plugin: counted, then the retry policy.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn failed<T>(
+        &self,
+        generation: &Generation,
+        shard: ThreadShard<'_>,
+        op: usize,
+        name: &'static str,
+        f: &impl Fn(&Backend) -> Result<T, Error>,
+        err: Error,
+    ) -> Result<T, Error> {
+        let err = match self.account(generation, shard, op, Err(err)) {
+            Ok(value) => return Ok(value),
+            Err(err) => err,
+        };
+        self.retry(op, name, f, err)
     }
 
     #[cold]
@@ -302,7 +374,7 @@ impl Slot {
     }
 
     pub(super) fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
-        self.run(op_index(op), op.name(), |plugin| plugin.call(op, a, b))
+        self.run(op_index(op), op.name(), |p| p.call(op, a, b), |p| p.call(op, a, b))
     }
 
     pub(super) fn health(&self) -> Health {

@@ -144,14 +144,12 @@ impl Report<'_> {
             target: "≤ +5 ns",
             measured: delta.map(|(text, d)| (text, d <= 5.0)),
             missing: "per_call/in_process_metrics",
-            why_missed: "a managed call adds about 40 instructions to the plugin call (callgrind, \
-                `host/examples/call_path.rs`), none of them locked: its thread's counter shard \
-                from a thread-local, the `entered` and `calls` counters (a load and a store each, \
-                to memory), the serving library's address and state, the sampling check, the \
-                backend's tag, and the operands and the call's `Result` moved between the layers \
-                of `Handle`, the slot, the backend and `Plugin` (an `Error` is over 100 bytes, so \
-                the `Result` travels through the stack; boxing it inside the manager saved four \
-                instructions but measured a nanosecond slower, and was not kept)",
+            why_missed: "a managed call adds about 33 instructions to the plugin call (callgrind, \
+                `host/examples/call_path.rs`), none of them locked, and each one part of what the \
+                manager does: its thread's counter shard from a thread-local, the `entered` and \
+                `calls` counters (a load and a store each, to memory), the serving library's \
+                address, its state and backend, the sampling check; the plugin's value goes \
+                straight back, every other outcome leaves through cold functions",
         });
         goals.push(Goal {
             name: "out-of-process call through shared memory (mean per `add`)",
