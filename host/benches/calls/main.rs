@@ -385,18 +385,23 @@ fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
     const BLOCK: u32 = 2_000;
     let handle = setup.manager.get("basic").expect("the manager serves basic");
     let plugin = &setup.plugin;
-    let time = |call: &dyn Fn()| {
+    // The loop is inside each closure, as a host's own loop would be: a call through `&dyn Fn`
+    // per iteration would add a function's prologue and epilogue, whose size depends on how
+    // many registers the inlined call path needs rather than on what it does.
+    let time = |block: &dyn Fn(u32)| {
         let t = Instant::now();
-        for _ in 0..BLOCK {
-            call();
-        }
+        block(BLOCK);
         t.elapsed().as_nanos() as f64 / f64::from(BLOCK)
     };
-    let direct = || {
-        black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
+    let direct = |n: u32| {
+        for _ in 0..n {
+            black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
+        }
     };
-    let managed = || {
-        black_box(value(handle.add(black_box(1.0), black_box(2.0))));
+    let managed = |n: u32| {
+        for _ in 0..n {
+            black_box(value(handle.add(black_box(1.0), black_box(2.0))));
+        }
     };
     let duration = if quick { Duration::from_secs(2) } else { Duration::from_secs(10) };
     let (mut plugin_ns, mut handle_ns, mut deltas) = (Vec::new(), Vec::new(), Vec::new());

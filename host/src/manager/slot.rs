@@ -256,10 +256,10 @@ impl Slot {
         op: usize,
         name: &'static str,
         local: impl Fn(&Plugin) -> Result<T, Error>,
-        any: impl Fn(&Backend) -> Result<T, Error>,
+        any: impl Fn(&Backend) -> Result<T, Error> + Copy,
     ) -> Result<T, Error> {
         let Some(shard) = self.metrics.own_shard() else {
-            return self.detour(Detour::Unentered, op, name, &any);
+            return self.detour(Detour::Unentered, op, name, any);
         };
         let ticket = shard.enter();
         let generation = self.generation();
@@ -270,11 +270,11 @@ impl Slot {
                         shard.finish(op);
                         Ok(value)
                     }
-                    Err(err) => self.failed(generation, shard, op, name, &any, err),
+                    Err(err) => self.failed(generation, shard, op, name, any, err),
                 };
             }
         }
-        self.detour(Detour::Entered { generation, shard, ticket }, op, name, &any)
+        self.detour(Detour::Entered { generation, shard, ticket }, op, name, any)
     }
 
     /// [`Slot::run`] off its fast path: the first try (unless it already failed), then the
@@ -286,17 +286,17 @@ impl Slot {
         detour: Detour<'_, '_>,
         op: usize,
         name: &'static str,
-        f: &impl Fn(&Backend) -> Result<T, Error>,
+        f: impl Fn(&Backend) -> Result<T, Error> + Copy,
     ) -> Result<T, Error> {
         let first = match detour {
-            Detour::Unentered => self.try_slow(op, name, f),
+            Detour::Unentered => self.try_slow(op, name, &f),
             Detour::Entered { generation, shard, ticket } => {
-                self.call_on(generation, shard, ticket, op, name, f)
+                self.call_on(generation, shard, ticket, op, name, &f)
             }
         };
         match first {
             Ok(value) => Ok(value),
-            Err(err) => self.retry(op, name, f, err),
+            Err(err) => self.retry(op, name, &f, err),
         }
     }
 
@@ -309,14 +309,14 @@ impl Slot {
         shard: ThreadShard<'_>,
         op: usize,
         name: &'static str,
-        f: &impl Fn(&Backend) -> Result<T, Error>,
+        f: impl Fn(&Backend) -> Result<T, Error> + Copy,
         err: Error,
     ) -> Result<T, Error> {
         let err = match self.account(generation, shard, op, Err(err)) {
             Ok(value) => return Ok(value),
             Err(err) => err,
         };
-        self.retry(op, name, f, err)
+        self.retry(op, name, &f, err)
     }
 
     #[cold]
@@ -374,7 +374,7 @@ impl Slot {
     }
 
     pub(super) fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
-        self.run(op_index(op), op.name(), |p| p.call(op, a, b), |p| p.call(op, a, b))
+        self.run(op_index(op), op.name(), move |p| p.call(op, a, b), move |p| p.call(op, a, b))
     }
 
     pub(super) fn health(&self) -> Health {
