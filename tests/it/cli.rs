@@ -174,6 +174,7 @@ fn bench_measures_every_figure_it_prints() {
         "direct_dyn_counted",
         "in_process",
         "in_process_metrics",
+        "in_process_vs_reference_paired",
         "out_of_process",
         "out_of_process_p99",
         "out_of_process_socket",

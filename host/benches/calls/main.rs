@@ -22,9 +22,10 @@
 //!
 //! What criterion's model does not fit is measured by hand after it and written to a JSON run
 //! file (see [`RunFile`]): `paired/metrics_overhead` (what the manager adds to a call, measured
-//! by alternating blocks of `Plugin::add` and `Handle::add` and taking the median of the
-//! per-block differences, so that the VM's slow drifts in speed, which move the separate
-//! criterion medians by more than the overhead itself, cancel out), `threads` (throughput and p99 with 1, 2, 4, 8 threads calling at
+//! by rounds of one block each of `Plugin::add`, `Handle::add` and the floor and taking the
+//! median of the per-round differences, so that the VM's slow drifts in speed, which move the
+//! separate criterion medians by more than the overhead itself, cancel out; the same rounds give
+//! `Plugin::add`'s ratio to the floor), `threads` (throughput and p99 with 1, 2, 4, 8 threads calling at
 //! once, in process and out of process), `cold` (a load, handshake and initialize of a library
 //! never mapped before, the discovery of a directory of 100 such copies, both repeated a fixed
 //! small number of times since each maps one more library for good; and an out-of-process
@@ -379,8 +380,9 @@ fn batch(c: &mut Criterion, setup: &Setup, quick: bool, run: &mut RunFile) {
     group.finish();
 }
 
-/// The manager's cost per call: `Plugin::add` and `Handle::add` on the same library, in
-/// alternating blocks (which goes first alternates too), as `paired/metrics_overhead`.
+/// The manager's cost per call: `Plugin::add` and `Handle::add` on the same library, with the
+/// floor (`Checked` through `&dyn`), in rounds of one block each (which goes first rotates), as
+/// `paired/metrics_overhead`, with `Plugin::add`'s ratio to the floor in the same rounds.
 fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
     const BLOCK: u32 = 2_000;
     let handle = setup.manager.get("basic").expect("the manager serves basic");
@@ -403,34 +405,47 @@ fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
             black_box(value(handle.add(black_box(1.0), black_box(2.0))));
         }
     };
+    let checked = &setup.checked;
+    let floor = |n: u32| {
+        for _ in 0..n {
+            black_box(value(
+                black_box(checked as &dyn Calculator).add(black_box(1.0), black_box(2.0)),
+            ));
+        }
+    };
     let duration = if quick { Duration::from_secs(2) } else { Duration::from_secs(10) };
-    let (mut plugin_ns, mut handle_ns, mut deltas) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plugin_ns, mut handle_ns, mut deltas, mut ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let runs: [&dyn Fn(u32); 3] = [&direct, &managed, &floor];
     let start = Instant::now();
     while start.elapsed() < duration {
-        let (p, h) = if deltas.len() % 2 == 0 {
-            let p = time(&direct);
-            (p, time(&managed))
-        } else {
-            let h = time(&managed);
-            (time(&direct), h)
-        };
+        // Which goes first rotates from round to round.
+        let mut times = [0.0; 3];
+        for turn in 0..runs.len() {
+            let index = (deltas.len() + turn) % runs.len();
+            times[index] = time(runs[index]);
+        }
+        let [p, h, f] = times;
         plugin_ns.push(p);
         handle_ns.push(h);
         deltas.push(h - p);
+        ratios.push(p / f);
     }
     let rounds = deltas.len();
     let (p25, p75) = (percentile(&mut deltas, 0.25), percentile(&mut deltas, 0.75));
     let delta = percentile(&mut deltas, 0.5);
+    let ratio = percentile(&mut ratios, 0.5);
     let plugin_median = percentile(&mut plugin_ns, 0.5);
     let handle_median = percentile(&mut handle_ns, 0.5);
     note!(
         "paired/metrics_overhead: {delta:+.1} ns per call (p25 {p25:+.1}, p75 {p75:+.1}; \
-         Plugin::add {plugin_median:.1} ns, Handle::add {handle_median:.1} ns, {rounds} rounds)"
+         Plugin::add {plugin_median:.1} ns, Handle::add {handle_median:.1} ns, {rounds} rounds); \
+         Plugin::add {ratio:.2}x the floor in the same rounds"
     );
     run.extra(
         "paired/metrics_overhead",
         json!({ "delta_ns": delta, "delta_p25_ns": p25, "delta_p75_ns": p75,
-                "plugin_ns": plugin_median, "handle_ns": handle_median,
+                "plugin_ns": plugin_median, "handle_ns": handle_median, "plugin_vs_floor": ratio,
                 "rounds": rounds, "block": BLOCK }),
     );
 }

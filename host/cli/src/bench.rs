@@ -49,10 +49,9 @@ pub(crate) fn bench(
     if seconds == 0 {
         bail!("--seconds must be at least 1");
     }
-    // The figures share the time: six in-process per-call ones (the pair, timed in alternating
-    // slices, takes two slots), the four batch sizes, and per channel one per-call latency,
-    // four thread counts and the four batch sizes.
-    // and the socket floor.
+    // The figures share the time: the five in-process per-call rows (timed in interleaved
+    // slices, six slots), the four batch sizes, per channel one per-call latency, four thread
+    // counts and the four batch sizes, and the socket floor.
     let slot = Duration::from_secs(seconds).div_f64((6 + 4 + CHANNELS.len() * 9 + 1) as f64);
     let plugin = super::find_plugin(dirs, name)?;
     let plugin_config = config.plugin(name);
@@ -78,40 +77,43 @@ pub(crate) fn bench(
             writeln!(io::stderr().lock(), "calcplug bench: {what} ({:.1} s)", slot.as_secs_f64());
     };
     let bare = host::load_builtin::<BareAdder>()?;
-    progress("bare call through the root module");
-    let bare_ns = per_iteration(slot, |n| {
-        for _ in 0..n {
-            black_box(value(bare.add(black_box(1.0), black_box(2.0))));
-        }
-    });
     let (checked, counted) = (Checked::default(), Counted::default());
     checked.initialize(&Config::new())?;
     counted.initialize(&Config::new())?;
-    let dyn_call = |what: &str, reference: &dyn Calculator| {
-        progress(what);
-        per_iteration(slot, |n| {
-            for _ in 0..n {
-                black_box(value(black_box(reference).add(black_box(1.0), black_box(2.0))));
-            }
-        })
+    let dyn_calls = |reference: &dyn Calculator, n: u64| {
+        for _ in 0..n {
+            black_box(value(black_box(reference).add(black_box(1.0), black_box(2.0))));
+        }
     };
-    let direct = dyn_call("direct dyn call with basic's checks (floor)", &checked);
-    let direct_counted = dyn_call("the same, with basic's request counting", &counted);
-    progress("in-process call, without and with metrics, in alternating slices");
-    let paired = paired(
-        slot * 2,
-        |n| {
-            for _ in 0..n {
-                black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
-            }
-        },
-        |n| {
-            for _ in 0..n {
-                black_box(value(handle.add(black_box(1.0), black_box(2.0))));
-            }
-        },
+    progress("the in-process rows and their references, in interleaved slices");
+    // The five rows take turns in every round, so a drift of this machine's speed moves them
+    // together: the ratios and the metrics' cost are compared round by round.
+    let rounds = interleaved(
+        slot * 6,
+        &mut [
+            &mut |n| {
+                for _ in 0..n {
+                    black_box(value(bare.add(black_box(1.0), black_box(2.0))));
+                }
+            },
+            &mut |n| dyn_calls(&checked, n),
+            &mut |n| dyn_calls(&counted, n),
+            &mut |n| {
+                for _ in 0..n {
+                    black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
+                }
+            },
+            &mut |n| {
+                for _ in 0..n {
+                    black_box(value(handle.add(black_box(1.0), black_box(2.0))));
+                }
+            },
+        ],
     );
-    let (in_process, metrics) = (paired.a, paired.b);
+    let [bare_ns, direct, direct_counted, in_process, metrics] =
+        std::array::from_fn(|row| rounds.median(row));
+    let metrics_overhead = rounds.median_of(|round| round[4] - round[3]);
+    let in_process_ratio = rounds.median_of(|round| round[3] / round[1]);
 
     // The floor of a call to another process, then per channel one caller's latency and
     // calls/s from 1 to 8 threads.
@@ -189,7 +191,8 @@ pub(crate) fn bench(
                 "direct_dyn_counted": direct_counted,
                 "in_process": in_process,
                 "in_process_metrics": metrics,
-                "metrics_overhead_paired": paired.difference,
+                "metrics_overhead_paired": metrics_overhead,
+                "in_process_vs_reference_paired": in_process_ratio,
                 "out_of_process": out_of_process.first().map(|(latency, _)| latency.mean),
                 "out_of_process_p99": out_of_process.first().map(|(latency, _)| latency.p99),
                 "out_of_process_socket": out_of_process.get(1).map(|(latency, _)| latency.mean),
@@ -242,15 +245,15 @@ pub(crate) fn bench(
     )?;
     writeln!(
         out,
-        "  in-process                              {:>10}  {:.2}x the floor",
+        "  in-process                              {:>10}  {:.2}x the floor (paired)",
         nanos(in_process),
-        in_process / direct
+        in_process_ratio
     )?;
     writeln!(
         out,
         "  in-process, metrics on                  {:>10}  {:+.1} ns for metrics (paired)",
         nanos(metrics),
-        paired.difference
+        metrics_overhead
     )?;
     if let Some(why) = &no_ipc {
         writeln!(out, "  out-of-process                          not measured: {why}")?;
@@ -442,54 +445,49 @@ fn calls_per_second(budget: Duration, threads: usize, remote: &RemotePlugin) -> 
     calls as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Two ways of doing the same thing timed in alternating slices (which goes first alternates
-/// too), so that the machine's drifts in speed hit both alike.
-struct Paired {
-    /// The median time of one iteration of `a`, in nanoseconds.
-    a: f64,
-    /// The same for `b`.
-    b: f64,
-    /// The median of the per-round differences `b - a`.
-    difference: f64,
+/// The times of rounds of interleaved runs: per round, one time per run (nanoseconds per
+/// iteration), in the order the runs were given.
+struct Rounds(Vec<Vec<f64>>);
+
+impl Rounds {
+    /// The median time of run `row`.
+    fn median(&self, row: usize) -> f64 {
+        self.median_of(|round| round[row])
+    }
+
+    /// The median over the rounds of `f(round)`: a difference or ratio taken within each round.
+    fn median_of(&self, f: impl Fn(&[f64]) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.0.iter().map(|round| f(round)).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    }
 }
 
-/// Times `a` and `b` in alternating slices for about `budget` (slices sized on `a` as in
-/// [`per_iteration`]; the first fifth warms up).
-fn paired(budget: Duration, mut a: impl FnMut(u64), mut b: impl FnMut(u64)) -> Paired {
-    let n = iterations_per(Duration::from_millis(2), &mut a);
-    let time = |run: &mut dyn FnMut(u64)| {
-        let start = Instant::now();
-        run(n);
-        start.elapsed().as_nanos() as f64 / n as f64
+/// Times `runs` in rounds for about `budget`: each round times a slice of every run, the order
+/// rotating from round to round (slices sized on the first run to take about 2 ms; the first
+/// fifth of the budget warms up).
+fn interleaved(budget: Duration, runs: &mut [&mut dyn FnMut(u64)]) -> Rounds {
+    let Some(first) = runs.first_mut() else {
+        return Rounds(Vec::new());
     };
-    let (mut times_a, mut times_b, mut differences) = (Vec::new(), Vec::new(), Vec::new());
+    let n = iterations_per(Duration::from_millis(2), &mut |n| first(n));
+    let mut rounds = Vec::new();
     let started = Instant::now();
-    let mut round = 0u64;
-    while started.elapsed() < budget || differences.len() < 5 {
-        let (ta, tb) = if round.is_multiple_of(2) {
-            let ta = time(&mut a);
-            (ta, time(&mut b))
-        } else {
-            let tb = time(&mut b);
-            (time(&mut a), tb)
-        };
-        round += 1;
-        if started.elapsed() < budget / 5 {
-            continue;
+    let mut round = 0usize;
+    while started.elapsed() < budget || rounds.len() < 5 {
+        let mut times = vec![0.0; runs.len()];
+        for turn in 0..runs.len() {
+            let index = (round + turn) % runs.len();
+            let start = Instant::now();
+            runs[index](n);
+            times[index] = start.elapsed().as_nanos() as f64 / n as f64;
         }
-        times_a.push(ta);
-        times_b.push(tb);
-        differences.push(tb - ta);
+        round += 1;
+        if started.elapsed() >= budget / 5 {
+            rounds.push(times);
+        }
     }
-    let median = |values: &mut Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    Paired {
-        a: median(&mut times_a),
-        b: median(&mut times_b),
-        difference: median(&mut differences),
-    }
+    Rounds(rounds)
 }
 
 /// How many iterations of `run` take at least `slice` (a power of two).
@@ -533,5 +531,41 @@ mod tests {
             }
         });
         assert!(ns > 0.0 && ns < 1_000.0, "{ns}");
+    }
+
+    #[test]
+    fn interleaved_times_every_run_once_a_round_in_a_rotating_order() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let (mut a, mut b, mut c) = (
+            |n: u64| order.borrow_mut().push((0, n)),
+            |n: u64| order.borrow_mut().push((1, n)),
+            |n: u64| order.borrow_mut().push((2, n)),
+        );
+        let rounds = interleaved(Duration::from_millis(20), &mut [&mut a, &mut b, &mut c]);
+        assert!(rounds.0.len() >= 5, "{} rounds", rounds.0.len());
+        assert!(rounds.0.iter().all(|round| round.len() == 3));
+        let order = order.into_inner();
+        // Sizing the slices calls the first run alone; then rounds of three, each starting one
+        // run further on.
+        let sized = order.iter().rposition(|&(_, n)| n != order.last().map_or(0, |l| l.1));
+        let timed = &order[sized.map_or(0, |i| i + 1)..];
+        let timed = &timed[timed.len() % 3..];
+        for (i, round) in timed.chunks(3).enumerate() {
+            let mut runs: Vec<usize> = round.iter().map(|&(run, _)| run).collect();
+            let first = runs[0];
+            runs.sort_unstable();
+            assert_eq!(runs, [0, 1, 2], "round {i}: {round:?}");
+            let next = timed.get((i + 1) * 3).map(|&(run, _)| run);
+            assert!(next.is_none() || next == Some((first + 1) % 3), "round {i} then {next:?}");
+        }
+    }
+
+    #[test]
+    fn rounds_compare_within_each_round() {
+        let rounds = Rounds(vec![vec![10.0, 15.0], vec![20.0, 30.0], vec![12.0, 19.0]]);
+        assert_eq!(rounds.median(0), 12.0);
+        assert_eq!(rounds.median(1), 19.0);
+        assert_eq!(rounds.median_of(|r| r[1] - r[0]), 7.0);
+        assert_eq!(rounds.median_of(|r| r[1] / r[0]), 1.5);
     }
 }

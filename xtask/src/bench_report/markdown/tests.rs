@@ -46,6 +46,17 @@ fn the_metrics_goal_prefers_the_paired_measurement() {
     let md = report.markdown();
     assert!(md.contains("| +4.0 ns (paired; middle half +3.5 to +5.0) | yes |"), "{md}");
     assert!(md.contains("\"Paired\": 1500 rounds of one block of 2000"), "{md}");
+    // Without a paired ratio, the in-process goal divides the criterion medians (4 / 2).
+    let in_process =
+        "| in-process call vs `basic`'s checks through `&dyn` (no counters) | ≤ 1.5× |";
+    assert!(md.contains(&format!("{in_process} 2.00× | **no** |")), "{md}");
+    run.extras.insert(
+        "paired/metrics_overhead".to_owned(),
+        serde_json::json!({ "delta_ns": 4.0, "plugin_vs_floor": 1.25, "rounds": 1500 }),
+    );
+    let report = Report { run: &run, machine: &machine, command: "c", quick: true };
+    let md = report.markdown();
+    assert!(md.contains(&format!("{in_process} 1.25× (paired) | yes |")), "{md}");
 }
 
 #[test]
