@@ -247,9 +247,10 @@ impl Slot {
     /// `local` is the call on an in-process plugin, `any` the same call on whichever backend
     /// serves. A thread with a counter shard of its own, on a `Ready` library in this process,
     /// on a call that is not timed, calls `local` and hands its value straight back; everything
-    /// else (a first call, timing, another process, an error, retries) leaves through one cold
-    /// function. So the value of a call does not travel through the `Result`s of the other
-    /// paths (an `Error` is over 100 bytes, and merging with them would put it on the stack).
+    /// else (a first call, timing, another process, an error, retries) leaves through a cold
+    /// function ([`Slot::detour`], [`Slot::failed`]). So the value of a call does not travel
+    /// through the `Result`s of the other paths (an `Error` is over 100 bytes, and merging with
+    /// them would put it on the stack).
     #[inline(always)]
     pub(super) fn run<T>(
         &self,
@@ -277,8 +278,7 @@ impl Slot {
         self.detour(Detour::Entered { generation, shard, ticket }, op, name, any)
     }
 
-    /// [`Slot::run`] off its fast path: the first try (unless it already failed), then the
-    /// retry policy.
+    /// [`Slot::run`] off its fast path: the first try, then the retry policy.
     #[cold]
     #[inline(never)]
     pub(super) fn detour<T>(
@@ -294,10 +294,7 @@ impl Slot {
                 self.call_on(generation, shard, ticket, op, name, &f)
             }
         };
-        match first {
-            Ok(value) => Ok(value),
-            Err(err) => self.retry(op, name, &f, err),
-        }
+        first.or_else(|err| self.retry(op, name, &f, err))
     }
 
     /// [`Slot::run`]'s fast path got an error from the plugin: counted, then the retry policy.
@@ -312,11 +309,7 @@ impl Slot {
         f: impl Fn(&Backend) -> Result<T, Error> + Copy,
         err: Error,
     ) -> Result<T, Error> {
-        let err = match self.account(generation, shard, op, Err(err)) {
-            Ok(value) => return Ok(value),
-            Err(err) => err,
-        };
-        self.retry(op, name, &f, err)
+        self.account(generation, shard, op, Err(err)).or_else(|err| self.retry(op, name, &f, err))
     }
 
     #[cold]
