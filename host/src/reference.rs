@@ -10,6 +10,11 @@
 //!   plugin system, the floor the in-process goal is measured against.
 //! - [`Counted`] is [`Checked`] with `basic`'s [`Lifecycle`] as well (admission and request
 //!   counting): what the bookkeeping costs when it is compiled into the host.
+//!
+//! And the way both time a call against these floors: [`interleaved`] rounds, compared within
+//! each round ([`Rounds`]), so that a drift of the machine's speed moves every row alike.
+
+use std::time::{Duration, Instant};
 
 use interface::plugin::{Calculator, Lifecycle, Limits};
 use interface::{BatchOp, BatchResult, CalcError, Config, ErrorCode, Metadata, Op, Status};
@@ -155,6 +160,15 @@ impl<const COUNTED: bool> Calculator for Reference<COUNTED> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rounds_compare_within_each_round() {
+        let rounds = Rounds(vec![vec![10.0, 15.0], vec![20.0, 30.0], vec![12.0, 19.0]]);
+        assert_eq!(rounds.median(0), 12.0);
+        assert_eq!(rounds.median(1), 19.0);
+        assert_eq!(rounds.median_of(|r| r[1] - r[0]), 7.0);
+        assert_eq!(rounds.median_of(|r| r[1] / r[0]), 1.5);
+    }
+
     use super::*;
 
     #[test]
@@ -192,4 +206,60 @@ mod tests {
         assert_eq!(plugin.add(1.0, 2.0).unwrap(), 3.0);
         assert_eq!(plugin.divide(1.0, 0.0).unwrap(), f64::INFINITY);
     }
+}
+
+/// The times of rounds of [`interleaved`] runs: per round, one time per run (nanoseconds per
+/// iteration), in the order the runs were given.
+#[derive(Debug, Clone, Default)]
+pub struct Rounds(pub Vec<Vec<f64>>);
+
+impl Rounds {
+    /// The median time of run `row`.
+    pub fn median(&self, row: usize) -> f64 {
+        self.percentile_of(0.5, |round| round[row])
+    }
+
+    /// The median over the rounds of `f(round)`: a difference or ratio taken within each round.
+    pub fn median_of(&self, f: impl Fn(&[f64]) -> f64) -> f64 {
+        self.percentile_of(0.5, f)
+    }
+
+    /// The `p` quantile (0 to 1, nearest rank) over the rounds of `f(round)`; NaN without rounds.
+    pub fn percentile_of(&self, p: f64, f: impl Fn(&[f64]) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.0.iter().map(|round| f(round)).collect();
+        if values.is_empty() {
+            return f64::NAN;
+        }
+        values.sort_by(f64::total_cmp);
+        values[((values.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+/// Times `runs` in rounds until `budget` has passed and at least `min_rounds` were kept: each
+/// round times `n` iterations of every run (`run(n)` performs them), the order rotating from
+/// round to round; rounds that end within `warm_up` of the start are not kept.
+pub fn interleaved(
+    budget: Duration,
+    warm_up: Duration,
+    min_rounds: usize,
+    n: u64,
+    runs: &mut [&mut dyn FnMut(u64)],
+) -> Rounds {
+    let mut rounds = Vec::new();
+    let started = Instant::now();
+    let mut round = 0usize;
+    while !runs.is_empty() && (started.elapsed() < budget || rounds.len() < min_rounds) {
+        let mut times = vec![0.0; runs.len()];
+        for turn in 0..runs.len() {
+            let index = (round + turn) % runs.len();
+            let start = Instant::now();
+            runs[index](n);
+            times[index] = start.elapsed().as_nanos() as f64 / n as f64;
+        }
+        round += 1;
+        if started.elapsed() >= warm_up {
+            rounds.push(times);
+        }
+    }
+    Rounds(rounds)
 }

@@ -384,59 +384,45 @@ fn batch(c: &mut Criterion, setup: &Setup, quick: bool, run: &mut RunFile) {
 /// floor (`Checked` through `&dyn`), in rounds of one block each (which goes first rotates), as
 /// `paired/metrics_overhead`, with `Plugin::add`'s ratio to the floor in the same rounds.
 fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
-    const BLOCK: u32 = 2_000;
+    const BLOCK: u64 = 2_000;
     let handle = setup.manager.get("basic").expect("the manager serves basic");
     let plugin = &setup.plugin;
-    // The loop is inside each closure, as a host's own loop would be: a call through `&dyn Fn`
-    // per iteration would add a function's prologue and epilogue, whose size depends on how
-    // many registers the inlined call path needs rather than on what it does.
-    let time = |block: &dyn Fn(u32)| {
-        let t = Instant::now();
-        block(BLOCK);
-        t.elapsed().as_nanos() as f64 / f64::from(BLOCK)
-    };
-    let direct = |n: u32| {
-        for _ in 0..n {
-            black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
-        }
-    };
-    let managed = |n: u32| {
-        for _ in 0..n {
-            black_box(value(handle.add(black_box(1.0), black_box(2.0))));
-        }
-    };
     let checked = &setup.checked;
-    let floor = |n: u32| {
-        for _ in 0..n {
-            black_box(value(
-                black_box(checked as &dyn Calculator).add(black_box(1.0), black_box(2.0)),
-            ));
-        }
-    };
+    // The loop is inside each timed closure, as a host's own loop would be: a call through
+    // `&dyn Fn` per iteration would add a function's prologue and epilogue, whose size depends on
+    // how many registers the inlined call path needs rather than on what it does.
     let duration = if quick { Duration::from_secs(2) } else { Duration::from_secs(10) };
-    let (mut plugin_ns, mut handle_ns, mut deltas, mut ratios) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let runs: [&dyn Fn(u32); 3] = [&direct, &managed, &floor];
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        // Which goes first rotates from round to round.
-        let mut times = [0.0; 3];
-        for turn in 0..runs.len() {
-            let index = (deltas.len() + turn) % runs.len();
-            times[index] = time(runs[index]);
-        }
-        let [p, h, f] = times;
-        plugin_ns.push(p);
-        handle_ns.push(h);
-        deltas.push(h - p);
-        ratios.push(p / f);
-    }
-    let rounds = deltas.len();
-    let (p25, p75) = (percentile(&mut deltas, 0.25), percentile(&mut deltas, 0.75));
-    let delta = percentile(&mut deltas, 0.5);
-    let ratio = percentile(&mut ratios, 0.5);
-    let plugin_median = percentile(&mut plugin_ns, 0.5);
-    let handle_median = percentile(&mut handle_ns, 0.5);
+    let rounds = host::reference::interleaved(
+        duration,
+        Duration::ZERO,
+        1,
+        BLOCK,
+        &mut [
+            &mut |n| {
+                for _ in 0..n {
+                    black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
+                }
+            },
+            &mut |n| {
+                for _ in 0..n {
+                    black_box(value(handle.add(black_box(1.0), black_box(2.0))));
+                }
+            },
+            &mut |n| {
+                for _ in 0..n {
+                    black_box(value(
+                        black_box(checked as &dyn Calculator).add(black_box(1.0), black_box(2.0)),
+                    ));
+                }
+            },
+        ],
+    );
+    let delta_of = |round: &[f64]| round[1] - round[0];
+    let (p25, p75) = (rounds.percentile_of(0.25, delta_of), rounds.percentile_of(0.75, delta_of));
+    let delta = rounds.median_of(delta_of);
+    let ratio = rounds.median_of(|round| round[0] / round[2]);
+    let (plugin_median, handle_median) = (rounds.median(0), rounds.median(1));
+    let rounds = rounds.0.len();
     note!(
         "paired/metrics_overhead: {delta:+.1} ns per call (p25 {p25:+.1}, p75 {p75:+.1}; \
          Plugin::add {plugin_median:.1} ns, Handle::add {handle_median:.1} ns, {rounds} rounds); \

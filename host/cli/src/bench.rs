@@ -25,7 +25,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use host::reference::{BareAdder, Checked, Counted};
+use host::reference::{BareAdder, Checked, Counted, Rounds};
 use host::remote::{Channel, RemoteOptions, RemotePlugin};
 use host::{BatchOp, BatchResult, Config, ManagerConfig, Op, PluginManager};
 use interface::plugin::Calculator;
@@ -449,49 +449,14 @@ fn calls_per_second(budget: Duration, threads: usize, remote: &RemotePlugin) -> 
     calls as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The times of rounds of interleaved runs: per round, one time per run (nanoseconds per
-/// iteration), in the order the runs were given.
-struct Rounds(Vec<Vec<f64>>);
-
-impl Rounds {
-    /// The median time of run `row`.
-    fn median(&self, row: usize) -> f64 {
-        self.median_of(|round| round[row])
-    }
-
-    /// The median over the rounds of `f(round)`: a difference or ratio taken within each round.
-    fn median_of(&self, f: impl Fn(&[f64]) -> f64) -> f64 {
-        let mut values: Vec<f64> = self.0.iter().map(|round| f(round)).collect();
-        values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-    }
-}
-
-/// Times `runs` in rounds for about `budget`: each round times a slice of every run, the order
-/// rotating from round to round (slices sized on the first run to take about 2 ms; the first
-/// fifth of the budget warms up).
+/// Times `runs` in interleaved rounds for about `budget` (slices sized on the first run to take
+/// about 2 ms; the first fifth of the budget warms up; at least five rounds).
 fn interleaved(budget: Duration, runs: &mut [&mut dyn FnMut(u64)]) -> Rounds {
     let Some(first) = runs.first_mut() else {
-        return Rounds(Vec::new());
+        return Rounds::default();
     };
     let n = iterations_per(Duration::from_millis(2), &mut |n| first(n));
-    let mut rounds = Vec::new();
-    let started = Instant::now();
-    let mut round = 0usize;
-    while started.elapsed() < budget || rounds.len() < 5 {
-        let mut times = vec![0.0; runs.len()];
-        for turn in 0..runs.len() {
-            let index = (round + turn) % runs.len();
-            let start = Instant::now();
-            runs[index](n);
-            times[index] = start.elapsed().as_nanos() as f64 / n as f64;
-        }
-        round += 1;
-        if started.elapsed() >= budget / 5 {
-            rounds.push(times);
-        }
-    }
-    Rounds(rounds)
+    host::reference::interleaved(budget, budget / 5, 5, n, runs)
 }
 
 /// How many iterations of `run` take at least `slice` (a power of two).
@@ -562,14 +527,5 @@ mod tests {
             let next = timed.get((i + 1) * 3).map(|&(run, _)| run);
             assert!(next.is_none() || next == Some((first + 1) % 3), "round {i} then {next:?}");
         }
-    }
-
-    #[test]
-    fn rounds_compare_within_each_round() {
-        let rounds = Rounds(vec![vec![10.0, 15.0], vec![20.0, 30.0], vec![12.0, 19.0]]);
-        assert_eq!(rounds.median(0), 12.0);
-        assert_eq!(rounds.median(1), 19.0);
-        assert_eq!(rounds.median_of(|r| r[1] - r[0]), 7.0);
-        assert_eq!(rounds.median_of(|r| r[1] / r[0]), 1.5);
     }
 }
