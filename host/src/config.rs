@@ -295,7 +295,7 @@ impl ManagerConfig {
             scan_interval: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(5),
             health_interval: None,
-            sample_every: 64,
+            sample_every: 1024,
             retry: RetryPolicy {
                 max_retries: 3,
                 backoff: Duration::from_millis(10),
@@ -477,8 +477,8 @@ impl ManagerConfig {
         self.health_interval
     }
 
-    /// One call in this many is timed (`metrics.sample_every`, a power of two, default 64;
-    /// 0 turns timing off).
+    /// One in-process call in this many is timed (`metrics.sample_every`, a power of two,
+    /// default 1024); calls to another process are all timed; 0 turns timing off.
     pub fn sample_every(&self) -> u64 {
         self.sample_every
     }
@@ -588,7 +588,7 @@ mod tests {
         assert_eq!(config.scan_interval(), Duration::from_secs(30));
         assert_eq!(config.retry().max_retries(), 3);
         assert_eq!(config.retry().retryable(), &[ErrorCode::Internal]);
-        assert_eq!(config.sample_every(), 64);
+        assert_eq!(config.sample_every(), 1024);
         assert!(config.plugin("basic").is_empty());
     }
 

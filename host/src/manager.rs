@@ -26,18 +26,20 @@
 //!
 //! A [`Handle`] call is: this thread's counter shard (a thread-local index; the thread owns the
 //! shard), a plain store counting it entered, a compiler fence, the serving library (one atomic
-//! load: see `manager/generations.rs`), one atomic load of its state, the
-//! plugin's own call, and a plain store counting it done. No lock, no allocation, no syscall
-//! and no locked instruction unless the plugin fails; one call in `metrics.sample_every` also
-//! reads the clock twice. The compiler fence is enough because shutdown and reload, the rare
-//! side, pay for a process-wide `membarrier(2)` instead (see `manager/fence.rs`).
+//! load: see `manager/generations.rs`), one atomic load of its gate (which is closed unless
+//! the library is `Ready`, and also picks the calls to time: one `test` of the call's ticket
+//! for both), the plugin's own call, and a plain store counting it done. No lock, no
+//! allocation, no syscall and no locked instruction unless the plugin fails; one in-process
+//! call in `metrics.sample_every` (every call to another process) also reads the clock twice.
+//! The compiler fence is enough because shutdown and reload, the rare side, pay for a
+//! process-wide `membarrier(2)` instead (see `manager/fence.rs`).
 //!
 //! `cargo bench -p host --bench manager` compares `Plugin::add` on a release build of `basic`
-//! with `Handle::add` (timing off, 1 call in 64 timed, every call timed) and
-//! `PluginManager::call` by name; `cargo xtask bench-report` records the default (1 in 64)
-//! against `Plugin::add` as the `metrics on` row of `BENCHMARKS.md`, whose goal is under 10 ns.
-//! Timing every call costs about 100 ns (two clock reads and four histogram updates), which is
-//! why latency is sampled; a lookup by name costs about 50 ns (hashing the name), which is why
+//! with `Handle::add` (timing off, the default of 1 call in 1024 timed, 1 in 64, every call
+//! timed) and `PluginManager::call` by name; `cargo xtask bench-report` records the default
+//! against `Plugin::add` as the `metrics on` row of `BENCHMARKS.md`. Timing a call costs about
+//! 100 ns (two clock reads, a histogram update, the cold path), which is why in-process calls
+//! are sampled; a lookup by name costs about 50 ns (hashing the name), which is why
 //! [`PluginManager::get`] hands out a [`Handle`].
 //!
 //! # Hot reload
@@ -178,6 +180,13 @@ struct Generation {
     plugin: Backend,
     source: PathBuf,
     state: StateMachine,
+    /// While `state` is `Ready`, the mask that picks the timed calls
+    /// ([`metrics::sample_mask`]); 0 in every other state. So the fast path tests a call's
+    /// ticket once for both ([`metrics::passes`]); a library in another process, whose calls
+    /// are all timed (mask 0), never takes it, and the other path checks the state first.
+    /// Opened in `initialize`, before the library is published; closed before the state leaves
+    /// `Ready` ([`Generation::transition`]).
+    gate: AtomicU64,
     loaded_at: Instant,
     /// Calls running on it from threads without a counter shard of their own (beyond
     /// `metrics::SHARDS` at once), which a reload waits for separately.

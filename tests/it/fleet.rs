@@ -706,7 +706,7 @@ fn metrics_parse_with_prometheus_own_parser_and_count_the_calls_made() {
     assert_eq!(sample("calcplug_plugin_up{plugin=\"basic\"}"), 1.0);
     assert_eq!(sample("calcplug_plugin_circuit_open{plugin=\"basic\"}"), 0.0);
     assert_eq!(sample("calcplug_plugin_in_flight_calls{plugin=\"basic\"}"), 0.0);
-    // 1 call in 64 is timed by default: the first of each shard's 64.
+    // 1 in-process call in 1024 is timed by default: the first of each thread's 1024.
     let timed = sample("calcplug_call_latency_seconds_count{op=\"add\",plugin=\"basic\"}");
     assert!(timed >= 1.0, "{timed}");
     let bucket = |le: &str| {

@@ -493,6 +493,46 @@ fn the_manager_serves_out_of_process_plugins_like_in_process_ones() {
     assert!(report.failed.is_empty(), "{report:?}");
 }
 
+/// With the default `metrics.sample_every` (1024), an in-process plugin's calls are timed 1 in
+/// 1024 (each thread's first call, then every 1024th), while every call to another process is
+/// timed: two clock reads are lost in a call that takes microseconds.
+#[test]
+fn in_process_calls_are_sampled_and_calls_to_another_process_are_all_timed() {
+    let dir = crate::util::scratch();
+    let file = tests::library_file_name("basic");
+    crate::util::copy_as(&artifacts().library("basic"), dir.path(), &file);
+    // (calls, timed calls) of `add`.
+    let timed = |manager: &host::PluginManager| {
+        let status = manager.status();
+        let add = status.plugins[0].ops.iter().find(|op| op.op == "add").expect("add was called");
+        (add.calls, add.latency.map_or(0, |latency| latency.sampled))
+    };
+
+    let in_process = manager(dir.path(), "");
+    let local = in_process.get("basic").unwrap();
+    for i in 0..2049 {
+        assert_eq!(local.add(f64::from(i), 1.0).unwrap(), f64::from(i) + 1.0);
+    }
+    assert_eq!(timed(&in_process), (2049, 3), "calls 1, 1025 and 2049 are timed");
+    // Another thread's first call is timed too.
+    std::thread::scope(|scope| {
+        scope.spawn(|| local.add(1.0, 1.0).unwrap());
+    });
+    assert_eq!(timed(&in_process), (2050, 4));
+
+    let isolated = manager(dir.path(), "[plugins.basic]\nmode = \"out-of-process\"\n");
+    let remote = isolated.get("basic").unwrap();
+    assert!(remote.is_isolated());
+    for i in 0..40 {
+        assert_eq!(remote.add(f64::from(i), 1.0).unwrap(), f64::from(i) + 1.0);
+    }
+    assert_eq!(timed(&isolated), (40, 40), "every call to a runner is timed");
+    for manager in [in_process, isolated] {
+        let report = manager.shutdown();
+        assert!(report.failed.is_empty(), "{report:?}");
+    }
+}
+
 #[test]
 fn isolate_moves_every_plugin_out_of_process_and_status_says_so() {
     let a = artifacts();

@@ -154,6 +154,9 @@ fn managed_plugins_go_through_ready_processing_error_shutting_down_and_closed() 
     wait_for("Processing", || reload.state() == LifecycleState::Processing);
     assert_eq!(caller.join().unwrap().unwrap(), 2.0);
     assert_eq!(reload.state(), LifecycleState::Ready);
+    // This thread has called before, so its next call takes the fast path: shutdown closes
+    // that too.
+    assert_eq!(reload.subtract(5.0, 3.0).unwrap(), 2.0);
 
     let report = manager.shutdown();
     assert_eq!(report.closed, ["reload"]);

@@ -68,7 +68,7 @@ impl Handle {
         self.slot.run(
             BATCH,
             "process_batch",
-            |p| p.process_batch(ops, &mut results.borrow_mut()),
+            |p| p.process_batch(ops, &mut results.borrow_mut()).map_err(Box::new),
             |p| p.process_batch(ops, &mut results.borrow_mut()),
         )
     }
@@ -89,7 +89,7 @@ macro_rules! handle_operations {
                     self.slot.run(
                         op_index(Op::$variant),
                         stringify!($method),
-                        move |p| p.$method($($arg),*),
+                        move |p| p.$method($($arg),*).map_err(Box::new),
                         move |p| p.$method($($arg),*),
                     )
                 }

@@ -11,9 +11,11 @@
 //! at once share one more shard, where both are atomic increments. Errors are counted only when
 //! they happen.
 //!
-//! Latency is sampled: a clock read costs about 20 ns here, ten times a call, so one call in
-//! `metrics.sample_every` (a power of two, checked with a mask on the `entered` ticket the call
-//! already has) reads the clock twice and records into a lock-free log-linear histogram (8
+//! Latency is sampled: timing a call (two clock reads, a histogram update, the cold path) costs
+//! about 100 ns here, several times an in-process call, so one in-process call in
+//! `metrics.sample_every` (a power of two, default 1024, checked with a mask on the `entered`
+//! ticket the call already has: one `test`) is timed; every call to another process is, as it
+//! takes microseconds anyway. A timed call is recorded into a lock-free log-linear histogram (8
 //! sub-buckets per power of two: quantiles are within 12.5%, the maximum is exact).
 //! `sample_every = 0` turns timing off.
 
@@ -47,21 +49,49 @@ pub(crate) fn op_name(index: usize) -> &'static str {
     Op::ALL.get(index).map_or("process_batch", |op| op.name())
 }
 
+/// The mask that picks a library's timed calls: a call is timed when its ticket has none of
+/// its bits. In process, one call in `metrics.sample_every` (`sample_every - 1`: each thread's
+/// first call, then every `sample_every`th). In another process a call costs microseconds,
+/// beside which two clock reads are lost, so every call is timed (0). With timing off
+/// (`sample_every = 0`), [`TIMING_OFF`]. A `Ready` library's gate holds it (see
+/// `Generation::gate`).
+pub(crate) fn sample_mask(sample_every: u64, in_process: bool) -> u64 {
+    match sample_every {
+        0 => TIMING_OFF,
+        _ if !in_process => 0,
+        n => n - 1,
+    }
+}
+
+/// The mask with timing off: only a thread's first call (ticket 0) misses the fast path, and
+/// it is not timed either.
+pub(crate) const TIMING_OFF: u64 = u64::MAX;
+
+/// Whether the call with `ticket` may take the fast path through a library's `gate`: the
+/// library is `Ready` (the gate is not 0) and the call is not timed. One `test`.
+#[inline(always)]
+pub(crate) fn passes(ticket: u64, gate: u64) -> bool {
+    ticket & gate != 0
+}
+
+/// Whether the call with `ticket` on a `Ready` library with this `gate` is timed.
+#[inline]
+pub(crate) fn timed(ticket: u64, gate: u64) -> bool {
+    !passes(ticket, gate) && gate != TIMING_OFF
+}
+
 /// One plugin's counters and histograms.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     shards: Box<[Shard; SHARED + 1]>,
     latency: Box<[Histogram]>,
-    /// `sample_every - 1`; a call is timed if its ticket has none of these bits.
-    /// A call is timed when `ticket & sample_mask == sample_match`: `sample_every - 1` and 0,
-    /// or, with timing off, 0 and 1 (never). One compare on the call path, no flag to test.
-    sample_mask: u64,
-    sample_match: u64,
 }
 
 /// One thread's counters (or, the last one, those of the threads that share it).
+///
+/// Aligned to a power of two at least its size, so that finding a thread's shard is a shift.
 #[derive(Debug)]
-#[repr(align(128))]
+#[repr(align(1024))]
 pub(crate) struct Shard {
     entered: AtomicU64,
     rejected: AtomicU64,
@@ -177,12 +207,10 @@ impl ThreadShard<'_> {
 }
 
 impl Metrics {
-    pub(crate) fn new(sample_every: u64) -> Metrics {
+    pub(crate) fn new() -> Metrics {
         Metrics {
             shards: Box::new(std::array::from_fn(|_| Shard::default())),
             latency: (0..OPS).map(|_| Histogram::default()).collect(),
-            sample_mask: sample_every.saturating_sub(1),
-            sample_match: u64::from(sample_every == 0),
         }
     }
 
@@ -211,12 +239,6 @@ impl Metrics {
             Writer::OwnerFullFence
         };
         ThreadShard { shard: &self.shards[index], writer }
-    }
-
-    /// Whether the call with this ticket is timed.
-    #[inline]
-    pub(crate) fn sampled(&self, ticket: u64) -> bool {
-        ticket & self.sample_mask == self.sample_match
     }
 
     /// Records the latency of a timed call.
@@ -529,7 +551,7 @@ mod tests {
     /// More threads than shards: the ones beyond share the last shard, and every call counts.
     #[test]
     fn threads_beyond_the_shards_share_one_and_nothing_is_lost() {
-        let metrics = Metrics::new(0);
+        let metrics = Metrics::new();
         // All alive at once (each holds its shard until all have one, or 10 s have passed,
         // so that a thread that panics fails the test rather than hanging it), so that four
         // of them cannot get a shard of their own.
@@ -560,7 +582,7 @@ mod tests {
 
     #[test]
     fn in_flight_is_entered_minus_finished_and_refused_and_marks_are_passed_in_order() {
-        let metrics = Metrics::new(64);
+        let metrics = Metrics::new();
         let shard = metrics.shard();
         let tickets: Vec<u64> = (0..5).map(|_| shard.enter()).collect();
         assert_eq!(tickets, [0, 1, 2, 3, 4]);
@@ -591,9 +613,28 @@ mod tests {
         let latency = metrics.snapshot()[0].latency.expect("one timed call");
         assert_eq!(latency.sampled, 1);
         assert!(latency.max >= Duration::from_micros(200), "{latency:?}");
-        // One call in 64 is timed: tickets 0, 64, 128...
-        assert!(metrics.sampled(0) && metrics.sampled(64) && !metrics.sampled(1));
-        assert!(!Metrics::new(0).sampled(0), "0 turns timing off");
+    }
+
+    #[test]
+    fn the_gate_times_one_call_in_sample_every_and_none_when_closed() {
+        let every = (0..200).collect::<Vec<u64>>();
+        let timed_of = |gate: u64| -> Vec<u64> { (0..200).filter(|t| timed(*t, gate)).collect() };
+        let missed = |gate: u64| -> Vec<u64> { (0..200).filter(|t| !passes(*t, gate)).collect() };
+        for gate in [sample_mask(64, true), sample_mask(64, false), sample_mask(1, true), 0] {
+            assert_eq!(missed(gate), timed_of(gate), "a timed call leaves the fast path");
+        }
+        assert_eq!(timed_of(sample_mask(64, true)), [0, 64, 128, 192]);
+        assert_eq!(timed_of(sample_mask(1024, true)), [0]);
+        assert_eq!(timed_of(sample_mask(1, true)), every, "1 times every call");
+        assert_eq!(timed_of(sample_mask(64, false)), every, "another process: every call");
+        for in_process in [true, false] {
+            let off = sample_mask(0, in_process);
+            assert_eq!(timed_of(off), [0u64; 0], "0 turns timing off");
+            assert_eq!(missed(off), [0], "a thread's first call leaves the fast path");
+            assert!(passes(u64::MAX, off) && passes(1 << 63, off));
+        }
+        // A closed gate (a library that is not `Ready`) lets no call through.
+        assert_eq!(missed(0), every);
     }
 
     #[test]

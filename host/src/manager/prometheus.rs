@@ -218,7 +218,7 @@ impl Collector for Snapshot {
         family(
             &mut encoder,
             "calcplug_call_latency",
-            "Latency of the sampled calls (1 in metrics.sample_every), by operation",
+            "Latency of the timed calls (in process 1 in metrics.sample_every, else all), by operation",
             Some(&Unit::Seconds),
             MetricType::Histogram,
             ops().filter_map(|(labels, op)| op.latency.map(|l| (labels, Histogram(l)))),

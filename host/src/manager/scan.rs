@@ -226,7 +226,7 @@ impl Inner {
                 let slot = Arc::new(Slot {
                     name: name.to_owned(),
                     generations: Generations::new(generation),
-                    metrics: Metrics::new(self.config.sample_every()),
+                    metrics: Metrics::new(),
                     retry: self.config.retry().clone(),
                     on_panic: self.config.security().on_panic(),
                     reloads: AtomicU64::new(0),
@@ -416,7 +416,7 @@ impl Inner {
         // call entering after it sees the state (`fence::heavy` pairs with the call's
         // `fence::light`).
         for slot in &slots {
-            let _ = slot.generation().state.transition(LifecycleState::ShuttingDown);
+            let _ = slot.generation().transition(LifecycleState::ShuttingDown);
         }
         fence::heavy();
         let timeout = self.config.shutdown_timeout();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use interface::{ErrorCode, Op, PluginState};
 
 use super::backend::Backend;
-use super::metrics::{op_index, ThreadShard};
+use super::metrics::{op_index, passes, sample_mask, timed, ThreadShard};
 use super::{fence, Generation, Health, LifecycleState, PluginStatus, Slot};
 use crate::config::{ManagerConfig, Mode, PanicPolicy};
 use crate::{Error, Plugin};
@@ -32,24 +32,37 @@ impl Generation {
             plugin,
             source,
             state,
+            gate: std::sync::atomic::AtomicU64::new(0),
             loaded_at: Instant::now(),
             shared: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
+    /// Initializes the plugin; once it is `Ready`, opens the gate. Before the library is
+    /// published: nothing else moves its state meanwhile.
     pub(super) fn initialize(&self, config: &ManagerConfig) -> Result<(), Error> {
-        let _ = self.state.transition(LifecycleState::Initializing);
+        let _ = self.transition(LifecycleState::Initializing);
         let plugin_config = config.plugin(self.plugin.identity().name());
         match self.plugin.initialize(&plugin_config) {
             Ok(()) => {
-                let _ = self.state.transition(LifecycleState::Ready);
+                if self.state.transition(LifecycleState::Ready).is_ok() {
+                    let mask = sample_mask(config.sample_every(), !self.plugin.is_isolated());
+                    self.gate.store(mask, Ordering::SeqCst);
+                }
                 Ok(())
             }
             Err(err) => {
-                let _ = self.state.transition(LifecycleState::Error);
+                let _ = self.transition(LifecycleState::Error);
                 Err(err)
             }
         }
+    }
+
+    /// Moves the state to `to` (not `Ready`: see [`Generation::initialize`]), closing the gate
+    /// first: a call that passes the gate after this sees the new state.
+    pub(super) fn transition(&self, to: LifecycleState) -> Result<LifecycleState, Error> {
+        self.gate.store(0, Ordering::SeqCst);
+        self.state.transition(to)
     }
 
     /// Moves to `ShuttingDown` (unless already there), calls the plugin's `shutdown`, moves to
@@ -59,14 +72,14 @@ impl Generation {
             LifecycleState::Closed => return Ok(()),
             LifecycleState::ShuttingDown => {}
             _ => {
-                if self.state.transition(LifecycleState::ShuttingDown).is_err() {
+                if self.transition(LifecycleState::ShuttingDown).is_err() {
                     // Never initialized (a shadowed library): nothing to shut down.
                     return Ok(());
                 }
             }
         }
         let result = self.plugin.shutdown();
-        let _ = self.state.transition(LifecycleState::Closed);
+        let _ = self.transition(LifecycleState::Closed);
         result
     }
 }
@@ -191,7 +204,7 @@ impl Slot {
             shard.reject();
             return Err(self.refused(name, generation.state.state()));
         }
-        if self.metrics.sampled(ticket) {
+        if timed(ticket, generation.gate.load(Ordering::Relaxed)) {
             return self.call_timed(generation, shard, op, f);
         }
         self.account(generation, shard, op, f(&generation.plugin))
@@ -244,19 +257,21 @@ impl Slot {
 
     /// A call with the retry policy: the hot path.
     ///
-    /// `local` is the call on an in-process plugin, `any` the same call on whichever backend
-    /// serves. A thread with a counter shard of its own, on a `Ready` library in this process,
-    /// on a call that is not timed, calls `local` and hands its value straight back; everything
-    /// else (a first call, timing, another process, an error, retries) leaves through a cold
-    /// function ([`Slot::detour`], [`Slot::failed`]). So the value of a call does not travel
-    /// through the `Result`s of the other paths (an `Error` is over 100 bytes, and merging with
-    /// them would put it on the stack).
+    /// `local` is the call on an in-process plugin, its error boxed, `any` the same call on
+    /// whichever backend serves. A thread with a counter shard of its own, on a `Ready` library
+    /// in this process, on a call that is not timed, calls `local` and hands its value straight
+    /// back; everything else (a first call, timing, another process, an error, retries) leaves
+    /// through a cold function ([`Slot::detour`], [`Slot::failed`]). So the value of a call does
+    /// not travel through the `Result`s of the other paths (an `Error` is over 100 bytes, and
+    /// merging with them would put it on the stack). The box is why `local` differs from `any`:
+    /// `Result<f64, Box<Error>>` is two registers, so the fast path stores no `Ok` for the
+    /// plugin's error path to share (the plugin's errors allocate their message anyway).
     #[inline(always)]
     pub(super) fn run<T>(
         &self,
         op: usize,
         name: &'static str,
-        local: impl Fn(&Plugin) -> Result<T, Error>,
+        local: impl Fn(&Plugin) -> Result<T, Box<Error>>,
         any: impl Fn(&Backend) -> Result<T, Error> + Copy,
     ) -> Result<T, Error> {
         let Some(shard) = self.metrics.own_shard() else {
@@ -265,13 +280,14 @@ impl Slot {
         let ticket = shard.enter();
         let generation = self.generation();
         if let Backend::Local(plugin) = &generation.plugin {
-            if generation.state.is_ready() && !self.metrics.sampled(ticket) {
+            // `Ready` and not timed, in one test.
+            if passes(ticket, generation.gate.load(Ordering::Relaxed)) {
                 return match local(plugin) {
                     Ok(value) => {
                         shard.finish(op);
                         Ok(value)
                     }
-                    Err(err) => self.failed(generation, shard, op, name, any, err),
+                    Err(err) => self.failed(generation, shard, op, name, any, *err),
                 };
             }
         }
@@ -351,7 +367,7 @@ impl Slot {
             }
             PanicPolicy::Disable => {
                 tracing::warn!(plugin = %self.name, error = %err, "plugin panicked; disabled until it is reloaded (on_panic = disable)");
-                let _ = generation.state.transition(LifecycleState::Error);
+                let _ = generation.transition(LifecycleState::Error);
             }
         }
     }
@@ -367,7 +383,12 @@ impl Slot {
     }
 
     pub(super) fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
-        self.run(op_index(op), op.name(), move |p| p.call(op, a, b), move |p| p.call(op, a, b))
+        self.run(
+            op_index(op),
+            op.name(),
+            move |p| p.call(op, a, b).map_err(Box::new),
+            move |p| p.call(op, a, b),
+        )
     }
 
     pub(super) fn health(&self) -> Health {

@@ -45,7 +45,7 @@ impl Report<'_> {
             ("per_call/in_process", "in-process plugin call (`Plugin::add`)", FLOOR_ID),
             (
                 "per_call/in_process_metrics",
-                "in-process, metrics on (`Handle::add`, 1 in 64 timed)",
+                "in-process, metrics on (`Handle::add`, 1 in 1024 timed)",
                 FLOOR_ID,
             ),
             (
