@@ -91,7 +91,7 @@ fn status_counts_requests() {
     let _ = plugin.divide(1.0, 0.0);
     let status = plugin.status().unwrap();
     assert_eq!(status.request_count, 101, "failed calls count too");
-    assert!(status.average_latency.is_some(), "1 call in 64 is timed");
+    assert!(status.average_latency.is_some(), "the first call is timed");
 }
 
 #[test]
