@@ -120,18 +120,9 @@ fn paired(library: &std::path::Path, seconds: u64) -> Result<(), host::Error> {
         budget / 5,
         5,
         100_000,
-        &mut [
-            &mut |n| {
-                for _ in 0..n {
-                    black_box(plugin.add(black_box(1.0), black_box(2.0)).unwrap_or(f64::NAN));
-                }
-            },
-            &mut |n| {
-                for _ in 0..n {
-                    black_box(handle.add(black_box(1.0), black_box(2.0)).unwrap_or(f64::NAN));
-                }
-            },
-        ],
+        &mut [&mut |n| host::reference::add_calls(n, |a, b| plugin.add(a, b)), &mut |n| {
+            host::reference::add_calls(n, |a, b| handle.add(a, b))
+        }],
     );
     let diff = |p| rounds.percentile_of(p, |round| round[1] - round[0]);
     eprintln!(

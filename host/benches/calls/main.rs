@@ -57,7 +57,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use basic::BasicCalculator;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use host::reference::{BareAdder, Checked};
+use host::reference::{add_calls, value, BareAdder, Checked};
 use host::remote::{Channel, RemoteOptions, RemotePlugin};
 use host::{BatchOp, BatchResult, Config, ManagerConfig, Op, Plugin, PluginManager};
 use interface::plugin::Calculator;
@@ -387,9 +387,6 @@ fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
     let handle = setup.manager.get("basic").expect("the manager serves basic");
     let plugin = &setup.plugin;
     let checked = &setup.checked;
-    // The loop is inside each timed closure, as a host's own loop would be: a call through
-    // `&dyn Fn` per iteration would add a function's prologue and epilogue, whose size depends on
-    // how many registers the inlined call path needs rather than on what it does.
     let duration = if quick { Duration::from_secs(2) } else { Duration::from_secs(10) };
     let rounds = host::reference::interleaved(
         duration,
@@ -397,23 +394,9 @@ fn metrics_overhead(setup: &Setup, quick: bool, run: &mut RunFile) {
         1,
         BLOCK,
         &mut [
-            &mut |n| {
-                for _ in 0..n {
-                    black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
-                }
-            },
-            &mut |n| {
-                for _ in 0..n {
-                    black_box(value(handle.add(black_box(1.0), black_box(2.0))));
-                }
-            },
-            &mut |n| {
-                for _ in 0..n {
-                    black_box(value(
-                        black_box(checked as &dyn Calculator).add(black_box(1.0), black_box(2.0)),
-                    ));
-                }
-            },
+            &mut |n| add_calls(n, |a, b| plugin.add(a, b)),
+            &mut |n| add_calls(n, |a, b| handle.add(a, b)),
+            &mut |n| add_calls(n, |a, b| black_box(checked as &dyn Calculator).add(a, b)),
         ],
     );
     let delta_of = |round: &[f64]| round[1] - round[0];
@@ -615,16 +598,6 @@ fn page_size() -> Option<u64> {
     let line = smaps.lines().find(|l| l.starts_with("KernelPageSize:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// What a caller keeps of a call: its value (NaN for an error). Every per-call row hands this
-/// to `black_box`, not the whole `Result`: with `host::Error` in it that is over 100 bytes,
-/// which the compiler then copies for `black_box` alone, and whether that copy stalls the CPU
-/// (a wide load of what was just written in parts) depends on inlining luck, not on the code
-/// measured: up to 4 ns per call here.
-#[inline(always)]
-fn value<E>(result: Result<f64, E>) -> f64 {
-    result.unwrap_or(f64::NAN)
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

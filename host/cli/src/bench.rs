@@ -25,7 +25,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use host::reference::{BareAdder, Checked, Counted, Rounds};
+use host::reference::{add_calls, value, BareAdder, Checked, Counted, Rounds};
 use host::remote::{Channel, RemoteOptions, RemotePlugin};
 use host::{BatchOp, BatchResult, Config, ManagerConfig, Op, PluginManager};
 use interface::plugin::Calculator;
@@ -84,9 +84,7 @@ pub(crate) fn bench(
     checked.initialize(&Config::new())?;
     counted.initialize(&Config::new())?;
     let dyn_calls = |reference: &dyn Calculator, n: u64| {
-        for _ in 0..n {
-            black_box(value(black_box(reference).add(black_box(1.0), black_box(2.0))));
-        }
+        add_calls(n, |a, b| black_box(reference).add(a, b));
     };
     progress("the in-process rows and their references, in interleaved slices");
     // The five rows take turns in every round, so a drift of this machine's speed moves them
@@ -94,23 +92,11 @@ pub(crate) fn bench(
     let rounds = interleaved(
         slot * 6,
         &mut [
-            &mut |n| {
-                for _ in 0..n {
-                    black_box(value(bare.add(black_box(1.0), black_box(2.0))));
-                }
-            },
+            &mut |n| add_calls(n, |a, b| bare.add(a, b)),
             &mut |n| dyn_calls(&checked, n),
             &mut |n| dyn_calls(&counted, n),
-            &mut |n| {
-                for _ in 0..n {
-                    black_box(value(plugin.add(black_box(1.0), black_box(2.0))));
-                }
-            },
-            &mut |n| {
-                for _ in 0..n {
-                    black_box(value(handle.add(black_box(1.0), black_box(2.0))));
-                }
-            },
+            &mut |n| add_calls(n, |a, b| plugin.add(a, b)),
+            &mut |n| add_calls(n, |a, b| handle.add(a, b)),
         ],
     );
     let [bare_ns, direct, direct_counted, in_process, metrics] =
@@ -308,13 +294,6 @@ fn batch_ops(n: usize) -> Vec<BatchOp> {
     (0..n)
         .map(|i| BatchOp::new(ops[i % 4], 1.5 + (i % 97) as f64, 2.25 + (i % 89) as f64))
         .collect()
-}
-
-/// What a caller keeps of a call: its value (NaN for an error), as `host/benches/calls/main.rs` does
-/// (black-boxing the whole `Result`, over 100 bytes, measures a copy no caller makes).
-#[inline(always)]
-fn value<E>(result: Result<f64, E>) -> f64 {
-    result.unwrap_or(f64::NAN)
 }
 
 /// The median time of one iteration of `run`, in nanoseconds, measured for about `budget`.
