@@ -99,6 +99,16 @@ impl Serve {
     fn url(&self, scheme: &str) -> String {
         format!("{scheme}://{}", self.address)
     }
+
+    /// SIGTERM, then waits for the exit (the drain's grace included) and for the log's last
+    /// line (the manager's shutdown), so that the log is complete; the exit code.
+    fn stop(&mut self) -> Option<i32> {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let status = self.child.wait().expect("wait for calcplug serve");
+        self.wait_for("calcplug::manager: shut down");
+        status.code()
+    }
 }
 
 impl Drop for Serve {
@@ -290,6 +300,13 @@ fn clients_without_the_right_certificate_are_refused_with_the_reason_on_both_sid
     let mut serve = start_mutual(&dir);
     let url = serve.url("https");
 
+    // A client that connects and goes away before any handshake (a TCP probe, a client that
+    // exits) is refused nothing: no warning about it (checked at the end, once the log is
+    // complete).
+    let probe = std::net::TcpStream::connect(&serve.address).expect("connect");
+    let probe_peer = format!("peer={}", probe.local_addr().unwrap());
+    drop(probe);
+
     let no_certificate = ClientTls { identity: None, ..mutual(&dir) };
     let err = Endpoint::connect(&url, "basic", Some(&no_certificate), TIMEOUT).unwrap_err();
     let text = err.to_string();
@@ -346,6 +363,13 @@ fn clients_without_the_right_certificate_are_refused_with_the_reason_on_both_sid
     // And the server kept serving the right client all along.
     let basic = Endpoint::connect(&url, "basic", Some(&mutual(&dir)), TIMEOUT).unwrap();
     assert_eq!(basic.call(Op::Multiply, 6.0, 7.0).unwrap(), 42.0);
+    drop(basic);
+
+    assert_eq!(serve.stop(), Some(0));
+    let refusals: Vec<&String> =
+        serve.log.iter().filter(|line| line.contains("refused a connection")).collect();
+    assert_eq!(refusals.len(), 4, "no certificate, another CA twice, plaintext: {refusals:#?}");
+    assert!(!serve.log.iter().any(|line| line.contains(&probe_peer)), "{:#?}", serve.log);
 }
 
 #[test]

@@ -312,29 +312,14 @@ async fn drain(
     result.map_err(|err| format!("serving failed: {err}"))
 }
 
-/// One TLS handshake, within 10 s; a failure is logged with the peer and the reason.
+/// One TLS handshake with a client ([`TlsConnection::accept`]).
 async fn accept(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
 ) -> Result<TlsConnection<tokio::net::TcpStream>, std::io::Error> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
-    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Ok(TlsConnection(stream)),
-        Ok(Err(err)) => {
-            let hint = if err.to_string().contains("InvalidContentType") {
-                " (plaintext on this TLS port?)"
-            } else {
-                ""
-            };
-            tracing::warn!(%peer, error = %err, "refused a connection: TLS handshake failed{hint}");
-            Err(err)
-        }
-        Err(_) => {
-            tracing::warn!(%peer, "refused a connection: no TLS handshake within 10 s");
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
-        }
-    }
+    TlsConnection::accept(acceptor, stream, &peer).await
 }
 
 /// Answers `GET /metrics` with the manager's metrics in the Prometheus text format (and 404 to

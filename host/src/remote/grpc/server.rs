@@ -97,20 +97,7 @@ async fn serve_plugin(plugin: Arc<Plugin>, app: u32) -> Result<(), String> {
         Some((_, acceptor)) => {
             let incoming = incoming.then(move |stream| {
                 let acceptor = acceptor.clone();
-                async move {
-                    let handshake = acceptor.accept(stream?);
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
-                        Ok(Ok(stream)) => Ok(TlsConnection(stream)),
-                        Ok(Err(err)) => {
-                            tracing::warn!(error = %err, "refused a connection: TLS handshake failed");
-                            Err(err)
-                        }
-                        Err(_) => Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "TLS handshake timed out",
-                        )),
-                    }
-                }
+                async move { TlsConnection::accept(&acceptor, stream?, "the host").await }
             });
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }
@@ -126,6 +113,40 @@ async fn serve_plugin(plugin: Arc<Plugin>, app: u32) -> Result<(), String> {
 pub(crate) struct TlsConnection<S = tokio::net::UnixStream>(
     pub(crate) tokio_rustls::server::TlsStream<S>,
 );
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> TlsConnection<S> {
+    /// One TLS handshake with `peer` on `stream`, within 10 s. A refusal (no client certificate,
+    /// one from another CA, plaintext on this port, no handshake in time) is a warning that
+    /// names the peer and the reason; a peer that closes the connection during the handshake (a
+    /// client that exits, a TCP probe) is not refused anything, and is only logged at debug.
+    pub(crate) async fn accept(
+        acceptor: &tokio_rustls::TlsAcceptor,
+        stream: S,
+        peer: &str,
+    ) -> std::io::Result<TlsConnection<S>> {
+        let handshake = acceptor.accept(stream);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+            Ok(Ok(stream)) => Ok(TlsConnection(stream)),
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(%peer, "a connection closed during its TLS handshake");
+                Err(err)
+            }
+            Ok(Err(err)) => {
+                let hint = if err.to_string().contains("InvalidContentType") {
+                    " (plaintext on this TLS port?)"
+                } else {
+                    ""
+                };
+                tracing::warn!(%peer, error = %err, "refused a connection: TLS handshake failed{hint}");
+                Err(err)
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "refused a connection: no TLS handshake within 10 s");
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
+            }
+        }
+    }
+}
 
 impl<S> tonic::transport::server::Connected for TlsConnection<S> {
     type ConnectInfo = ();
