@@ -136,7 +136,8 @@ impl StateMachine {
         LifecycleState::from_u8(self.state.load(Ordering::SeqCst))
     }
 
-    /// Whether the state is `Ready` (the hot path's check: one atomic load).
+    /// Whether the state is `Ready`: one atomic load (the manager's slow path checks it; its fast
+    /// path tests the library's gate instead, see `Generation::gate`).
     #[inline]
     pub(crate) fn is_ready(&self) -> bool {
         self.state.load(Ordering::SeqCst) == LifecycleState::Ready as u8

@@ -356,8 +356,8 @@ impl RequestStats {
             before
         };
         // Time the call if its requests, numbered on this shard from 0, include a multiple of
-        // SAMPLE_EVERY: if the last one's and the one's before them are in different blocks of
-        // SAMPLE_EVERY (the request before 0 wraps around, far from every block).
+        // SAMPLE_EVERY: if the last of them and the request just before them are in different
+        // blocks of SAMPLE_EVERY (the request before 0 wraps around, far from every block).
         let every = Lifecycle::SAMPLE_EVERY;
         let last = before.wrapping_add(items).wrapping_sub(1);
         let crossed = before.wrapping_sub(1) / every != last / every;
