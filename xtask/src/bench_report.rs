@@ -41,7 +41,7 @@ const THREADS: [u64; 4] = [1, 2, 4, 8];
 
 impl flags::BenchReport {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
-        let root = xtask::workspace_root();
+        let root = xtask::try_workspace_root()?;
         let target = match std::env::var_os("CARGO_TARGET_DIR") {
             Some(dir) => root.join(dir),
             None => root.join("target"),
@@ -60,7 +60,7 @@ impl flags::BenchReport {
         // for a `--release` build of the plugin alone and again for the bench.
         let build = "cargo bench --no-run --package host --bench calls --package basic";
         eprintln!("==> {build}");
-        let output = xtask::cargo_command(&root)
+        let output = xtask::cargo_command(root)
             .args(["bench", "--no-run", "--message-format=json-render-diagnostics"])
             .args(["--package", "host", "--bench", "calls", "--package", "basic"])
             .stderr(Stdio::inherit())
@@ -79,7 +79,7 @@ impl flags::BenchReport {
         let bench = "cargo bench --package host --bench calls";
         eprintln!("==> {bench}{}", if self.quick { " (quick)" } else { "" });
         let _ = fs::remove_file(&run_file);
-        let mut cargo = xtask::cargo_command(&root);
+        let mut cargo = xtask::cargo_command(root);
         cargo
             .args(["bench", "--package", "host", "--bench", "calls"])
             .env("CALCPLUG_BENCH_PLUGIN", &library.path)
@@ -108,7 +108,7 @@ impl flags::BenchReport {
         for (path, text) in outputs {
             fs::write(&path, text)
                 .with_context(|| format!("{}: failed to write", path.display()))?;
-            println!("wrote {}", display_relative(&root, &path));
+            println!("wrote {}", display_relative(root, &path));
         }
         Ok(())
     }

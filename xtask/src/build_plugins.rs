@@ -12,15 +12,15 @@ pub(crate) const HOSTILE_PREFIX: &str = "hostile-";
 
 impl flags::BuildPlugins {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
-        let root = xtask::workspace_root();
-        let plugins = xtask::plugin_packages(&root, PackageSet::Plugins)?;
+        let root = xtask::try_workspace_root()?;
+        let plugins = xtask::plugin_packages(root, PackageSet::Plugins)?;
         if plugins.is_empty() {
             bail!("no plugin crates found under {}", root.join("plugins").display());
         }
         // `hostile-*` fixtures crash whatever process maps them: never install them where a
         // directory scan would load them (the tests build them into a directory of their own).
         let fixtures: Vec<Package> = if self.fixtures {
-            xtask::plugin_packages(&root, PackageSet::Fixtures)?
+            xtask::plugin_packages(root, PackageSet::Fixtures)?
                 .into_iter()
                 .filter(|package| !package.name.starts_with(HOSTILE_PREFIX))
                 .collect()
@@ -32,7 +32,7 @@ impl flags::BuildPlugins {
         let names: Vec<String> =
             plugins.iter().chain(&fixtures).map(|package| package.name.clone()).collect();
         let artifacts = xtask::build(
-            &root,
+            root,
             &BuildRequest {
                 packages: &names,
                 release: self.release,
@@ -41,27 +41,27 @@ impl flags::BuildPlugins {
             },
         )?;
 
-        let dir = xtask::plugin_dir(&xtask::target_directory(&root)?, self.release);
-        let count = install_set(&root, &plugins, &artifacts, &dir)?;
+        let dir = xtask::plugin_dir(&xtask::target_directory(root)?, self.release);
+        let count = install_set(root, &plugins, &artifacts, &dir)?;
         if let Some(key) = &self.sign {
             let key = xtask::signing::read_secret_key(key)?;
             for library in installed_libraries(&dir)? {
                 let sig = xtask::signing::sign(&key, &library)?;
-                println!("signed    {}", display_relative(&root, &sig));
+                println!("signed    {}", display_relative(root, &sig));
             }
         }
         let mut summary = format!(
             "installed {count} {} into {}",
             if count == 1 { "plugin" } else { "plugins" },
-            display_relative(&root, &dir)
+            display_relative(root, &dir)
         );
         if self.fixtures {
             let fixture_dir = dir.join("fixtures");
-            let count = install_set(&root, &fixtures, &artifacts, &fixture_dir)?;
+            let count = install_set(root, &fixtures, &artifacts, &fixture_dir)?;
             summary += &format!(
                 " and {count} {} into {}",
                 if count == 1 { "fixture" } else { "fixtures" },
-                display_relative(&root, &fixture_dir)
+                display_relative(root, &fixture_dir)
             );
         }
         println!("{summary}");

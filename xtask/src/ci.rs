@@ -31,9 +31,9 @@ impl flags::Test {
         if !missing.is_empty() {
             eprintln!("==> warning: {}", xtask::peers::go_install_hint(&missing));
         }
-        let root = xtask::workspace_root();
+        let root = xtask::try_workspace_root()?;
         let python = root.join("target").join("test-artifacts").join("python");
-        if let Err(err) = xtask::peers::build_python_peer(&root, &python) {
+        if let Err(err) = xtask::peers::build_python_peer(root, &python) {
             eprintln!("==> warning: the Python plugin cannot be set up: {err:#}");
         }
         run_steps(&[
@@ -47,11 +47,11 @@ impl flags::Test {
 }
 
 fn run_steps(steps: &[Step]) -> anyhow::Result<()> {
-    let root = xtask::workspace_root();
+    let root = xtask::try_workspace_root()?;
     for (index, (args, env)) in steps.iter().enumerate() {
         let what = format!("cargo {}", args.join(" "));
         eprintln!("==> [{}/{}] {what}", index + 1, steps.len());
-        let status = xtask::cargo_command(&root)
+        let status = xtask::cargo_command(root)
             .args(args.iter())
             .envs(env.iter().copied())
             .status()

@@ -8,9 +8,9 @@ impl flags::Demo {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
         flags::BuildPlugins { release: true, fixtures: false, sign: None }.run()?;
 
-        let root = xtask::workspace_root();
-        let dir = xtask::plugin_dir(&xtask::target_directory(&root)?, true);
-        let mut command = xtask::cargo_command(&root);
+        let root = xtask::try_workspace_root()?;
+        let dir = xtask::plugin_dir(&xtask::target_directory(root)?, true);
+        let mut command = xtask::cargo_command(root);
         command
             // The README's own command, so the calcplug it builds is the one the README's next
             // commands run, with no rebuild (`--package host` would resolve features apart).
@@ -20,7 +20,7 @@ impl flags::Demo {
             .arg("demo");
         let what = format!(
             "cargo run --release --bin calcplug -- --plugin-dir {} demo",
-            display_relative(&root, &dir)
+            display_relative(root, &dir)
         );
         let status = command.status().with_context(|| format!("failed to run `{what}`"))?;
         if !status.success() {

@@ -23,6 +23,7 @@ pub(crate) enum XtaskCmd {
     Keygen(Keygen),
     Sign(Sign),
     Manifest(Manifest),
+    Root(Root),
 }
 
 /// Build every plugin crate and install the libraries into target/plugins/<profile>/.
@@ -72,6 +73,11 @@ pub(crate) struct Manifest {
     #[arg(long)]
     pub(crate) out: Option<std::path::PathBuf>,
 }
+
+/// Print the root of the workspace the tasks work in: the cargo workspace around the current
+/// directory, found when the task runs.
+#[derive(Debug, Args)]
+pub(crate) struct Root {}
 
 /// Build the plugins in release mode and run `calcplug demo` with them.
 #[derive(Debug, Args)]

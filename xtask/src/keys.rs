@@ -6,11 +6,11 @@ use crate::{build_plugins::installed_libraries, display_relative, flags};
 
 impl flags::Keygen {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
-        let root = xtask::workspace_root();
+        let root = xtask::try_workspace_root()?;
         let dir = if self.out.is_absolute() { self.out.clone() } else { root.join(&self.out) };
         let keys = xtask::signing::keygen(&dir, &self.name)?;
-        println!("secret key  {} (keep it private)", display_relative(&root, &keys.secret));
-        println!("public key  {}", display_relative(&root, &keys.public));
+        println!("secret key  {} (keep it private)", display_relative(root, &keys.secret));
+        println!("public key  {}", display_relative(root, &keys.public));
         println!();
         println!("trust it in calcplug.toml:");
         println!("[security]");

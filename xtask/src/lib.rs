@@ -9,8 +9,8 @@
 //! use xtask::{BuildRequest, PackageSet};
 //!
 //! # fn main() -> anyhow::Result<()> {
-//! let root = xtask::workspace_root();
-//! let names: Vec<String> = xtask::plugin_packages(&root, PackageSet::Fixtures)?
+//! let root = xtask::try_workspace_root()?;
+//! let names: Vec<String> = xtask::plugin_packages(root, PackageSet::Fixtures)?
 //!     .into_iter()
 //!     .map(|package| package.name)
 //!     .collect();
@@ -20,7 +20,7 @@
 //!     target_dir: Some(&root.join("target/fixtures")),
 //!     quiet: true,
 //! };
-//! let artifacts = xtask::build(&root, &request)?;
+//! let artifacts = xtask::build(root, &request)?;
 //! xtask::install(&artifacts, &root.join("target/fixtures/plugins"))?;
 //! # Ok(())
 //! # }
@@ -31,6 +31,7 @@ mod install;
 mod metadata;
 pub mod peers;
 pub mod signing;
+mod workspace;
 
 use std::{
     ffi::OsString,
@@ -42,22 +43,8 @@ pub use crate::{
     build::{build, parse_artifacts, Artifact, ArtifactKind, BuildRequest},
     install::install,
     metadata::{plugin_packages, target_directory, Package, PackageSet},
+    workspace::{try_workspace_root, workspace_root},
 };
-
-/// Returns the root of the calcplug workspace.
-///
-/// The root is the parent of this crate's manifest directory, fixed at compile time, so the result
-/// does not depend on the directory `cargo xtask` was started from.
-///
-/// # Panics
-///
-/// Never: `CARGO_MANIFEST_DIR` is an absolute path to `<root>/xtask`, which always has a parent.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the xtask manifest directory has a parent")
-        .to_path_buf()
-}
 
 /// Returns the cargo executable to run: `$CARGO` if it is set, otherwise `cargo`.
 ///
@@ -69,8 +56,9 @@ pub fn cargo() -> OsString {
 
 /// Returns a [`Command`] that runs [`cargo()`] with `root` as its working directory.
 ///
-/// Every cargo invocation in xtask goes through this helper so that none of them depends on the
-/// caller's current directory.
+/// Every cargo invocation in xtask goes through this helper so that each one names its working
+/// directory: only [`try_workspace_root`] runs cargo in the caller's current directory, to find
+/// the workspace that every other invocation then runs in.
 pub fn cargo_command(root: &Path) -> Command {
     let mut command = Command::new(cargo());
     command.current_dir(root);
@@ -89,13 +77,6 @@ pub fn plugin_dir(target_directory: &Path, release: bool) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workspace_root_contains_this_crate() {
-        let root = workspace_root();
-        assert!(root.is_absolute(), "{}", root.display());
-        assert!(root.join("xtask").join("Cargo.toml").is_file(), "{}", root.display());
-    }
 
     #[test]
     fn plugin_dir_is_per_profile() {

@@ -22,6 +22,10 @@
 //! - `cargo xtask keygen`, `cargo xtask sign --key KEY LIB...`, `cargo xtask manifest DIR` make
 //!   the keys, signatures and SHA-256 allowlist the host's `[security]` checks use;
 //!   `build-plugins --sign KEY` signs what it installs.
+//! - `cargo xtask root` prints the workspace root the tasks work in.
+//!
+//! The tasks work in the cargo workspace around the current directory (`cargo run` keeps the
+//! caller's), found at run time: `xtask::try_workspace_root` says why not at compile time.
 //!
 //! The shared logic lives in the `xtask` library, which returns data; this binary prints it.
 
@@ -33,6 +37,7 @@ mod ci;
 mod demo;
 mod flags;
 mod keys;
+mod root;
 mod walk_readme;
 
 use std::{fmt, path::Path, process::ExitCode, process::ExitStatus};
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         flags::XtaskCmd::Keygen(cmd) => cmd.run(),
         flags::XtaskCmd::Sign(cmd) => cmd.run(),
         flags::XtaskCmd::Manifest(cmd) => cmd.run(),
+        flags::XtaskCmd::Root(cmd) => cmd.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,13 +39,13 @@ const WATCH_DEADLINE: Duration = Duration::from_secs(120);
 
 impl flags::WalkReadme {
     pub(crate) fn run(&self) -> anyhow::Result<()> {
-        let root = xtask::workspace_root();
+        let root = xtask::try_workspace_root()?;
         let readme = fs::read_to_string(root.join("README.md")).context("reading README.md")?;
         let script = Script::parse(&readme)?;
         let scratch = Scratch::new()?;
         for shared_target in [false, true] {
             let clone = scratch.0.join(if shared_target { "clone-shared" } else { "clone" });
-            copy_tracked_files(&root, &clone)?;
+            copy_tracked_files(root, &clone)?;
             let target_dir = shared_target.then(|| scratch.0.join("shared-target"));
             if let Some(shared) = &target_dir {
                 reuse_dependencies(&scratch.0.join("clone").join("target"), shared)?;

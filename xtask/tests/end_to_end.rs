@@ -1,4 +1,5 @@
-//! Runs the library against a small scratch workspace laid out like calcplug's.
+//! Runs the library against a small scratch workspace laid out like calcplug's, and the `xtask`
+//! binary in directories other than this checkout.
 //!
 //! The scratch workspace has no dependencies, so cargo needs no network, and it has its own target
 //! directory, so the nested build never waits for the lock that `cargo test` holds on ours.
@@ -6,6 +7,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    process::{Command, Output},
 };
 
 use xtask::{ArtifactKind, BuildRequest, PackageSet};
@@ -27,8 +29,7 @@ fn write(root: &Path, path: &str, contents: &str) {
 
 /// Creates the scratch workspace; `name` keeps tests that run in parallel apart.
 fn scratch_workspace(name: &str) -> Scratch {
-    let root = std::env::temp_dir().join(format!("xtask-e2e-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
+    let root = unique_dir(name);
     write(
         &root,
         "Cargo.toml",
@@ -130,4 +131,63 @@ fn reports_failed_builds_by_package() {
 /// Where cargo puts `root`'s builds: `CARGO_TARGET_DIR` when this test runs with it set.
 fn cargo_target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// The binary compiled from this checkout finds the workspace it is started in, not this one:
+/// checkouts that share a `CARGO_TARGET_DIR` share this binary (issue 25).
+#[test]
+fn root_is_the_workspace_around_the_current_directory() {
+    let scratch = Scratch(unique_dir("root"));
+    for copy in ["a", "b"] {
+        write(&scratch.0, &format!("{copy}/Cargo.toml"), "[workspace]\n");
+        fs::create_dir_all(scratch.0.join(copy).join("plugins/basic")).unwrap();
+    }
+    // The current directory is spelled with symlinks resolved (`/tmp` may be one).
+    let scratch_dir = scratch.0.canonicalize().unwrap();
+    for copy in ["a", "b"] {
+        let output = xtask_root(&scratch_dir.join(copy).join("plugins/basic"));
+        assert!(output.status.success(), "{}", describe(&output));
+        let expected = format!("{}\n", scratch_dir.join(copy).display());
+        assert_eq!(String::from_utf8_lossy(&output.stdout), expected, "{}", describe(&output));
+    }
+}
+
+#[test]
+fn root_outside_a_workspace_is_a_one_line_error() {
+    let scratch = Scratch(unique_dir("no-root"));
+    fs::create_dir_all(&scratch.0).unwrap();
+    let dir = scratch.0.canonicalize().unwrap();
+    let output = xtask_root(&dir);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(output.stdout.is_empty(), "{}", describe(&output));
+    let dir = dir.display();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "error: cannot find the workspace from {dir}: could not find `Cargo.toml` in `{dir}` \
+             or any parent directory\n"
+        ),
+    );
+}
+
+/// A fresh path under the system temp directory; `name` keeps tests that run in parallel apart.
+fn unique_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xtask-e2e-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs `xtask root` in `dir`, as `cargo xtask root` would: `cargo run` keeps the current
+/// directory and sets `CARGO`, which this test inherits from `cargo test`.
+fn xtask_root(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask")).arg("root").current_dir(dir).output().unwrap()
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
