@@ -17,8 +17,11 @@
 //! ```
 
 mod env;
+mod open;
 mod parse;
 mod raw;
+
+pub(crate) use open::locate;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -162,3 +162,4 @@ delegate_handle!(
     isolated = true,
     transport = crate::remote::RemotePlugin::transport
 );
+delegate_handle!(crate::remote::Fleet, isolated = true, transport = |_| "fleet");

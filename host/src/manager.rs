@@ -146,6 +146,9 @@ struct Control {
     /// Each fleet (`[plugins.NAME] endpoints` or `discovery`) connected, by name; one that
     /// failed to connect is tried again at the next scan.
     fleets: std::collections::HashSet<String>,
+    /// Why each fleet that has not connected yet could not, by name: shown as a problem whose
+    /// path is the fleet's targets.
+    fleet_errors: HashMap<String, FileProblem>,
 }
 
 struct FileRecord {

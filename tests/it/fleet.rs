@@ -18,6 +18,9 @@ use crate::util::{artifacts, calcplug, scratch};
 /// OpenTelemetry traces across the hop.
 mod trace;
 
+/// The CLI reaching a fleet through its config.
+mod cli;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `calcplug certs --out DIR`: a throwaway CA, server and client certificates.

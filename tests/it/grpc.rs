@@ -270,6 +270,14 @@ fn go_plugins_that_break_the_handshake_are_refused_in_one_line() {
         ) && cookie.contains("This binary is a plugin."),
         "{cookie}"
     );
+    assert!(
+        cookie.ends_with(
+            "(go-plugin's refusal of a magic cookie it was not built with: calcplug sets \
+             CALCULATOR_PLUGIN=\"6f1c9a2e5d7b4c38a0e2f4d6b8c1a3e5\"; build the plugin with that MagicCookieKey and \
+             MagicCookieValue)"
+        ),
+        "{cookie}"
+    );
 }
 
 #[test]

@@ -39,6 +39,9 @@ mod security;
 /// The `calcplug` binary, run as a user would.
 mod cli;
 
+/// The CLI honouring its config: executables, `[isolation]`, exit codes, numbers.
+mod cli_config;
+
 /// What the README promises of the CLI that no other module covers.
 mod readme_claims;
 

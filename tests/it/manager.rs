@@ -641,9 +641,17 @@ fn calls_work_with_full_fences_where_membarrier_is_not_used() {
         .env("NO_COLOR", "1")
         .output()
         .expect("run calcplug");
-    assert!(out.status.success(), "{out:?}");
+    // The division by zero is a failed `--call`: exit 1, after the status.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("asymmetric=false"), "{log}");
+    assert!(
+        log.ends_with(
+            "error: --call basic:divide:1:0: basic: divide: division by zero: cannot divide 1 by \
+             zero\n(1 of the 3 --call calls failed)\n"
+        ),
+        "{log}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let basic = json["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "basic").unwrap();
     let ops = basic["operations"].as_array().unwrap();
@@ -663,7 +671,13 @@ fn status_command_prints_metrics_as_text_json_and_prometheus() {
     let mut args = vec!["--plugin-dir", dir, "status", "--prometheus"];
     args.extend(calls);
     let out = calcplug(&args);
-    assert!(out.status.success(), "{out:?}");
+    let failed =
+        "error: --call basic:divide:1:0: basic: divide: division by zero: cannot divide 1 \
+                  by zero\n(1 of the 3 --call calls failed)\n";
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()),
+        (Some(1), failed)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     check_prometheus(&text);
     assert!(text.contains("calcplug_calls_total{plugin=\"basic\",op=\"add\"} 1\n"), "{text}");
@@ -672,7 +686,10 @@ fn status_command_prints_metrics_as_text_json_and_prometheus() {
     let mut args = vec!["--plugin-dir", dir, "status", "--json"];
     args.extend(calls);
     let out = calcplug(&args);
-    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()),
+        (Some(1), failed)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let basic = json["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "basic").unwrap();
     assert_eq!(basic["state"], "ready");

@@ -56,7 +56,7 @@ pub(crate) fn bench(
     // slices, six slots), the four batch sizes, per channel one per-call latency, four thread
     // counts and the four batch sizes, and the socket floor.
     let slot = Duration::from_secs(seconds).div_f64((6 + 4 + CHANNELS.len() * 9 + 1) as f64);
-    let plugin = super::find_plugin(dirs, name)?;
+    let plugin = crate::plugins::find_plugin(dirs, name)?;
     let plugin_config = config.plugin(name);
     plugin.initialize(&plugin_config)?;
     let manager = PluginManager::start(config.with_auto_scan(false))?;

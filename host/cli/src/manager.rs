@@ -59,21 +59,22 @@ pub(crate) fn settings_for(config: &ManagerConfig, plugin: &str, set: Vec<String
     settings
 }
 
-/// `calcplug status [--json | --prometheus] [--call PLUGIN:OP:A[:B]]...`
+/// `calcplug status [--json | --prometheus] [--call PLUGIN:OP:A[:B]]...`: exit 1 when a
+/// `--call` failed (each failure said on stderr), after the status.
 pub(crate) fn status(
     config: ManagerConfig,
+    dirs: &[PathBuf],
     as_json: bool,
     prometheus: bool,
     calls: &[String],
 ) -> anyhow::Result<ExitCode> {
+    let parsed = calls.iter().map(|spec| parse_call(spec)).collect::<anyhow::Result<Vec<_>>>()?;
+    let remotes: Vec<String> = config.configured_remotes().map(str::to_owned).collect();
     let manager = PluginManager::start(config.with_auto_scan(false))?;
-    let mut call_errors = 0;
-    for spec in calls {
-        let (plugin, op, a, b) = parse_call(spec)?;
+    let mut failed = Vec::new();
+    for (spec, (plugin, op, a, b)) in calls.iter().zip(parsed) {
         if let Err(err) = manager.call(&plugin, op, a, b) {
-            // The call's failure is what the metrics will show; it is not the command's.
-            tracing::info!(error = %err, "call failed");
-            call_errors += 1;
+            failed.push(format!("--call {spec}: {err}"));
         }
     }
     let snapshot = manager.status();
@@ -85,15 +86,54 @@ pub(crate) fn status(
         serde_json::to_writer_pretty(&mut out, &status_json(&snapshot))?;
         writeln!(out)?;
     } else {
-        write_status(&mut out, &snapshot)?;
-        if call_errors > 0 {
-            writeln!(out, "({call_errors} of the --call calls failed)")?;
+        if snapshot.plugins.is_empty() {
+            write_nothing_loaded(&mut out, dirs, &remotes)?;
         }
+        write_status(&mut out, &snapshot)?;
     }
     for err in &report.failed {
         tracing::warn!(error = %err, "shutdown");
     }
+    drop(out);
+    for failure in &failed {
+        eprintln!("error: {failure}");
+    }
+    if !failed.is_empty() {
+        eprintln!("({} of the {} --call calls failed)", failed.len(), calls.len());
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `status` looked when it found nothing to serve, and the plugin executables it passed
+/// over (the manager starts only those the config names).
+fn write_nothing_loaded(
+    out: &mut impl Write,
+    dirs: &[PathBuf],
+    remotes: &[String],
+) -> io::Result<()> {
+    let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let looked = if shown.is_empty() {
+        "no plugin directory".to_owned()
+    } else {
+        format!("libraries looked for in {}", shown.join(", "))
+    };
+    let configured = if remotes.is_empty() {
+        String::new()
+    } else {
+        format!("; configured, not reached: {}", remotes.join(", "))
+    };
+    writeln!(out, "no plugin is loaded ({looked}{configured})")?;
+    for path in dirs.iter().filter_map(|dir| host::plugin_executables(dir).ok()).flatten() {
+        writeln!(
+            out,
+            "skipped  {}: a plugin executable; the manager starts those the config names: \
+             [plugins.NAME] command = [{:?}]",
+            path.display(),
+            path.display().to_string()
+        )?;
+    }
+    Ok(())
 }
 
 fn parse_call(spec: &str) -> anyhow::Result<(String, Op, f64, f64)> {
@@ -115,9 +155,6 @@ fn parse_call(spec: &str) -> anyhow::Result<(String, Op, f64, f64)> {
 }
 
 fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> {
-    if status.plugins.is_empty() {
-        writeln!(out, "no plugin is loaded")?;
-    }
     for p in &status.plugins {
         writeln!(
             out,

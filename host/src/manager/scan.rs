@@ -93,7 +93,7 @@ impl Inner {
         // Plugin executables named in the config: started when new, again when their program
         // changed; a failure is recorded against the program and not retried until it changes.
         for (name, command) in self.config.commands() {
-            let program = locate(&command.program);
+            let program = crate::config::locate(&command.program);
             let stamp = FileStamp::of(&program);
             if control.commands.get(name).is_some_and(|seen| *seen == stamp) {
                 continue;
@@ -132,6 +132,7 @@ impl Inner {
             match self.load_fleet(name, options) {
                 Ok(generation) => {
                     control.fleets.insert(name.to_owned());
+                    control.fleet_errors.remove(name);
                     let source = generation.source.clone();
                     by_name.entry(name.to_owned()).or_default().push((source, generation));
                 }
@@ -139,6 +140,21 @@ impl Inner {
                     if let Some(slot) = self.registry.load().get(name) {
                         *slot.last_error.lock() = Some(err.to_string());
                     }
+                    let targets = match &err {
+                        Error::Fleet { peer, .. } => PathBuf::from(peer),
+                        other => other.path().map_or_else(|| PathBuf::from(name), Path::to_owned),
+                    };
+                    let reason = match &err {
+                        Error::Fleet { reason, .. } => reason.clone(),
+                        other => other.reason(),
+                    };
+                    let problem = FileProblem {
+                        path: targets,
+                        shadowed: false,
+                        failed_in: failed_step(&err),
+                        reason: format!("fleet `{name}`: {reason}"),
+                    };
+                    control.fleet_errors.insert(name.to_owned(), problem);
                     report.failed.push(err);
                 }
             }
@@ -329,22 +345,7 @@ impl Inner {
         let _span = tracing::info_span!("command", plugin = name).entered();
         let state = StateMachine::new(name.to_owned());
         let _ = state.transition(LifecycleState::Validating);
-        let mut options = self.config.isolation().options().clone();
-        options.auto_mtls = command.auto_mtls.unwrap_or(options.auto_mtls);
-        let started = RemotePlugin::spawn_command(&command.program, &command.args, options)
-            .and_then(|plugin| {
-                let called = plugin.identity().name();
-                if called == name {
-                    return Ok(plugin);
-                }
-                Err(Error::BadMetadata {
-                    reason: format!(
-                        "the plugin calls itself `{called}`, but it is configured as \
-                         `[plugins.{name}]`"
-                    ),
-                }
-                .with_path(program))
-            });
+        let started = self.config.start_command(name, command);
         let started = started.map(|plugin| (Backend::Remote(Box::new(plugin)), program.to_owned()));
         started_generation(state, started, "refused")
     }
@@ -403,6 +404,7 @@ impl Inner {
             failed_in: LifecycleState::Discovered,
             reason: reason.clone(),
         }));
+        problems.extend(control.fleet_errors.values().cloned());
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         ManagerStatus { plugins, problems, uptime: self.started.elapsed() }
     }
@@ -482,19 +484,6 @@ pub(super) fn copies_dir() -> Result<PathBuf, Error> {
     fs::create_dir_all(&dir)
         .map_err(|source| Error::Io { error: source }.with_path(dir.clone()))?;
     Ok(dir)
-}
-
-/// `program` itself when it has a `/`, else the first match in `PATH` (as the process would be
-/// started), else `program` unchanged.
-fn locate(program: &Path) -> PathBuf {
-    if program.components().count() > 1 {
-        return program.to_owned();
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| program.to_owned())
 }
 
 impl FileStamp {

@@ -7,7 +7,10 @@
 //! connection of its own, and adds the instance to the balancer when it answers `SERVING`,
 //! removes it when it does not answer or answers anything else (so an instance that was killed,
 //! or drains on SIGTERM, is ejected within one interval, and one that comes back is probed back
-//! in). With DNS discovery (`dns:///HOST:PORT`), the name is resolved again every
+//! in). A prober whose instance keeps failing asks less and less often (twice the interval
+//! after each failure, up to 2 s), and keeps the reason, which a call that finds no instance
+//! reports; when every instance refused this host's TLS (no client certificate, another CA), a
+//! call fails at once with that reason rather than at its deadline. With DNS discovery (`dns:///HOST:PORT`), the name is resolved again every
 //! `resolve_interval` and probers start and stop with the addresses it returns, so a Kubernetes
 //! headless Service scales the fleet.
 //!
@@ -17,15 +20,13 @@
 //! The deadline travels with each try as gRPC's `grpc-timeout`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
-use interface::{BatchOp, BatchResult, Config, ErrorCode, Op, Status};
+use interface::{AngleUnit, BatchOp, BatchResult, Config, ErrorCode, Op, Status};
 use parking_lot::Mutex;
 use semver::Version;
-use tokio::sync::mpsc::Sender;
-use tonic::transport::channel::Change;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tonic::transport::Channel;
 
 use super::grpc::client::{exchange, Client, Naming};
 use super::grpc::pb::calculator_client::CalculatorClient;
@@ -33,6 +34,10 @@ use super::process::Transport;
 use super::wire::{self, Request, Response};
 use crate::fleet::ClientTls;
 use crate::{Error, Extension, Identity};
+
+mod probe;
+
+use probe::{instance, is_tls_refusal, resolve, tls_config, Instances, Probe, Seen};
 
 /// Where a [`Fleet`]'s instances are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +81,6 @@ impl FleetOptions {
 pub struct Fleet {
     caller: Caller,
     identity: Identity,
-    /// Instance URL → whether the balancer has it now.
-    instances: Arc<Mutex<BTreeMap<String, bool>>>,
 }
 
 /// The balanced client and what a call needs.
@@ -87,6 +90,7 @@ struct Caller {
     plugin: String,
     shown: String,
     options: FleetOptions,
+    instances: Instances,
     /// Calls that failed in transport and were tried again.
     failovers: std::sync::atomic::AtomicU64,
 }
@@ -95,12 +99,6 @@ impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet").field("targets", &self.caller.shown).finish_non_exhaustive()
     }
-}
-
-/// A balanced instance: its URL, and the endpoint the balancer and the prober connect to.
-struct Instance {
-    url: String,
-    endpoint: Endpoint,
 }
 
 impl Fleet {
@@ -129,10 +127,9 @@ impl Fleet {
             Some(tls) => Some(tls_config(tls)?),
             None => None,
         };
-        let named_server = options.tls.as_ref().is_some_and(|tls| tls.server_name.is_some());
         let naming = tonic::metadata::MetadataValue::try_from(plugin)
             .map_err(|err| fleet(format!("`{plugin}` cannot be sent as a plugin name: {err}")))?;
-        let instances = Arc::new(Mutex::new(BTreeMap::new()));
+        let instances = Instances::default();
         let client = {
             let _entered = runtime.enter();
             let (channel, changes) = Channel::balance_channel::<String>(64);
@@ -145,7 +142,7 @@ impl Fleet {
             match &options.targets {
                 Targets::Endpoints(urls) => {
                     for url in urls {
-                        let instance = instance(url, tls.as_ref()).map_err(&fleet)?;
+                        let instance = instance(url, tls.as_ref(), None).map_err(&fleet)?;
                         runtime.spawn(probe.clone().run(instance));
                     }
                 }
@@ -156,7 +153,6 @@ impl Fleet {
                     runtime.spawn(resolve(
                         name.to_owned(),
                         tls.clone(),
-                        named_server,
                         options.resolve_interval,
                         probe,
                     ));
@@ -175,10 +171,11 @@ impl Fleet {
             plugin: plugin.to_owned(),
             shown,
             options,
+            instances,
             failovers: std::sync::atomic::AtomicU64::new(0),
         };
         let identity = caller.identity(plugin)?;
-        Ok(Fleet { caller, identity, instances })
+        Ok(Fleet { caller, identity })
     }
 
     /// What the plugin is; its path is the fleet's targets.
@@ -188,7 +185,12 @@ impl Fleet {
 
     /// The instances known now, each with whether the balancer sends it calls.
     pub fn instances(&self) -> Vec<(String, bool)> {
-        self.instances.lock().iter().map(|(url, serving)| (url.clone(), *serving)).collect()
+        self.caller
+            .instances
+            .lock()
+            .iter()
+            .map(|(url, seen)| (url.clone(), seen.balanced))
+            .collect()
     }
 
     /// Calls that failed in transport on one instance and were tried again.
@@ -272,6 +274,43 @@ impl Fleet {
         }
     }
 
+    /// The angle unit is set by the servers' config, not by a caller: setting it on one
+    /// instance would leave the others on another.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Call`] with `Unsupported`.
+    pub fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), Error> {
+        Err(Error::Call {
+            plugin: self.identity.name().to_owned(),
+            op: "set_angle_unit",
+            code: ErrorCode::Unsupported,
+            message: format!(
+                "`{unit}`: a plugin served by a fleet is configured by its servers' \
+                 calcplug.toml (`angle_unit`), not by its callers"
+            ),
+        })
+    }
+
+    /// The angle unit, as one instance reports it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Fleet::call`].
+    pub fn angle_unit(&self) -> Result<AngleUnit, Error> {
+        match self.caller.roundtrip("angle_unit", &Request::AngleUnit)? {
+            Response::AngleUnit(raw) => AngleUnit::from_u8(raw).ok_or_else(|| {
+                self.call_error(
+                    "angle_unit",
+                    ErrorCode::Internal.as_u8(),
+                    format!("unknown angle unit code {raw}"),
+                )
+            }),
+            Response::Error { code, message } => Err(self.call_error("angle_unit", code, message)),
+            other => Err(self.caller.unexpected("angle_unit", &other)),
+        }
+    }
+
     #[cold]
     fn call_error(&self, op: &'static str, code: u8, message: String) -> Error {
         let code = ErrorCode::from_u8(code).unwrap_or(ErrorCode::Internal);
@@ -327,9 +366,13 @@ impl Caller {
         loop {
             tries += 1;
             let left = deadline.saturating_duration_since(Instant::now());
+            // While no instance is balanced, a request waits in the balancer: look again at what
+            // the probers found every `UNBALANCED_WAIT`, so that refusals are told at once.
+            let balanced = self.any_balanced();
+            let wait = if balanced { left } else { left.min(UNBALANCED_WAIT) };
             let mut client = self.client.clone();
             let answer = self.runtime.block_on(async {
-                tokio::time::timeout(left, exchange(&mut client, request, interface_version)).await
+                tokio::time::timeout(wait, exchange(&mut client, request, interface_version)).await
             });
             match answer {
                 Ok(Ok(response)) => return Ok(response),
@@ -343,20 +386,61 @@ impl Caller {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                let tries = if tries == 1 { "1 try".to_owned() } else { format!("{tries} tries") };
                 return Err(Error::Fleet {
                     peer: self.shown.clone(),
                     reason: format!(
-                        "{op}: no instance answered within {:?} ({tries} tries)",
-                        self.options.call_timeout
+                        "{op}: no instance answered within {:?} ({tries}){}",
+                        self.options.call_timeout,
+                        self.why_none_serves()
                     ),
                 });
             }
-            self.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(tries, "no answer in transport: trying another instance");
+            if let Some(refusals) = self.refused_everywhere() {
+                return Err(Error::Fleet {
+                    peer: self.shown.clone(),
+                    reason: format!("{op}: every instance refused this host: {refusals}"),
+                });
+            }
+            if balanced {
+                self.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(tries, "no answer in transport: trying another instance");
+            }
             // The balancer may still hold the instance that just failed, until its prober
             // sees it: a short pause, shorter as the deadline nears.
             std::thread::sleep(Duration::from_millis(10).min(left / 4));
         }
+    }
+
+    fn any_balanced(&self) -> bool {
+        self.instances.lock().values().any(|seen| seen.balanced)
+    }
+
+    /// When every instance known refused this host's TLS (no certificate, another CA, a
+    /// certificate not for its name): `URL: reason; …`. Waiting cannot help then.
+    fn refused_everywhere(&self) -> Option<String> {
+        let instances = self.instances.lock();
+        let refused = !instances.is_empty()
+            && instances
+                .values()
+                .all(|seen| !seen.balanced && seen.failure.as_deref().is_some_and(is_tls_refusal));
+        refused.then(|| self.reasons(&instances))
+    }
+
+    fn reasons(&self, instances: &BTreeMap<String, Seen>) -> String {
+        // One instance, named by the targets already: its reason alone.
+        if let [(url, seen)] = instances.iter().collect::<Vec<_>>()[..] {
+            if *url == self.shown {
+                return seen.failure.clone().unwrap_or_else(|| "not checked yet".to_owned());
+            }
+        }
+        let reasons: Vec<String> = instances
+            .iter()
+            .map(|(url, seen)| {
+                format!("{url}: {}", seen.failure.as_deref().unwrap_or("not checked yet"))
+            })
+            .collect();
+        reasons.join("; ")
     }
 
     #[cold]
@@ -366,150 +450,26 @@ impl Caller {
             reason: format!("unexpected answer to {op}: {response:?}"),
         }
     }
-}
 
-/// tonic's TLS settings from the host's PEM files.
-fn tls_config(tls: &ClientTls) -> Result<ClientTlsConfig, Error> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|err| {
-            Error::Tls { reason: format!("cannot read: {err}") }.with_path(path.to_owned())
-        })
-    };
-    // The same files, checked the way the rest of calcplug reads them.
-    crate::fleet::tls_client_config(tls)?;
-    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
-    if let Some((cert, key)) = &tls.identity {
-        config = config.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
-    }
-    if let Some(name) = &tls.server_name {
-        config = config.domain_name(name.clone());
-    }
-    Ok(config)
-}
-
-fn instance(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Instance, String> {
-    let secure = url.starts_with("https://");
-    if !secure && !url.starts_with("http://") {
-        return Err(format!("`{url}`: an endpoint starts with https:// or http://"));
-    }
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|err| format!("`{url}`: {err}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(2));
-    match (secure, tls) {
-        (true, Some(tls)) => {
-            endpoint =
-                endpoint.tls_config(tls.clone()).map_err(|err| format!("`{url}`: TLS: {err}"))?;
+    /// Why no instance is balanced, from what the probers last saw: `: URL: reason; …`, or
+    /// nothing when an instance is balanced (the call then failed on the way, not for want of
+    /// one) or none is known yet.
+    #[cold]
+    fn why_none_serves(&self) -> String {
+        let instances = self.instances.lock();
+        if instances.is_empty() {
+            return match &self.options.targets {
+                Targets::Dns(name) => format!(": `{name}` resolved to no address yet"),
+                Targets::Endpoints(_) => String::new(),
+            };
         }
-        (true, None) => return Err(format!("`{url}`: an https:// endpoint needs TLS settings")),
-        (false, _) => {}
-    }
-    Ok(Instance { url: url.to_owned(), endpoint })
-}
-
-/// What the probers share: where to report, what to ask.
-#[derive(Clone)]
-struct Probe {
-    plugin: String,
-    every: Duration,
-    changes: Sender<Change<String, Endpoint>>,
-    instances: Arc<Mutex<BTreeMap<String, bool>>>,
-}
-
-impl Probe {
-    /// Asks `instance` about the plugin every `every`, adding it to the balancer or removing
-    /// it as the answer changes, until the task is aborted.
-    async fn run(self, instance: Instance) {
-        self.instances.lock().insert(instance.url.clone(), false);
-        let channel = instance.endpoint.connect_lazy();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let mut balanced = false;
-        loop {
-            let request = tonic_health::pb::HealthCheckRequest { service: self.plugin.clone() };
-            let answer = tokio::time::timeout(
-                self.every.max(Duration::from_millis(200)) * 4,
-                health.check(request),
-            )
-            .await;
-            let serving = matches!(&answer, Ok(Ok(reply)) if reply.get_ref().status == 1);
-            if serving != balanced {
-                let change = if serving {
-                    tracing::info!(url = %instance.url, plugin = %self.plugin, "instance serving: balanced");
-                    Change::Insert(instance.url.clone(), instance.endpoint.clone())
-                } else {
-                    let why = match &answer {
-                        Ok(Ok(reply)) => format!("health status {}", reply.get_ref().status),
-                        Ok(Err(status)) => status.message().to_owned(),
-                        Err(_) => "no health answer in time".to_owned(),
-                    };
-                    tracing::warn!(url = %instance.url, plugin = %self.plugin, reason = %why, "instance not serving: ejected");
-                    Change::Remove(instance.url.clone())
-                };
-                if self.changes.send(change).await.is_err() {
-                    return;
-                }
-                balanced = serving;
-                self.instances.lock().insert(instance.url.clone(), serving);
-            }
-            tokio::time::sleep(self.every).await;
+        if instances.values().any(|seen| seen.balanced) {
+            return String::new();
         }
+        format!(": {}", self.reasons(&instances))
     }
 }
 
-/// Resolves `name` every `every`, starting a prober for each new address and stopping (and
-/// ejecting) those of addresses that went away.
-async fn resolve(
-    name: String,
-    tls: Option<ClientTlsConfig>,
-    named_server: bool,
-    every: Duration,
-    probe: Probe,
-) {
-    let host = name.rsplit_once(':').map_or(name.as_str(), |(host, _)| host).to_owned();
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut probers: BTreeMap<std::net::SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
-    loop {
-        match tokio::net::lookup_host(name.as_str()).await {
-            Ok(found) => {
-                let found: std::collections::BTreeSet<_> = found.collect();
-                for gone in
-                    probers.keys().filter(|a| !found.contains(a)).copied().collect::<Vec<_>>()
-                {
-                    if let Some(task) = probers.remove(&gone) {
-                        task.abort();
-                    }
-                    let url = format!("{scheme}://{gone}");
-                    probe.instances.lock().remove(&url);
-                    let _ = probe.changes.send(Change::Remove(url)).await;
-                }
-                for address in found {
-                    if probers.contains_key(&address) {
-                        continue;
-                    }
-                    let url = format!("{scheme}://{address}");
-                    // The certificate is for the name, not for each address (unless the TLS
-                    // settings name the server themselves).
-                    let tls = tls.clone().map(|tls| {
-                        if named_server {
-                            tls
-                        } else {
-                            tls.domain_name(host.clone())
-                        }
-                    });
-                    match instance(&url, tls.as_ref()) {
-                        Ok(instance) => {
-                            probers.insert(address, tokio::spawn(probe.clone().run(instance)));
-                        }
-                        Err(reason) => {
-                            tracing::warn!(%url, %reason, "cannot use a resolved address")
-                        }
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::warn!(%name, error = %err, "cannot resolve the fleet's name; keeping the instances known")
-            }
-        }
-        tokio::time::sleep(every).await;
-    }
-}
+/// How long a call waits in the balancer, while no instance is in it, before it looks again at
+/// what the probers found.
+const UNBALANCED_WAIT: Duration = Duration::from_millis(100);

@@ -161,13 +161,16 @@ impl Endpoint {
 }
 
 /// A connection failure, with what the common TLS refusals mean in plain words.
-fn explain(reason: String, secure: bool) -> String {
+pub(super) fn explain(reason: String, secure: bool) -> String {
     let meaning = if reason.contains("CertificateRequired") {
         "the server requires a client certificate (mutual TLS) and none is configured"
     } else if reason.contains("alert: UnknownCA") || reason.contains("alert: BadCertificate") {
         "the server does not accept this host's certificate (not signed by the CA it trusts)"
     } else if reason.contains("UnknownIssuer") || reason.contains("NotValidForName") {
         "the server's certificate is not signed by the configured CA, or not for this name"
+    } else if secure && reason.contains("connection closed") {
+        "the server closed the connection during or right after the TLS handshake: does it \
+         require a client certificate this host does not send, or one from another CA?"
     } else if !secure
         && ["broken pipe", "reset", "h2 protocol error"].iter().any(|sign| reason.contains(sign))
     {

@@ -480,7 +480,20 @@ impl LogTail {
             reason
         } else {
             let said: Vec<&str> = lines.iter().map(String::as_str).collect();
-            format!("{reason}; it said on stderr: {}", said.join(" / "))
+            let said = said.join(" / ");
+            // go-plugin's words for a plugin started without the cookie it was built with.
+            let cookie = if said.contains("This binary is a plugin.") {
+                format!(
+                    " (go-plugin's refusal of a magic cookie it was not built with: calcplug \
+                     sets {}={:?}; build the plugin with that MagicCookieKey and \
+                     MagicCookieValue)",
+                    interface::MAGIC_COOKIE_KEY,
+                    interface::MAGIC_COOKIE_VALUE
+                )
+            } else {
+                String::new()
+            };
+            format!("{reason}; it said on stderr: {said}{cookie}")
         }
     }
 }

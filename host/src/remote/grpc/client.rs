@@ -306,6 +306,23 @@ async fn connect_channel(peer: &Peer) -> Result<Channel, String> {
         })
 }
 
+/// Why the TLS server at `authority` (`HOST:PORT`) refuses a client with `config`, told the way
+/// [`Peer::await_preface`] tells it: the handshake, then the server's first bytes, which are its
+/// alert when it refused the client's certificate. `None` when it cannot be reached at all or
+/// accepts the client.
+pub(crate) async fn tls_refusal(
+    authority: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: &str,
+) -> Option<String> {
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).ok()?;
+    let stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+    match tokio_rustls::TlsConnector::from(config).connect(name, stream).await {
+        Ok(stream) => Prefetched::first_read(stream).await.err().map(|err| err.to_string()),
+        Err(err) => Some(err.to_string()),
+    }
+}
+
 /// A TLS connection whose first bytes from the server were read at connection time (see
 /// [`Peer::await_preface`]), then handed on before anything else.
 struct Prefetched<S> {
@@ -385,7 +402,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefetched<S> {
 
 /// A status's message followed by its chain of causes (a refused TLS handshake is only
 /// "transport error" on its own), each cause once.
-fn with_causes(status: &tonic::Status) -> String {
+pub(crate) fn with_causes(status: &tonic::Status) -> String {
     let mut text = status.message().to_owned();
     let mut cause = std::error::Error::source(status);
     while let Some(err) = cause {

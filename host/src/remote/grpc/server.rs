@@ -137,14 +137,71 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> TlsConnection<S> {
                 } else {
                     ""
                 };
-                tracing::warn!(%peer, error = %err, "refused a connection: TLS handshake failed{hint}");
+                if let Some(unlogged) = REFUSALS.to_log(peer, &err.to_string()) {
+                    tracing::warn!(%peer, error = %err, "refused a connection: TLS handshake failed{hint}{}", unlogged_note(unlogged));
+                }
                 Err(err)
             }
             Err(_) => {
-                tracing::warn!(%peer, "refused a connection: no TLS handshake within 10 s");
+                if let Some(unlogged) = REFUSALS.to_log(peer, "timeout") {
+                    tracing::warn!(%peer, "refused a connection: no TLS handshake within 10 s{}", unlogged_note(unlogged));
+                }
                 Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
             }
         }
+    }
+}
+
+/// How often the same refusal of the same address is logged: a misconfigured client that
+/// keeps trying is one warning per interval, with a count, not one per attempt.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The refusals logged lately, by address (without the port, which changes with each
+/// connection) and reason.
+static REFUSALS: RefusalLog = RefusalLog(parking_lot::Mutex::new(None));
+
+struct RefusalLog(parking_lot::Mutex<Option<Refusals>>);
+
+/// (address, reason) → when it was last logged, and how many of it were not logged since.
+type Refusals = std::collections::HashMap<(String, String), (std::time::Instant, u64)>;
+
+impl RefusalLog {
+    /// Whether this refusal of `peer` for `reason` is to be logged: `Some(n)` with the number
+    /// of the same refusals not logged since the last line, `None` within the interval.
+    fn to_log(&self, peer: &str, reason: &str) -> Option<u64> {
+        let address = peer.rsplit_once(':').map_or(peer, |(address, _)| address);
+        let now = std::time::Instant::now();
+        let mut log = self.0.lock();
+        let log = log.get_or_insert_with(Default::default);
+        // Forget what is past its interval, so that many addresses cannot grow it for good.
+        if log.len() >= 1024 {
+            log.retain(|_, (since, _)| now.duration_since(*since) < REFUSAL_LOG_INTERVAL);
+        }
+        match log.get_mut(&(address.to_owned(), reason.to_owned())) {
+            Some((since, unlogged)) if now.duration_since(*since) < REFUSAL_LOG_INTERVAL => {
+                *unlogged += 1;
+                tracing::debug!(%peer, %reason, "refused a connection again");
+                None
+            }
+            Some((since, unlogged)) => {
+                let earlier = *unlogged;
+                (*since, *unlogged) = (now, 0);
+                Some(earlier)
+            }
+            None => {
+                log.insert((address.to_owned(), reason.to_owned()), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// `; refused N more times since the last warning`, or nothing.
+fn unlogged_note(unlogged: u64) -> String {
+    match unlogged {
+        0 => String::new(),
+        1 => " (once more from this address since the last such warning)".to_owned(),
+        n => format!(" ({n} more times from this address since the last such warning)"),
     }
 }
 

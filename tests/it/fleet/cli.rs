@@ -1,0 +1,130 @@
+//! The `calcplug` CLI reaching a fleet through its config: `call`, `info`, `list` and `status`
+//! of an `endpoints` plugin, and a refused client certificate told with its TLS reason, exit 1,
+//! and a server that logs the repeated refusal once per interval.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Instant;
+
+use super::{certs, start_mutual, Serve};
+use crate::util::{calcplug, scratch};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A host config naming `basic` at `urls`, with `extra` keys (the client certificate, or none).
+fn host_config(dir: &Path, urls: &[String], extra: &str) -> String {
+    let quoted: Vec<String> = urls.iter().map(|url| format!("{url:?}")).collect();
+    let path = dir.join("host.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[plugins.basic]\nendpoints = [{}]\ntls_ca = \"ca.pem\"\n{extra}",
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn run(config: &str, args: &[&str]) -> Output {
+    calcplug().arg("--config").arg(config).args(args).output().expect("run calcplug")
+}
+
+#[test]
+fn call_info_list_and_status_reach_a_fleet_plugin_named_in_the_config() {
+    let pki = scratch();
+    let dir = certs(pki.path());
+    let servers: Vec<Serve> = (0..2).map(|_| start_mutual(&dir)).collect();
+    let urls: Vec<String> = servers.iter().map(|s| s.url("https")).collect();
+    let config = host_config(&dir, &urls, "tls_cert = \"client.pem\"\ntls_key = \"client.key\"\n");
+    let targets = urls.join(", ");
+
+    let out = run(&config, &["call", "basic", "add", "2", "3"]);
+    assert_eq!((text(&out.stdout), text(&out.stderr)), ("5\n".into(), String::new()));
+    let out = run(&config, &["call", "basic", "divide", "1", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: basic: divide: division by zero: cannot divide 1 by zero\n"
+    );
+
+    let out = run(&config, &["info", "basic"]);
+    let shown = text(&out.stdout);
+    assert!(shown.contains(&format!("\npath:        {targets}\n")), "{shown}");
+    assert!(
+        shown.contains("\nmode:        remote (gRPC to calcplug serve instances, balanced)\n"),
+        "{shown}"
+    );
+    let out = run(&config, &["list"]);
+    assert_eq!(
+        text(&out.stdout),
+        format!("loaded   basic          1.0.0    fleet      interface 1.1.0   {targets}\n")
+    );
+    let out = run(&config, &["status", "--call", "basic:add:2:3"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("  add            1 calls, 0 errors, 100.0% ok"), "{out:?}");
+}
+
+#[test]
+fn a_refused_client_certificate_is_exit_1_with_the_tls_reason_and_one_warning_per_interval() {
+    let pki = scratch();
+    let dir = certs(pki.path());
+    let started = Instant::now();
+    let mut server = start_mutual(&dir);
+    let url = server.url("https");
+    // No client certificate; a long deadline, so that the answer comes from the refusal, not
+    // from waiting for one.
+    let config = host_config(&dir, std::slice::from_ref(&url), "call_timeout = \"60s\"\n");
+    let reason = "received fatal alert: CertificateRequired (the server requires a client \
+                  certificate (mutual TLS) and none is configured)";
+
+    let out = run(&config, &["call", "basic", "add", "2", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        format!("error: {url}: metadata: every instance refused this host: {reason}\n")
+    );
+    let out = run(&config, &["info", "basic"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = run(&config, &["status", "--call", "basic:add:2:3"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "no plugin is loaded (no plugin directory; configured, not reached: basic)\n\
+             refused  {url}: fleet `basic`: metadata: every instance refused this host: {reason}\n"
+        )
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "error: --call basic:add:2:3: no plugin named `basic` (no plugin was loaded)\n\
+         (1 of the 1 --call calls failed)\n"
+    );
+    let out = run(&config, &["list"]);
+    assert_eq!(
+        text(&out.stdout),
+        format!("refused  {url}: metadata: every instance refused this host: {reason}\n")
+    );
+
+    // Each of the four commands was refused at least twice (its health probe, and the handshake
+    // that read the alert); the server warned once per 10 s, the later warnings with a count.
+    assert_eq!(server.stop(), Some(0));
+    let windows = started.elapsed().as_secs() / 10 + 1;
+    let warnings: Vec<&String> =
+        server.log.iter().filter(|line| line.contains("refused a connection")).collect();
+    assert!(
+        !warnings.is_empty() && warnings.len() as u64 <= windows,
+        "{} warnings in {windows} interval(s): {warnings:#?}",
+        warnings.len()
+    );
+    assert!(warnings[0].contains("error=peer sent no certificates"), "{warnings:#?}");
+    assert!(!warnings[0].contains("more time"), "{warnings:#?}");
+    for later in &warnings[1..] {
+        assert!(
+            later.contains("more times from this address since the last such warning"),
+            "{later}"
+        );
+    }
+}
