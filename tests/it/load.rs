@@ -147,17 +147,32 @@ fn non_libraries_named_like_libraries_are_refused_with_a_reason() {
     }
 }
 
+/// The lines of this process's memory map (`/proc/self/maps`) that map `path`.
+fn mappings_of(path: &Path) -> Vec<String> {
+    let maps = fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    let path = path.to_str().expect("a UTF-8 path");
+    maps.lines().filter(|line| line.contains(path)).map(str::to_owned).collect()
+}
+
 #[test]
 fn a_library_truncated_at_any_point_is_refused_not_mapped() {
-    // An interrupted copy: if any of these reached `dlopen`, the process would die of SIGBUS.
+    // An interrupted copy: if any of these reached `dlopen`, the process would die of SIGBUS,
+    // or map a library it then refuses (a library once mapped stays mapped). The copies that
+    // miss the least come first: the system loader would map those without a fault.
     let dir = scratch();
     let real = fs::read(artifacts().library("basic")).unwrap();
     let path = dir.path().join(format!("libcut{LIBRARY_SUFFIX}"));
-    for cut in [64, 1000, real.len() / 10, real.len() / 3, real.len() - 4096, real.len() - 1] {
+    for cut in [real.len() - 1, real.len() - 4096, real.len() / 3, real.len() / 10, 1000, 64] {
         fs::write(&path, &real[..cut]).unwrap();
         let err = host::load(&path).expect_err("a truncated copy must be refused");
         assert!(matches!(err.without_path(), Error::NotALibrary { .. }), "cut at {cut}: {err:?}");
+        assert_eq!(mappings_of(&path), Vec::<String>::new(), "cut at {cut}: mapped");
     }
+    // The whole file, from the same path, loads, and the map shows it.
+    fs::write(&path, &real).unwrap();
+    let plugin = host::load(&path).unwrap_or_else(|err| panic!("the whole file: {err}"));
+    assert_eq!(plugin.identity().name(), "basic");
+    assert_ne!(mappings_of(&path), Vec::<String>::new(), "a loaded library is not in the map");
 }
 
 #[test]

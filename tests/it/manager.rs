@@ -699,8 +699,16 @@ fn status_command_prints_metrics_as_text_json_and_prometheus() {
     assert_eq!(divide["success_rate"], 0.0);
 
     let out = calcplug(&["--plugin-dir", dir, "status"]);
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("basic") && text.contains("ready"), "{text}");
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(0), ""));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "basic          1.0.0    ready         in-process     generation 1  \
+             {dir}/libbasic.so\n\
+             scientific     1.1.0    ready         in-process     generation 1  \
+             {dir}/libscientific.so\n"
+        )
+    );
 
     // `--config` supplies the directories and each plugin's `initialize` config.
     let scratch = scratch();
@@ -712,6 +720,7 @@ fn status_command_prints_metrics_as_text_json_and_prometheus() {
     .unwrap();
     let out =
         calcplug(&["--config", config.to_str().unwrap(), "call", "basic", "divide", "1", "3"]);
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(0), ""));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0.33\n", "{out:?}");
 }
 
@@ -795,16 +804,28 @@ fn out_of_process_plugins_hot_reload_by_starting_a_new_runner() {
 
 #[test]
 fn health_checks_run_every_health_interval() {
+    // Without an interval, none runs on its own: checked once the other manager ran three.
+    let (_quiet_dir, quiet) = manager_for_reload("");
     let (_dir, manager) = manager_for_reload("[manager]\nhealth_interval = \"50ms\"\n");
     let reload = manager.get("reload").unwrap();
-    wait_for("a health check", || reload.status().health.is_some());
-    let health = reload.status().health.unwrap();
-    assert!(health.is_healthy(), "{health:?}");
-    assert_eq!(health.status.map(|s| s.state), Some(interface::PluginState::Ready));
-    // Without an interval, none runs on its own.
-    let (_dir, manager) = manager_for_reload("");
-    thread::sleep(Duration::from_millis(200));
-    assert!(manager.get("reload").unwrap().status().health.is_none());
+    // Each check asks the plugin for its status, whose uptime says when it was asked: the
+    // uptimes of the checks seen, in order.
+    let mut checks: Vec<Duration> = Vec::new();
+    wait_for("three health checks", || {
+        if let Some(health) = reload.status().health {
+            assert!(health.is_healthy(), "{health:?}");
+            let status = health.status.expect("the plugin's own status");
+            assert_eq!(status.state, interface::PluginState::Ready);
+            if checks.last() != Some(&status.uptime) {
+                checks.push(status.uptime);
+            }
+        }
+        checks.len() >= 3
+    });
+    for pair in checks.windows(2) {
+        assert!(pair[1] >= pair[0] + Duration::from_millis(50), "checks at uptimes {checks:?}");
+    }
+    assert!(quiet.get("reload").unwrap().status().health.is_none());
 }
 
 #[test]

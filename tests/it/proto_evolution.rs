@@ -14,6 +14,17 @@ fn compile(include: &Path) -> FileDescriptorSet {
     protox::compile([PROTO], [include]).unwrap_or_else(|err| panic!("{}: {err}", include.display()))
 }
 
+/// `text` compiled as [`PROTO`] in a scratch directory (returned with it, for a look when the
+/// compiler refuses it).
+fn compile_text(text: &str) -> (tempfile::TempDir, FileDescriptorSet) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(PROTO);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, text).unwrap();
+    let set = compile(dir.path());
+    (dir, set)
+}
+
 fn messages(set: &FileDescriptorSet) -> BTreeMap<String, &DescriptorProto> {
     fn walk<'a>(
         prefix: &str,
@@ -33,17 +44,25 @@ fn messages(set: &FileDescriptorSet) -> BTreeMap<String, &DescriptorProto> {
     out
 }
 
+/// Every enum, at any depth of nesting, by its full name.
 fn enums(set: &FileDescriptorSet) -> BTreeMap<String, &EnumDescriptorProto> {
+    fn walk<'a>(
+        prefix: &str,
+        enums: &'a [EnumDescriptorProto],
+        messages: &'a [DescriptorProto],
+        out: &mut BTreeMap<String, &'a EnumDescriptorProto>,
+    ) {
+        for e in enums {
+            out.insert(format!("{prefix}.{}", e.name()), e);
+        }
+        for message in messages {
+            let name = format!("{prefix}.{}", message.name());
+            walk(&name, &message.enum_type, &message.nested_type, out);
+        }
+    }
     let mut out = BTreeMap::new();
     for file in &set.file {
-        for e in &file.enum_type {
-            out.insert(format!(".{}.{}", file.package(), e.name()), e);
-        }
-        for message in &file.message_type {
-            for e in &message.enum_type {
-                out.insert(format!(".{}.{}.{}", file.package(), message.name(), e.name()), e);
-            }
-        }
+        walk(&format!(".{}", file.package()), &file.enum_type, &file.message_type, &mut out);
     }
     out
 }
@@ -176,11 +195,7 @@ fn each_forbidden_change_is_reported_and_additions_are_not() {
     let frozen = compile(&root().join("tests/compat/proto-v1"));
     let changed = |from: &str, to: &str| {
         assert!(original.contains(from), "{from:?} is not in the contract");
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join(PROTO);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, original.replacen(from, to, 1)).unwrap();
-        incompatibilities(&frozen, &compile(dir.path()))
+        incompatibilities(&frozen, &compile_text(&original.replacen(from, to, 1)).1)
     };
     assert_eq!(
         changed("  double b = 2;\n}", "  double b = 3;\n}"),
@@ -218,5 +233,85 @@ fn each_forbidden_change_is_reported_and_additions_are_not() {
         changed("  double b = 2;\n}", "  double b = 2;\n  double c = 3;\n}"),
         Vec::<String>::new(),
         "a new field is allowed"
+    );
+    assert_eq!(
+        changed("  double b = 2;\n}", "  double c = 2;\n}"),
+        [".calcplug.v1.Operands: field number 2 was `b` and is now `c`"]
+    );
+    assert_eq!(
+        changed(
+            "  rpc Sqrt(Operands) returns (Result);\n",
+            "  rpc Sqrt(Operands) returns (Outcome);\n"
+        ),
+        ["call calcplug.v1.Calculator.Sqrt changed its request or answer"]
+    );
+    assert_eq!(
+        changed(
+            "  rpc Sqrt(Operands) returns (Result);\n",
+            "  rpc Sqrt(stream Operands) returns (Result);\n"
+        ),
+        ["call calcplug.v1.Calculator.Sqrt changed its request or answer"]
+    );
+    assert_eq!(
+        changed(
+            "  ERROR_CODE_INTERNAL = 8;\n",
+            "  ERROR_CODE_INTERNAL = 8;\n  ERROR_CODE_TIMEOUT = 9;\n"
+        ),
+        Vec::<String>::new(),
+        "a new enum value is allowed"
+    );
+}
+
+/// The rest of the check, on a small contract of its own with what `calcplug.v1` lacks: a
+/// message and an enum nobody uses (so that removing them compiles), a reserved number, and an
+/// enum nested three messages deep.
+#[test]
+fn removals_reserved_numbers_and_deeply_nested_enums_are_checked() {
+    let original = r#"syntax = "proto3";
+package evolution.v1;
+message Outer {
+  reserved 3;
+  double a = 1;
+  message Middle {
+    message Inner {
+      enum Deep {
+        DEEP_UNSPECIFIED = 0;
+        DEEP_ONE = 1;
+      }
+      Deep deep = 1;
+    }
+    Inner inner = 1;
+  }
+  Middle middle = 2;
+}
+message Unused {}
+enum Level {
+  LEVEL_UNSPECIFIED = 0;
+  LEVEL_HIGH = 1;
+}
+"#;
+    let (_dir, old) = compile_text(original);
+    assert_eq!(incompatibilities(&old, &old), Vec::<String>::new());
+    let changed = |from: &str, to: &str| {
+        assert!(original.contains(from), "{from:?} is not in the contract");
+        incompatibilities(&old, &compile_text(&original.replacen(from, to, 1)).1)
+    };
+    assert_eq!(changed("message Unused {}\n", ""), ["message .evolution.v1.Unused was removed"]);
+    assert_eq!(
+        changed("enum Level {\n  LEVEL_UNSPECIFIED = 0;\n  LEVEL_HIGH = 1;\n}\n", ""),
+        ["enum .evolution.v1.Level was removed"]
+    );
+    assert_eq!(
+        changed("  reserved 3;\n", "  double c = 3;\n"),
+        [".evolution.v1.Outer.c reuses reserved number 3"]
+    );
+    assert_eq!(
+        changed("DEEP_ONE = 1;", "DEEP_ONE = 2;"),
+        [".evolution.v1.Outer.Middle.Inner.Deep: DEEP_ONE = 1 was removed or renumbered"]
+    );
+    assert_eq!(
+        changed("DEEP_ONE = 1;\n", "DEEP_ONE = 1;\n        DEEP_TWO = 2;\n"),
+        Vec::<String>::new(),
+        "a new enum value is allowed, however deep the enum"
     );
 }
