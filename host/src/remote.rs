@@ -404,7 +404,7 @@ impl RemotePlugin {
             self.process.write().take()
         };
         if let Some(process) = process {
-            tracing::info!(plugin = %self.identity.name(), pid = process.pid, "runner stopped");
+            tracing::info!(plugin = %self.identity.name(), pid = process.pid, "{} stopped", self.noun());
             // Dropped here unless a call still holds it: the last holder ends the process.
             drop(process);
         }

@@ -394,6 +394,25 @@ fn the_manager_serves_a_plugin_executable_named_in_the_config() {
 }
 
 #[test]
+fn a_killed_plugin_executable_is_restarted_under_the_manager() {
+    let go = tests::go_peers().plugin.display().to_string();
+    let (_dir, manager) = manager_with(&format!("[plugins.go-calc]\ncommand = [{go:?}]\n"));
+    let go_calc = manager.get("go-calc").expect("the Go plugin is served");
+    assert_eq!(go_calc.add(1.0, 1.0).unwrap(), 2.0);
+    let pid_of = |manager: &host::PluginManager| manager.status().plugins[0].runner_pid;
+    let first = pid_of(&manager).expect("a plugin process");
+    Command::new("kill").args(["-9", &first.to_string()]).status().unwrap();
+    // The call finds its process dead (its exit watcher noticed, or the call's connection
+    // failed and it is retried), and a new one answers.
+    assert_eq!(go_calc.add(2.0, 3.0).unwrap(), 5.0);
+    assert_ne!(pid_of(&manager), Some(first));
+    let status = manager.status();
+    let add = status.plugins[0].ops.iter().find(|op| op.op == "add").expect("add's metrics");
+    assert_eq!((add.calls, add.error_count()), (2, 0));
+    assert!(manager.shutdown().failed.is_empty());
+}
+
+#[test]
 fn a_plugin_executable_must_call_itself_by_its_configured_name() {
     let go = tests::go_peers().plugin.display().to_string();
     let (_dir, manager) = manager_with(&format!("[plugins.calc]\ncommand = [{go:?}]\n"));

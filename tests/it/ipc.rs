@@ -195,11 +195,13 @@ fn crashes_are_retried_then_the_circuit_opens_then_a_trial_closes_it() {
     assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
     assert_eq!(plugin.generation(), 3);
     assert_eq!(plugin.circuit(), Circuit::Closed);
+    assert_eq!(plugin.retried(), [("divide", 2)]);
     // The fourth failure opens the circuit: the retry is refused, and so is every call until
     // the cool-down has passed, without a new runner.
     let err = plugin.divide(1.0, 2.0).unwrap_err();
     assert!(matches!(err, Error::CircuitOpen { failures: 4, .. }), "{err:?}");
     assert_eq!(plugin.generation(), 4);
+    assert_eq!(plugin.retried(), [("divide", 2)], "a retry the circuit refused is not one");
     let err = plugin.add(1.0, 2.0).unwrap_err();
     let Error::CircuitOpen { failures: 4, next_trial_in, .. } = err else { panic!("{err:?}") };
     assert!(next_trial_in > Duration::ZERO && next_trial_in <= cooldown, "{next_trial_in:?}");
@@ -409,6 +411,37 @@ fn a_stopped_runner_is_gone_and_never_restarted() {
         "basic: its runner was stopped (the plugin was replaced or shut down)"
     );
     assert_eq!(plugin.generation(), 1, "no runner was started after stop()");
+}
+
+#[test]
+fn a_runner_that_dies_between_calls_is_a_failure_for_the_circuit_too() {
+    let options = RemoteOptions {
+        max_failures: 2,
+        circuit_cooldown: Duration::from_secs(30),
+        max_circuit_cooldown: Duration::from_secs(30),
+        ..options()
+    };
+    let plugin = remote("basic", options);
+    plugin.initialize(&Config::new()).unwrap();
+    let kill = |plugin: &RemotePlugin| {
+        let pid = plugin.runner_pid().expect("a runner");
+        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_alive(pid) {
+            assert!(Instant::now() < deadline, "runner {pid} still alive");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // Killed while idle: the next call runs on a new runner (whether the exit watcher or the
+    // call noticed the death first), and the death is one failure.
+    kill(&plugin);
+    assert_eq!(plugin.add(1.0, 2.0).unwrap(), 3.0);
+    assert_eq!((plugin.generation(), plugin.circuit()), (2, Circuit::Closed));
+    // The second death within the window opens the circuit.
+    kill(&plugin);
+    let err = plugin.add(1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::CircuitOpen { failures: 2, .. }), "{err:?}");
+    assert_eq!(plugin.generation(), 2, "no runner starts while the circuit is open");
 }
 
 pub(crate) fn process_alive(pid: u32) -> bool {

@@ -294,3 +294,46 @@ fn a_go_plugin_killed_every_3s_loses_no_call() {
         soak.slowest_call
     );
 }
+
+#[test]
+fn crashes_and_calls_retried_on_a_new_runner_are_counted_in_the_managers_status() {
+    let dir = scratch();
+    copy_as(&artifacts().library("crashy"), dir.path(), &tests::library_file_name("crashy"));
+    let toml = format!(
+        "[isolation]\nmode = \"out-of-process\"\nrunner = {:?}\nretries = 2\n\n\
+         [retry]\nmax_retries = 0\n\n[plugins.crashy]\ncrash = \"exit\"\n",
+        artifacts().runner.display().to_string()
+    );
+    let config = host::ManagerConfig::parse(&toml, &dir.path().join("calcplug.toml")).unwrap();
+    let manager = PluginManager::start(config.with_paths(&[dir.path().to_owned()])).unwrap();
+    // `divide` ends its runner: the call is tried, then retried on two new runners, and fails.
+    let err = manager.call("crashy", host::Op::Divide, 1.0, 2.0).unwrap_err();
+    assert!(matches!(err, Error::PluginCrashed { .. }), "{err:?}");
+    assert_eq!(manager.call("crashy", host::Op::Add, 1.0, 2.0).unwrap(), 3.0);
+    let status = manager.status();
+    let ops: Vec<(&str, u64, u64, u64)> = status.plugins[0]
+        .ops
+        .iter()
+        .map(|op| (op.op, op.calls, op.error_count(), op.retries))
+        .collect();
+    assert_eq!(ops, [("add", 1, 0, 0), ("divide", 1, 1, 2)]);
+    // A crash is a failed call (no plugin error code: it is counted by what failed it).
+    let divide = &status.plugins[0].ops[1];
+    assert_eq!(
+        (divide.errors.as_slice(), divide.failures.as_slice()),
+        (&[][..], &[("PluginCrashed", 1)][..])
+    );
+    assert_eq!(divide.success_rate(), 0.0);
+    let exposition = status.prometheus();
+    assert!(
+        exposition.contains(
+            "calcplug_call_errors_total{plugin=\"crashy\",op=\"divide\",code=\"PluginCrashed\"} 1\n"
+        ),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("calcplug_call_retries_total{plugin=\"crashy\",op=\"divide\"} 2\n"),
+        "{exposition}"
+    );
+    assert!(manager.shutdown().failed.is_empty());
+}

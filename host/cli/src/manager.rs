@@ -192,6 +192,9 @@ fn write_status(out: &mut impl Write, status: &ManagerStatus) -> io::Result<()> 
                 op.error_count(),
                 op.success_rate() * 100.0
             )?;
+            if op.retries > 0 {
+                write!(out, ", {} retried", op.retries)?;
+            }
             if let Some(l) = &op.latency {
                 write!(
                     out,
@@ -237,7 +240,7 @@ fn status_json(status: &ManagerStatus) -> serde_json::Value {
                 "operations": p.ops.iter().map(|op| json!({
                     "op": op.op,
                     "calls": op.calls,
-                    "errors": op.errors.iter().map(|(code, n)| (code.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                    "errors": op.failed_by_kind().map(|(kind, n)| (kind.to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
                     "retries": op.retries,
                     "success_rate": op.success_rate(),
                     "latency": op.latency.map(|l| json!({

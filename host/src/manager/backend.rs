@@ -61,6 +61,16 @@ impl Backend {
         }
     }
 
+    /// Calls retried on a new process after theirs died, by operation (out of process).
+    pub(crate) fn process_retries(&self, op: &str) -> u64 {
+        match self {
+            Backend::Local(_) | Backend::Fleet(_) => 0,
+            Backend::Remote(plugin) => {
+                plugin.retried().into_iter().find(|(name, _)| *name == op).map_or(0, |(_, n)| n)
+            }
+        }
+    }
+
     pub(crate) fn is_isolated(&self) -> bool {
         matches!(self, Backend::Remote(_) | Backend::Fleet(_))
     }

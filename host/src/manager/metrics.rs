@@ -36,6 +36,19 @@ pub(crate) const OPS: usize = Op::ALL.len() + 1;
 /// The slot of `process_batch`.
 pub(crate) const BATCH: usize = OPS - 1;
 const CODES: usize = ErrorCode::ALL.len();
+/// What failed a call that has no plugin error code: its process or the network. Counted
+/// beside the codes, under these names (the `code` label in Prometheus).
+pub(crate) const FAILURES: [&str; 4] = ["PluginCrashed", "CallTimeout", "CircuitOpen", "Transport"];
+
+/// The [`FAILURES`] slot of an error without a plugin error code.
+fn failure_index(err: &crate::Error) -> usize {
+    match err.without_path() {
+        crate::Error::PluginCrashed { .. } => 0,
+        crate::Error::CallTimeout { .. } => 1,
+        crate::Error::CircuitOpen { .. } => 2,
+        _ => 3,
+    }
+}
 
 /// The metric slot of `op`.
 #[inline]
@@ -85,6 +98,9 @@ pub(crate) fn timed(ticket: u64, gate: u64) -> bool {
 pub(crate) struct Metrics {
     shards: Box<[Shard; SHARED + 1]>,
     latency: Box<[Histogram]>,
+    /// Failed calls without a plugin error code, by operation and [`FAILURES`] kind: rare and
+    /// microseconds slow already, so not sharded.
+    failures: Box<[[AtomicU64; FAILURES.len()]; OPS]>,
 }
 
 /// One thread's counters (or, the last one, those of the threads that share it).
@@ -211,6 +227,16 @@ impl Metrics {
         Metrics {
             shards: Box::new(std::array::from_fn(|_| Shard::default())),
             latency: (0..OPS).map(|_| Histogram::default()).collect(),
+            failures: Box::new(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))),
+        }
+    }
+
+    /// Counts a failed call of `op` whose error has no plugin error code (a crash, a timeout,
+    /// an open circuit, a broken transport).
+    #[cold]
+    pub(crate) fn failure(&self, op: usize, err: &crate::Error) {
+        if let Some(slot) = self.failures.get(op) {
+            slot[failure_index(err)].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -298,10 +324,17 @@ impl Metrics {
                 }
             }
             let retries = self.shards.iter().map(|s| s.retries[op].load(Ordering::Relaxed)).sum();
+            let failures = FAILURES
+                .iter()
+                .zip(&self.failures[op])
+                .map(|(kind, n)| (*kind, n.load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
             out.push(OpMetrics {
                 op: op_name(op),
                 calls,
                 errors,
+                failures,
                 retries,
                 latency: self.latency[op].summary(),
             });
@@ -317,9 +350,13 @@ pub struct OpMetrics {
     pub op: &'static str,
     /// Calls that reached the plugin (each retry counts as a call).
     pub calls: u64,
-    /// Failed calls by error code (codes with no failure are left out).
+    /// Failed calls by the plugin's error code (codes with no failure are left out).
     pub errors: Vec<(ErrorCode, u64)>,
-    /// Retries made by the retry policy.
+    /// Failed calls without a plugin error code, by what failed them: `PluginCrashed`,
+    /// `CallTimeout`, `CircuitOpen` or `Transport` (kinds with no failure are left out).
+    pub failures: Vec<(&'static str, u64)>,
+    /// Retries: by the retry policy, and of calls whose runner or plugin process died, on a
+    /// new one.
     pub retries: u64,
     /// The latency of the sampled calls; `None` if none was timed.
     pub latency: Option<Latency>,
@@ -327,8 +364,17 @@ pub struct OpMetrics {
 
 impl OpMetrics {
     /// Failed calls, all codes together.
+    /// Failed calls, all codes and failures together.
     pub fn error_count(&self) -> u64 {
-        self.errors.iter().map(|(_, n)| n).sum()
+        self.errors.iter().map(|(_, n)| n).sum::<u64>()
+            + self.failures.iter().map(|(_, n)| n).sum::<u64>()
+    }
+
+    /// Every kind of failure with its count: the plugin's error codes by name, then the
+    /// [`OpMetrics::failures`].
+    pub fn failed_by_kind(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let codes = self.errors.iter().map(|(code, n)| (code.name(), *n));
+        codes.chain(self.failures.iter().copied())
     }
 
     /// The share of calls that succeeded, from 0 to 1.

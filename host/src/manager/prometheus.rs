@@ -196,21 +196,22 @@ impl Collector for Snapshot {
         family(
             &mut encoder,
             "calcplug_call_errors",
-            "Failed calls, by operation and error code",
+            "Failed calls, by operation and error code (the plugin's, or PluginCrashed, \
+             CallTimeout, CircuitOpen, Transport)",
             None,
             MetricType::Counter,
             ops().flat_map(|(labels, op)| {
-                op.errors.iter().map(move |(code, n)| {
+                op.failed_by_kind().map(move |(code, n)| {
                     let mut labels = labels.clone();
-                    labels.push(("code", code.name().to_owned()));
-                    (labels, ConstCounter::new(*n))
+                    labels.push(("code", code.to_owned()));
+                    (labels, ConstCounter::new(n))
                 })
             }),
         )?;
         family(
             &mut encoder,
             "calcplug_call_retries",
-            "Retries made by the retry policy, by operation",
+            "Retries, by operation: by the retry policy, and of calls whose runner or plugin process died, on a new one",
             None,
             MetricType::Counter,
             ops().map(|(labels, op)| (labels, ConstCounter::new(op.retries))),

@@ -243,11 +243,14 @@ impl Slot {
                 Ok(value)
             }
             Err(err) => {
-                if let Some(code) = err.code() {
-                    shard.error(op, code);
-                    if code == ErrorCode::PluginPanicked {
-                        self.panicked(generation, &err);
+                match err.code() {
+                    Some(code) => {
+                        shard.error(op, code);
+                        if code == ErrorCode::PluginPanicked {
+                            self.panicked(generation, &err);
+                        }
                     }
+                    None => self.metrics.failure(op, &err),
                 }
                 shard.finish(op);
                 Err(err)
@@ -434,7 +437,15 @@ impl Slot {
             reload_failures: self.reload_failures.load(Ordering::Relaxed),
             last_error: self.last_error.lock().clone(),
             health: self.health.lock().clone(),
-            ops: self.metrics.snapshot(),
+            ops: self
+                .metrics
+                .snapshot()
+                .into_iter()
+                .map(|mut op| {
+                    op.retries += generation.plugin.process_retries(op.op);
+                    op
+                })
+                .collect(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use interface::{Config, ErrorCode};
 
-use super::process::{describe_exit, start_process, Process, Transport};
+use super::process::{describe_exit, start_process, Launch, Process, Transport};
 use super::wire::{Request, Response};
 use super::RemotePlugin;
 use crate::Error;
@@ -27,6 +27,8 @@ pub(super) struct Supervisor {
     pub(super) backoff: Duration,
     pub(super) breaker: Breaker,
     pub(super) generation: u64,
+    /// Calls retried on a new process after theirs died, by operation.
+    pub(super) retried: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// The circuit breaker's own state (what [`Circuit`] shows, plus when and how long).
@@ -108,22 +110,30 @@ impl RemotePlugin {
         let mut attempt = 0;
         loop {
             let error = match self.live_process() {
-                Ok(process) => match exchange(&process) {
-                    Ok(response) => {
-                        if !process.answered.load(Ordering::Relaxed) {
-                            self.record_answer(&process);
-                        }
-                        if let Response::Error { code, message } = response {
-                            let code = ErrorCode::from_u8(code).unwrap_or(ErrorCode::Internal);
-                            return Err(self.call_error(op, code, message));
-                        }
-                        return Ok(response);
+                Ok(process) => {
+                    if attempt > 0 {
+                        *self.supervisor.lock().retried.entry(op).or_default() += 1;
                     }
-                    Err(failure) => match self.fail(&process, op, failure) {
-                        Failed::Final(error) => return Err(error),
-                        Failed::Retryable(error) => error,
-                    },
-                },
+                    match exchange(&process) {
+                        Ok(response) => {
+                            if !process.answered.load(Ordering::Relaxed) {
+                                self.record_answer(&process);
+                            }
+                            if attempt > 0 {
+                                tracing::info!(plugin = %self.identity.name(), op, attempt, pid = process.pid, "answered on a new {}", self.noun());
+                            }
+                            if let Response::Error { code, message } = response {
+                                let code = ErrorCode::from_u8(code).unwrap_or(ErrorCode::Internal);
+                                return Err(self.call_error(op, code, message));
+                            }
+                            return Ok(response);
+                        }
+                        Err(failure) => match self.fail(&process, op, failure) {
+                            Failed::Final(error) => return Err(error),
+                            Failed::Retryable(error) => error,
+                        },
+                    }
+                }
                 Err(Unavailable::Refused(error)) => return Err(error),
                 Err(Unavailable::StartFailed(error)) => error,
             };
@@ -131,8 +141,23 @@ impl RemotePlugin {
                 return Err(error);
             }
             attempt += 1;
-            tracing::warn!(plugin = %self.identity.name(), op, attempt, error = %error, "retrying on a new runner");
+            tracing::info!(plugin = %self.identity.name(), op, attempt, error = %error, "retrying on a new {}", self.noun());
         }
+    }
+
+    /// What the plugin's process is called in the logs: a runner, or the plugin executable's
+    /// own process.
+    pub(super) fn noun(&self) -> &'static str {
+        match self.launch {
+            Launch::Runner(_) => "runner",
+            Launch::Grpc(_) => "plugin process",
+        }
+    }
+
+    /// Calls retried on a new process after theirs died, by operation: each retry sent to a
+    /// new process counts (one refused by an open circuit does not).
+    pub fn retried(&self) -> Vec<(&'static str, u64)> {
+        self.supervisor.lock().retried.iter().map(|(op, n)| (*op, *n)).collect()
     }
 
     /// Turns a failed round trip into the call's error, ending the runner and counting the
@@ -141,7 +166,7 @@ impl RemotePlugin {
     fn fail(&self, process: &Process, op: &'static str, failure: Transport) -> Failed {
         match failure {
             Transport::Timeout => {
-                tracing::error!(plugin = %self.identity.name(), op, timeout = ?self.options.call_timeout, "call timed out: killing the runner");
+                tracing::error!(plugin = %self.identity.name(), op, timeout = ?self.options.call_timeout, "call timed out: killing the {}", self.noun());
                 self.record_failure(process);
                 process.kill();
                 Failed::Final(Error::CallTimeout {
@@ -165,8 +190,10 @@ impl RemotePlugin {
                         "closed the connection and did not exit (killed)".to_owned()
                     }
                 };
+                // A warning: an idempotent call is retried on a new process, and a call that
+                // fails for good says so to its caller.
                 if first {
-                    tracing::error!(plugin = %self.identity.name(), op, %status, pid = process.pid, "runner died");
+                    tracing::warn!(plugin = %self.identity.name(), op, %status, pid = process.pid, "{} died", self.noun());
                 }
                 Failed::Retryable(Error::PluginCrashed {
                     plugin: self.identity.name().to_owned(),
@@ -194,6 +221,15 @@ impl RemotePlugin {
         if let Some(process) = self.process.read().as_ref() {
             if !process.is_dead() {
                 return Ok(Arc::clone(process));
+            }
+            // Dead, and no call saw it fail: it died between calls (its exit watcher noticed).
+            // That is a failure like any other, for the backoff and the circuit.
+            if !process.failed.swap(true, Ordering::AcqRel) {
+                let status = process
+                    .wait_for_exit(Duration::from_millis(100))
+                    .map_or_else(|| "ended".to_owned(), describe_exit);
+                tracing::warn!(plugin = %self.identity.name(), %status, pid = process.pid, "{} died between calls", self.noun());
+                self.count_failure(&mut supervisor);
             }
         }
         let now = Instant::now();
@@ -226,12 +262,12 @@ impl RemotePlugin {
         let process = match self.start_replaying(&supervisor) {
             Ok(process) => Arc::new(process),
             Err(error) => {
-                tracing::error!(plugin = %self.identity.name(), error = %error, "the runner did not start");
+                tracing::error!(plugin = %self.identity.name(), error = %error, "the {} did not start", self.noun());
                 self.count_failure(&mut supervisor);
                 return Err(Unavailable::StartFailed(error));
             }
         };
-        tracing::info!(plugin = %self.identity.name(), pid = process.pid, generation = supervisor.generation, "runner started");
+        tracing::info!(plugin = %self.identity.name(), pid = process.pid, generation = supervisor.generation, "{} started", self.noun());
         *self.process.write() = Some(Arc::clone(&process));
         Ok(process)
     }
