@@ -65,6 +65,30 @@ fn call_info_list_and_status_reach_a_fleet_plugin_named_in_the_config() {
     let out = run(&config, &["status", "--call", "basic:add:2:3"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(text(&out.stdout).contains("  add            1 calls, 0 errors, 100.0% ok"), "{out:?}");
+
+    // A plugin the servers do not serve: the reason is each server's health answer.
+    let path = dir.join("nosuch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[plugins.nosuch]\nendpoints = [{:?}]\ntls_ca = \"ca.pem\"\ntls_cert = \"client.pem\"\n\
+             tls_key = \"client.key\"\ncall_timeout = \"1s\"\n",
+            urls[0]
+        ),
+    )
+    .unwrap();
+    let out = run(&path.display().to_string(), &["call", "nosuch", "add", "1", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let shown = text(&out.stderr);
+    assert!(
+        shown.starts_with(&format!(
+            "error: {}: metadata: no instance answered within 1s (",
+            urls[0]
+        )) && shown.ends_with(
+            "): the server serves no plugin `nosuch` (health: service not registered)\n"
+        ),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -193,6 +193,11 @@ impl Probe {
                     health_status_name(reply.get_ref().status),
                     self.plugin
                 )),
+                Ok(Err(status)) if status.code() == tonic::Code::NotFound => Some(format!(
+                    "the server serves no plugin `{}` (health: {})",
+                    self.plugin,
+                    status.message()
+                )),
                 Ok(Err(status)) => {
                     let reason = super::super::grpc::client::with_causes(status);
                     Some(if is_tls_refusal(&reason) {
