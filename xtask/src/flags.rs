@@ -88,7 +88,7 @@ pub(crate) struct Demo {}
 pub(crate) struct Ci {}
 
 /// The whole test suite, the README's test command: `cargo test --workspace`, the same with a
-/// bare filter (`compat`), then `walk-readme`.
+/// bare filter that matches no test (every test harness starts, none runs a test again), then `walk-readme`.
 #[derive(Debug, Args)]
 pub(crate) struct Test {}
 
