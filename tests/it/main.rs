@@ -45,6 +45,9 @@ mod cli_config;
 /// What the README promises of the CLI that no other module covers.
 mod readme_claims;
 
+/// Every fenced block of the README checked, or marked with why not.
+mod readme_blocks;
+
 /// House rules over the sources (module docs, `unsafe`, printing, test attributes, docs).
 mod tidy;
 
