@@ -190,7 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config_dirs
         }
         // A config whose plugins are all executables or fleets needs no plugin directory.
-        (true, true) if by_path || config.fleets().next().is_some() => Vec::new(),
+        (true, true) if by_path || config.configured_remotes().next().is_some() => Vec::new(),
         (true, true) => default_plugin_dirs()?,
     };
     let config = config.with_paths(&dirs);
