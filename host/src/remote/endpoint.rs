@@ -166,7 +166,10 @@ pub(super) fn explain(reason: String, secure: bool) -> String {
         "the server requires a client certificate (mutual TLS) and none is configured"
     } else if reason.contains("alert: UnknownCA") || reason.contains("alert: BadCertificate") {
         "the server does not accept this host's certificate (not signed by the CA it trusts)"
-    } else if reason.contains("UnknownIssuer") || reason.contains("NotValidForName") {
+    } else if ["UnknownIssuer", "NotValidForName", "not valid for name"]
+        .iter()
+        .any(|sign| reason.contains(sign))
+    {
         "the server's certificate is not signed by the configured CA, or not for this name"
     } else if secure && reason.contains("connection closed") {
         "the server closed the connection during or right after the TLS handshake: does it \

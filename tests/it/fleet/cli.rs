@@ -152,3 +152,39 @@ fn a_refused_client_certificate_is_exit_1_with_the_tls_reason_and_one_warning_pe
         );
     }
 }
+
+#[test]
+fn a_dns_fleet_whose_certificate_is_not_for_the_name_says_so() {
+    let pki = scratch();
+    let out = calcplug()
+        .args(["certs", "--name", "127.0.0.1", "--out"])
+        .arg(pki.path())
+        .output()
+        .expect("run calcplug certs");
+    assert!(out.status.success(), "{out:?}");
+    let server = start_mutual(pki.path());
+    let port = server.address.rsplit_once(':').map(|(_, port)| port.to_owned()).unwrap();
+    let path = pki.path().join("host.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[plugins.basic]\ndiscovery = \"dns:///localhost:{port}\"\ntls_ca = \"ca.pem\"\n\
+             tls_cert = \"client.pem\"\ntls_key = \"client.key\"\ncall_timeout = \"2s\"\n"
+        ),
+    )
+    .unwrap();
+    let out = run(&path.display().to_string(), &["call", "basic", "add", "1", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // `localhost` may also resolve to ::1, where nothing listens: the 127.0.0.1 instance's
+    // reason is the certificate's.
+    let shown = text(&out.stderr);
+    assert!(
+        shown.starts_with(&format!("error: dns:///localhost:{port}: metadata: "))
+            && shown.contains(&format!(
+                "https://127.0.0.1:{port}: invalid peer certificate: certificate not valid for \
+                 name \"localhost\"; certificate is only valid for IpAddress(127.0.0.1) (the \
+                 server's certificate is not signed by the configured CA, or not for this name)"
+            )),
+        "{shown}"
+    );
+}

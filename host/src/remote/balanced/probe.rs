@@ -165,7 +165,11 @@ fn tls_refusal_start(reason: &str) -> Option<usize> {
 /// A TLS refusal told the same way however it was seen: from the alert on, in plain words.
 fn told(reason: String) -> String {
     match tls_refusal_start(&reason) {
-        Some(start) => super::super::endpoint::explain(reason[start..].to_owned(), true),
+        Some(start) => {
+            // The causes after the refusal are the transport's own words again.
+            let refusal = reason[start..].trim_end_matches(": transport error");
+            super::super::endpoint::explain(refusal.to_owned(), true)
+        }
         None => reason,
     }
 }
