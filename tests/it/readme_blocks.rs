@@ -80,6 +80,11 @@ const CHECKED: &[(&str, &str, &str)] = &[
         "the calcplug.toml of host_library_snippets_compile_and_run_as_their_comments_say",
     ),
     ("## Out of process", "sh", "run by `cargo xtask walk-readme`"),
+    (
+        "### Run a fleet on one machine",
+        "sh",
+        "run as one bash script by `cargo xtask walk-readme`: the status line, each server's exit 0",
+    ),
     ("## Writing a plugin", "toml", "the_hello_plugin_builds_and_answers_as_written"),
     ("## Writing a plugin", "rust", "the_hello_plugin_builds_and_answers_as_written"),
     ("## Using the host library", "rust", "host_library_snippets_compile_and_run_as_their_comments_say"),

@@ -13,6 +13,10 @@
 //!   must exit 0;
 //! - anything else: exits 0 and prints something on stdout.
 //!
+//! Then the block of "Run a fleet on one machine" runs as one `bash` script, as a reader would
+//! paste it (`calcplug` the release binary on the `PATH`): the host's status line must show
+//! what its comment says, and each of the three servers must exit 0 once killed.
+//!
 //! No command may write an escape byte to its (piped) stderr. The walk runs twice, on fresh
 //! copies: once with cargo's default target directory, once with `CARGO_TARGET_DIR` pointing
 //! elsewhere (to the first walk's target directory stripped of everything but cargo's caches of
@@ -26,6 +30,8 @@ use std::{
     sync::mpsc,
     time::{Duration, Instant},
 };
+
+use std::os::unix::process::CommandExt;
 
 use anyhow::{bail, ensure, Context};
 
@@ -55,6 +61,7 @@ impl flags::WalkReadme {
             for step in &script.steps {
                 walk.run(step)?;
             }
+            walk.run_fleet(&script.fleet)?;
         }
         eprintln!("==> the README's commands all did what they say, twice");
         Ok(())
@@ -96,7 +103,16 @@ fn reuse_dependencies(first: &Path, shared: &Path) -> anyhow::Result<()> {
 #[derive(Debug)]
 struct Script {
     steps: Vec<Step>,
+    /// The block of [`FLEET`], run as one shell script.
+    fleet: String,
 }
+
+/// The README section whose block runs as one script: three servers in the background, a host
+/// calling through them, then the servers stopped.
+const FLEET: &str = "### Run a fleet on one machine";
+
+/// How long the fleet script may take.
+const FLEET_DEADLINE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Step {
@@ -148,7 +164,16 @@ impl Script {
             }
             ensure!(steps.len() > before, "README.md's `{heading}` has no commands");
         }
-        Ok(Script { steps })
+        let start = readme
+            .find(&format!("\n{FLEET}"))
+            .with_context(|| format!("README.md has no section `{FLEET}`"))?;
+        let fleet = readme[start..]
+            .split("```sh\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .with_context(|| format!("README.md's `{FLEET}` has no sh block"))?
+            .to_owned();
+        Ok(Script { steps, fleet })
     }
 }
 
@@ -207,7 +232,12 @@ impl Walk<'_> {
     }
 
     fn command(&self, line: &str) -> Command {
-        let mut command = Command::new("sh");
+        self.command_in("sh", line)
+    }
+
+    /// [`Walk::command`] with another shell.
+    fn command_in(&self, shell: &str, line: &str) -> Command {
+        let mut command = Command::new(shell);
         command.arg("-c").arg(line).current_dir(self.clone).stdin(Stdio::null());
         // Nothing of the caller's environment that would point the newcomer's commands
         // elsewhere: only what a fresh shell has.
@@ -289,6 +319,72 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// Runs the fleet block as one `bash` script, as a reader would paste it, with `calcplug`
+    /// the release binary, in a directory of its own; then waits for the three servers. The
+    /// comments it checks: the host's status line (`# basic 1.0.0 ready remote … URL, …`, with
+    /// the table's padding squeezed), and `# each drains and exits 0`.
+    fn run_fleet(&self, block: &str) -> anyhow::Result<()> {
+        eprintln!("--> the `{FLEET}` block, as one script");
+        let started = Instant::now();
+        let dir = self.clone.join("fleet-walk");
+        fs::create_dir_all(&dir)?;
+        let release = self.target_directory().join("release");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path =
+            std::env::join_paths(std::iter::once(release).chain(std::env::split_paths(&path)))?;
+        // After the block: each server's exit status, as `# each drains and exits 0` says.
+        let script = format!(
+            "{block}\nfor job in 1 2 3; do wait %$job || {{ echo \"server $job exited with $?\" >&2; exit 1; }}; done\n"
+        );
+        let mut child = self
+            .command_in("bash", &script)
+            .env("PATH", path)
+            .current_dir(&dir)
+            // A group of its own, so that a script that fails or hangs is ended with its
+            // background servers, which hold its output pipes open.
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run the fleet block")?;
+        // The whole output, read on threads so that neither pipe fills up.
+        let stdout = read_all(child.stdout.take());
+        let stderr = read_all(child.stderr.take());
+        let status = wait_with_deadline(&mut child, FLEET_DEADLINE)?;
+        if !status.is_some_and(|status| status.success()) {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        }
+        let (stdout, stderr) =
+            (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+        let failed = |why: String| {
+            anyhow::anyhow!(
+                "README walk ({}): the `{FLEET}` block {why}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
+                self.describe()
+            )
+        };
+        match status {
+            Some(status) if status.success() => {}
+            Some(status) => return Err(failed(format!("failed ({status})"))),
+            None => return Err(failed(format!("did not end within {FLEET_DEADLINE:?}"))),
+        }
+        for line in block.lines() {
+            let Some((_, comment)) = line.split_once(" # ") else { continue };
+            if !line.trim_start().starts_with("calcplug --config") {
+                continue;
+            }
+            let squeezed: String = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+            for piece in comment.split('…').map(str::trim).filter(|p| !p.is_empty()) {
+                if !squeezed.contains(piece) {
+                    return Err(failed(format!("printed no `{piece}` (its comment: `{comment}`)")));
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        eprintln!("    ok ({:.1}s)", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Where cargo builds in this walk.
     fn target_directory(&self) -> PathBuf {
         self.target_dir.map_or_else(|| self.clone.join("target"), Path::to_path_buf)
@@ -345,6 +441,17 @@ impl Walk<'_> {
             None => bail!("`{line}` did not stop within 30 s of Ctrl-C:\n{log}"),
         }
     }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_all<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
 }
 
 fn wait_with_deadline(
