@@ -11,7 +11,10 @@
 //!   (wherever `CARGO_TARGET_DIR` puts it);
 //! - a comment that says `Ctrl-C`: runs until it logs its first plugin, then gets SIGINT and
 //!   must exit 0;
-//! - anything else: exits 0 and prints something on stdout.
+//! - `# shows A … B`: exits 0, and its stdout, with runs of white space squeezed to one space
+//!   (tables are padded), holds each of `A`, `B`, …;
+//!
+//! a command without one of these is an error in the README, not a step that anything passes.
 //!
 //! Then the block of "Run a fleet on one machine" runs as one `bash` script, as a reader would
 //! paste it (`calcplug` the release binary on the `PATH`): the host's status line must show
@@ -136,8 +139,8 @@ enum Expect {
     },
     Installs(PathBuf),
     RunsUntilCtrlC,
-    /// Exits 0 with something on stdout.
-    Output,
+    /// Exits 0, and stdout, its runs of white space squeezed to one space, holds each piece.
+    Shows(Vec<String>),
     /// Exits 0.
     Success,
 }
@@ -185,6 +188,16 @@ fn code_blocks(text: &str) -> impl Iterator<Item = Vec<String>> + '_ {
     })
 }
 
+/// The pieces of a comment's text between its `…`, each trimmed.
+fn pieces(text: &str) -> Vec<String> {
+    text.split('…').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+}
+
+/// `text` with each run of white space squeezed to one space.
+fn squeezed(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn command_of(line: &str) -> String {
     line.split(" #").next().unwrap_or(line).trim().to_owned()
 }
@@ -208,10 +221,15 @@ fn parse_step(line: &str) -> anyhow::Result<Step> {
             format!("`{line}`: an installed file is named under target/, as cargo puts it")
         })?;
         Expect::Installs(PathBuf::from(relative))
+    } else if let Some(shown) = comment.strip_prefix("shows ") {
+        Expect::Shows(pieces(shown))
     } else if comment.contains("Ctrl-C") {
         Expect::RunsUntilCtrlC
     } else {
-        Expect::Output
+        bail!(
+            "`{line}` states no outcome: end it with `# prints X`, `# shows A … B`, \
+             `# error: PREFIX… (exit N)`, `# installs target/…/FILE` or a comment saying Ctrl-C"
+        );
     };
     Ok(Step { command, expect })
 }
@@ -307,9 +325,11 @@ impl Walk<'_> {
                         return Err(failed(format!("did not install {}", file.display())));
                     }
                 }
-                Expect::Output => {
-                    if stdout.trim().is_empty() {
-                        return Err(failed("printed nothing".to_owned()));
+                Expect::Shows(pieces) => {
+                    let shown = squeezed(&stdout);
+                    if let Some(piece) = pieces.iter().find(|piece| !shown.contains(piece.as_str()))
+                    {
+                        return Err(failed(format!("should show `{piece}`")));
                     }
                 }
                 Expect::Success | Expect::RunsUntilCtrlC => {}
@@ -332,9 +352,20 @@ impl Walk<'_> {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let path =
             std::env::join_paths(std::iter::once(release).chain(std::env::split_paths(&path)))?;
-        // After the block: each server's exit status, as `# each drains and exits 0` says.
-        let script = format!(
-            "{block}\nfor job in 1 2 3; do wait %$job || {{ echo \"server $job exited with $?\" >&2; exit 1; }}; done\n"
+        // After the block: each server's exit status, as `# each drains and exits 0` says. The
+        // jobs' pids are taken as the block kills them (bash forgets a job once another `wait`
+        // has reaped it, but keeps the status of a pid).
+        let mut script = String::new();
+        for line in block.lines() {
+            if line.trim_start().starts_with("kill %") {
+                script.push_str("calcplug_walk_pids=\"$(jobs -p)\"; ");
+            }
+            script.push_str(line);
+            script.push('\n');
+        }
+        script.push_str(
+            "for pid in $calcplug_walk_pids; do wait \"$pid\" || { echo \"server $pid exited with \
+             $?\" >&2; exit 1; }; done\n",
         );
         let mut child = self
             .command_in("bash", &script)
@@ -373,9 +404,9 @@ impl Walk<'_> {
             if !line.trim_start().starts_with("calcplug --config") {
                 continue;
             }
-            let squeezed: String = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
-            for piece in comment.split('…').map(str::trim).filter(|p| !p.is_empty()) {
-                if !squeezed.contains(piece) {
+            let shown = squeezed(&stdout);
+            for piece in pieces(comment) {
+                if !shown.contains(&piece) {
                     return Err(failed(format!("printed no `{piece}` (its comment: `{comment}`)")));
                 }
             }
@@ -414,7 +445,9 @@ impl Walk<'_> {
         let ready = loop {
             match seen.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => {
-                    let found = line.contains("basic");
+                    // The manager's own word that it serves the plugin, not any line naming it
+                    // (a refusal of it would).
+                    let found = line.contains("serving plugin=basic");
                     log.push(line);
                     if found {
                         break true;
@@ -543,7 +576,12 @@ mod tests {
         );
         assert_eq!(step("x  # prints 5, in a runner").expect, Expect::Prints("5".to_owned()));
         assert_eq!(step("calcplug watch   # reload; Ctrl-C stops").expect, Expect::RunsUntilCtrlC);
-        assert_eq!(step("calcplug list   # every library").expect, Expect::Output);
+        assert_eq!(
+            step("calcplug list   # shows loaded basic 1.0.0 … libbasic.so").expect,
+            Expect::Shows(vec!["loaded basic 1.0.0".to_owned(), "libbasic.so".to_owned()])
+        );
+        assert!(parse_step("calcplug list   # every library").is_err());
+        assert!(parse_step("calcplug list").is_err());
         assert!(parse_step("x # installs /abs/libbasic.so").is_err());
         assert!(parse_step("x # error: boom").is_err());
     }
