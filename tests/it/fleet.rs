@@ -481,31 +481,38 @@ fn a_served_plugin_hot_reloads_under_callers_without_a_failed_call() {
 
     let stop = AtomicBool::new(false);
     let url = serve.url("http");
+    // Per caller, whether it has been answered by 1.0.0 and by 2.0.0: the reload waits for the
+    // first, the end for the second (events, not a time that a loaded machine may not keep).
+    let seen: [[AtomicBool; 2]; 2] = Default::default();
+    let all_seen =
+        |version: usize| seen.iter().all(|caller| caller[version].load(Ordering::SeqCst));
     let answers: Vec<Vec<f64>> = std::thread::scope(|scope| {
         // The callers stop however this thread ends, a failed assertion included.
         let stopper = StopOnDrop(&stop);
-        let callers: Vec<_> = (0..2)
-            .map(|_| {
-                scope.spawn(|| {
-                    let endpoint = Endpoint::connect(&url, "reload", None, TIMEOUT).unwrap();
+        let callers: Vec<_> = seen
+            .iter()
+            .map(|seen| {
+                let (url, stop) = (&url, &stop);
+                scope.spawn(move || {
+                    let endpoint = Endpoint::connect(url, "reload", None, TIMEOUT).unwrap();
                     let mut answers = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let answer = endpoint.call(Op::Add, 0.0, 0.0);
-                        answers.push(answer.unwrap_or_else(|err| panic!("a call failed: {err}")));
+                        let answer = answer.unwrap_or_else(|err| panic!("a call failed: {err}"));
+                        if answer == 1.0 || answer == 2.0 {
+                            seen[answer as usize - 1].store(true, Ordering::SeqCst);
+                        }
+                        answers.push(answer);
                     }
                     answers
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until("every caller answered by 1.0.0", TIMEOUT, || all_seen(0));
         install("reload-v2");
         serve.wait_for("reloaded");
-        let deadline = Instant::now() + TIMEOUT;
-        while reload.call(Op::Add, 0.0, 0.0).unwrap() != 2.0 {
-            assert!(Instant::now() < deadline, "still 1.0.0 after the reload");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until("every caller answered by 2.0.0", TIMEOUT, || all_seen(1));
+        assert_eq!(reload.call(Op::Add, 0.0, 0.0).unwrap(), 2.0);
         drop(stopper);
         callers.into_iter().map(|caller| caller.join().unwrap()).collect()
     });

@@ -180,7 +180,9 @@ fn a_hanging_call_times_out_and_the_runner_is_replaced() {
 
 #[test]
 fn crashes_are_retried_then_the_circuit_opens_then_a_trial_closes_it() {
-    let cooldown = Duration::from_millis(400);
+    // Long enough that a loaded machine does not let it pass between two steps that expect the
+    // circuit still open.
+    let cooldown = Duration::from_millis(1500);
     let options = RemoteOptions {
         retries: 2,
         max_failures: 4,
