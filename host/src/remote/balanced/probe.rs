@@ -215,8 +215,14 @@ impl Probe {
                 }
                 Err(_) => Some("no health answer in time".to_owned()),
             };
+            // Only a call that failed may hide a refused handshake: a server that answered
+            // (NOT_SERVING, a plugin it does not serve) or is slow is not asked again.
+            let connection_failed = matches!(
+                &answer,
+                Ok(Err(status)) if status.code() != tonic::Code::NotFound
+            );
             let failure = match (failure, &instance.refusal) {
-                (Some(why), Some(refusal)) if !is_tls_refusal(&why) => Some(
+                (Some(why), Some(refusal)) if connection_failed && !is_tls_refusal(&why) => Some(
                     refusal
                         .reason(self.every.max(Duration::from_millis(200)) * 4)
                         .await
