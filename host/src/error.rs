@@ -469,4 +469,13 @@ impl Error {
     pub fn reason(&self) -> String {
         self.without_path().to_string()
     }
+
+    /// A listing's two columns: what the error is about (the file, or a fleet's targets) and
+    /// the reason without it; `None` for an error about neither.
+    pub fn place_and_reason(&self) -> (Option<PathBuf>, String) {
+        match self.without_path() {
+            Error::Fleet { peer, reason } => (Some(PathBuf::from(peer)), reason.clone()),
+            _ => (self.path().map(Path::to_owned), self.reason()),
+        }
+    }
 }

@@ -73,13 +73,18 @@ impl Serve {
             }
         });
         let mut serve = Serve { child, address: String::new(), lines, log: Vec::new() };
-        let line = serve.wait_for("serving plugins");
+        serve.address = serve.address_in("serving plugins");
+        serve
+    }
+
+    /// The `address=` field of the next stderr line containing `text` (see [`Serve::wait_for`]).
+    fn address_in(&mut self, text: &str) -> String {
+        let line = self.wait_for(text);
         let address = line
             .split_whitespace()
             .find_map(|field| field.strip_prefix("address="))
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        serve.address = address.to_owned();
-        serve
+        address.to_owned()
     }
 
     /// The next stderr line containing `text`, within 30 s.
@@ -666,12 +671,7 @@ fn the_plaintext_health_port_answers_the_kubernetes_probes_through_a_drain() {
     let mut args = tls_args(&dir);
     args.extend(["--health-listen", "127.0.0.1:0", "--drain-grace", "3s"].map(String::from));
     let mut serve = Serve::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let line = serve.wait_for("serving plaintext health checks");
-    let health = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
+    let health = serve.address_in("serving plaintext health checks");
     let ask = |service: &str| probe(&health, service);
     // What the Deployment's probes ask (`the_kubernetes_manifests_agree_with_the_code`).
     let (readiness, liveness) = (host::fleet::CALCULATOR_SERVICE, host::fleet::LIVENESS_SERVICE);
@@ -874,12 +874,7 @@ print(json.dumps(out))
 #[test]
 fn metrics_parse_with_prometheus_own_parser_and_count_the_calls_made() {
     let mut serve = Serve::start(&["--insecure", "--metrics-listen", "127.0.0.1:0"]);
-    let line = serve.wait_for("serving /metrics");
-    let metrics = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
+    let metrics = serve.address_in("serving /metrics");
     let basic = Endpoint::connect(&serve.url("http"), "basic", None, TIMEOUT).unwrap();
     for i in 0..25 {
         basic.call(Op::Add, f64::from(i), 1.0).unwrap();

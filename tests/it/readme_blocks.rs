@@ -4,7 +4,7 @@
 //! `calcplug.toml`, with the values their comments promise.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::util::{artifacts, copy_as, scratch};
 
@@ -155,22 +155,24 @@ fn the_block<'a>(blocks: &'a [Block], heading: &str, lang: &str) -> &'a Block {
     found[0]
 }
 
-/// Builds the workspace members of a scratch workspace at `root` into cargo's own target
-/// directory (the dependencies the tests were built with serve it), and returns what it built.
-fn build(root: &Path, packages: &[&str]) -> Vec<xtask::Artifact> {
-    let packages: Vec<String> = packages.iter().map(|p| (*p).to_owned()).collect();
-    let target = xtask::workspace_root().join("target");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(target, PathBuf::from);
-    xtask::build(
-        root,
-        &xtask::BuildRequest {
-            packages: &packages,
-            release: false,
-            target_dir: Some(&target),
-            quiet: true,
-        },
-    )
-    .unwrap_or_else(|err| panic!("building {packages:?} in {}: {err:#}", root.display()))
+/// Builds `package` of a scratch workspace at `root` into cargo's own target directory (the
+/// dependencies the tests were built with serve it), and returns its artifact of `kind`.
+fn built(root: &Path, package: &str, kind: xtask::ArtifactKind) -> xtask::Artifact {
+    let packages = vec![package.to_owned()];
+    let target =
+        xtask::target_directory(&xtask::workspace_root()).expect("cargo's target directory");
+    let request = xtask::BuildRequest {
+        packages: &packages,
+        release: false,
+        target_dir: Some(&target),
+        quiet: true,
+    };
+    let built = xtask::build(root, &request)
+        .unwrap_or_else(|err| panic!("building {package} in {}: {err:#}", root.display()));
+    built
+        .into_iter()
+        .find(|a| a.kind == kind && a.package == package)
+        .unwrap_or_else(|| panic!("cargo built no {kind:?} for {package}"))
 }
 
 /// A scratch workspace of the given members, with the repository's `interface` where the
@@ -211,11 +213,7 @@ fn the_hello_plugin_builds_and_answers_as_written() {
     let dir = workspace(&["plugins/hello"]);
     write(&dir.path().join("plugins/hello/Cargo.toml"), &manifest.text);
     write(&dir.path().join("plugins/hello/src/lib.rs"), &source.text);
-    let built = build(dir.path(), &["hello"]);
-    let library = built
-        .iter()
-        .find(|a| a.kind == xtask::ArtifactKind::Cdylib && a.package == "hello")
-        .expect("a hello library");
+    let library = built(dir.path(), "hello", xtask::ArtifactKind::Cdylib);
     let plugins = scratch();
     copy_as(&library.path, plugins.path(), &tests::library_file_name("hello"));
     let dir = plugins.path().display().to_string();
@@ -292,11 +290,7 @@ fn host_library_snippets_compile_and_run_as_their_comments_say() {
         "\nfn main() -> Result<(), Box<dyn std::error::Error>> {{\n{calls}    Ok(())\n}}\n"
     );
     write(&dir.path().join("readme-host/src/main.rs"), &main);
-    let built = build(dir.path(), &["readme-host"]);
-    let program = built
-        .iter()
-        .find(|a| a.kind == xtask::ArtifactKind::Bin && a.package == "readme-host")
-        .expect("the readme-host program");
+    let program = built(dir.path(), "readme-host", xtask::ArtifactKind::Bin);
     // Where the snippets look: `target/plugins/release/libbasic.so`, and the README's
     // calcplug.toml (its `discovery.paths` are that directory, relative to the file).
     let cwd = scratch();

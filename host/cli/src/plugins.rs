@@ -23,22 +23,6 @@ fn options(config: &ManagerConfig) -> RemoteOptions {
     config.isolation().options().clone()
 }
 
-/// Where a configured plugin that could not be opened is: its program, or its fleet's targets.
-fn configured_place(err: &host::Error, name: &str) -> PathBuf {
-    match err {
-        host::Error::Fleet { peer, .. } => PathBuf::from(peer),
-        other => other.path().map_or_else(|| PathBuf::from(name), Path::to_owned),
-    }
-}
-
-/// The reason, without the place (which the listing shows beside it).
-fn configured_reason(err: &host::Error) -> String {
-    match err {
-        host::Error::Fleet { reason, .. } => reason.clone(),
-        other => other.reason(),
-    }
-}
-
 pub(crate) fn list(
     config: &ManagerConfig,
     dirs: &[PathBuf],
@@ -61,7 +45,7 @@ pub(crate) fn list(
         let Some(outcome) = config.open_configured(name) else { continue };
         let place = match &outcome {
             Ok(plugin) => plugin.path().to_owned(),
-            Err(err) => configured_place(err, name),
+            Err(err) => err.place_and_reason().0.unwrap_or_else(|| PathBuf::from(name)),
         };
         found.push((place, outcome));
     }
@@ -88,7 +72,7 @@ pub(crate) fn list(
                 plugin.interface_version().to_string(),
                 path.display()
             )?,
-            Err(err) => writeln!(out, "refused  {}: {}", path.display(), configured_reason(err))?,
+            Err(err) => writeln!(out, "refused  {}: {}", path.display(), err.place_and_reason().1)?,
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -108,7 +92,7 @@ fn found_json(path: &Path, outcome: &Listed) -> serde_json::Value {
         Err(err) => json!({
             "path": path,
             "status": "refused",
-            "error": configured_reason(err),
+            "error": err.place_and_reason().1,
         }),
     }
 }

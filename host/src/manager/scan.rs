@@ -140,16 +140,9 @@ impl Inner {
                     if let Some(slot) = self.registry.load().get(name) {
                         *slot.last_error.lock() = Some(err.to_string());
                     }
-                    let targets = match &err {
-                        Error::Fleet { peer, .. } => PathBuf::from(peer),
-                        other => other.path().map_or_else(|| PathBuf::from(name), Path::to_owned),
-                    };
-                    let reason = match &err {
-                        Error::Fleet { reason, .. } => reason.clone(),
-                        other => other.reason(),
-                    };
+                    let (targets, reason) = err.place_and_reason();
                     let problem = FileProblem {
-                        path: targets,
+                        path: targets.unwrap_or_else(|| PathBuf::from(name)),
                         shadowed: false,
                         failed_in: failed_step(&err),
                         reason: format!("fleet `{name}`: {reason}"),

@@ -41,16 +41,9 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<Endpoint, Error> {
         let fleet = |reason: String| Error::Fleet { peer: url.to_owned(), reason };
-        let (secure, rest) = if let Some(rest) = url.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            (false, rest)
-        } else {
+        let Some(Url { secure, authority, host }) = split_url(url) else {
             return Err(fleet("the address must start with https:// or http://".to_owned()));
         };
-        let authority = rest.trim_end_matches('/');
-        let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         let address: SocketAddr = authority
             .to_socket_addrs()
             .map_err(|err| fleet(format!("cannot resolve: {err}")))?
@@ -158,6 +151,28 @@ impl Endpoint {
             reason: format!("unexpected answer to {op}: {response:?}"),
         }
     }
+}
+
+/// The parts of an instance's URL, `https://HOST:PORT` or `http://HOST:PORT`.
+pub(super) struct Url<'a> {
+    /// `https://`.
+    pub(super) secure: bool,
+    /// `HOST:PORT`.
+    pub(super) authority: &'a str,
+    /// `HOST`, without the brackets of an IPv6 address.
+    pub(super) host: &'a str,
+}
+
+/// `url`'s parts; `None` for a scheme other than `https://` and `http://`.
+pub(super) fn split_url(url: &str) -> Option<Url<'_>> {
+    let (secure, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
+    let authority = rest.trim_end_matches('/');
+    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(Url { secure, authority, host })
 }
 
 /// A connection failure, with what the common TLS refusals mean in plain words.

@@ -80,17 +80,15 @@ pub(super) fn instance(
     tls: Option<&Tls>,
     name: Option<&str>,
 ) -> Result<Instance, String> {
-    let secure = url.starts_with("https://");
-    if !secure && !url.starts_with("http://") {
+    let Some(super::super::endpoint::Url { secure, authority, host }) =
+        super::super::endpoint::split_url(url)
+    else {
         return Err(format!("`{url}`: an endpoint starts with https:// or http://"));
-    }
+    };
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|err| format!("`{url}`: {err}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2));
-    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/');
-    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     let mut refusal = None;
     match (secure, tls) {
         (true, Some(tls)) => {
