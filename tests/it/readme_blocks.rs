@@ -88,6 +88,7 @@ const CHECKED: &[(&str, &str, &str)] = &[
     ("## Writing a plugin", "toml", "the_hello_plugin_builds_and_answers_as_written"),
     ("## Writing a plugin", "rust", "the_hello_plugin_builds_and_answers_as_written"),
     ("## Using the host library", "rust", "host_library_snippets_compile_and_run_as_their_comments_say"),
+    ("## go-plugin's gRPC protocol", "go", "the_go_host_excerpt_builds_and_answers_as_its_comment_says"),
 ];
 
 fn readme() -> String {
@@ -314,4 +315,68 @@ fn snippets_get_an_assertion_for_each_value_their_comments_promise() {
     );
     assert!(function.contains("    assert_eq!(third, 0.3333, \"third\");\n"), "{function}");
     assert_eq!(function.matches("assert_eq!").count(), 1, "{function}");
+}
+
+/// The Go excerpt as the body of a program's `main`: after each line whose comment claims
+/// `EXPR == VALUE` (several separated by `, `), the program prints `EXPR == VALUE: true` when
+/// it holds; returns the program and the lines it must print.
+fn go_excerpt_program(excerpt: &str) -> (String, String) {
+    let mut body = String::new();
+    let mut expected = String::new();
+    for line in excerpt.lines() {
+        let _ = writeln!(body, "\t{line}");
+        let comment = line.rsplit_once("// ").map_or("", |(_, comment)| comment);
+        for claim in comment.split(", ").filter(|claim| claim.contains(" == ")) {
+            let _ = writeln!(body, "\tfmt.Println({claim:?} + \":\", {claim})");
+            let _ = writeln!(expected, "{claim}: true");
+        }
+    }
+    let program = format!(
+        "package main\n\nimport (\n\t\"context\"\n\t\"fmt\"\n\t\"os/exec\"\n\n\
+         \tcalcplugv1 \"calcplug/v1\"\n\t\"calcshared\"\n\n\
+         \tplugin \"github.com/hashicorp/go-plugin\"\n)\n\n\
+         // CalculatorPlugin is the GRPCPlugin the excerpt names.\n\
+         type CalculatorPlugin = calcshared.CalculatorPlugin\n\n\
+         func main() {{\n{body}}}\n"
+    );
+    (program, expected)
+}
+
+#[test]
+fn the_go_host_excerpt_builds_and_answers_as_its_comment_says() {
+    let readme = readme();
+    let blocks = blocks(&readme);
+    let excerpt = the_block(&blocks, "## go-plugin's gRPC protocol", "go");
+    let (program, expected) = go_excerpt_program(&excerpt.text);
+    assert_eq!(
+        expected, "sum.Value == 5: true\nsum.Error == nil: true\n",
+        "the excerpt's `// EXPR == VALUE` comments"
+    );
+    let host = tests::go_program("readme-go-host", &program);
+    // Run where its relative paths point: `calcplug-runner` on the PATH and the release
+    // library under `target/plugins/release`.
+    let dir = scratch();
+    let library = artifacts().library("basic");
+    let plugins = dir.path().join("target/plugins/release");
+    std::fs::create_dir_all(&plugins).unwrap();
+    copy_as(&library, &plugins, &tests::library_file_name("basic"));
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    copy_as(&artifacts().runner, &bin, "calcplug-runner");
+    let path = std::env::join_paths(
+        std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&host)
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .output()
+        .expect("run the README's Go host");
+    assert!(
+        out.status.success(),
+        "the README's Go host failed ({}):\n{program}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }

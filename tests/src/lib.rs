@@ -83,13 +83,36 @@ pub fn artifacts() -> &'static Artifacts {
 pub fn go_peers() -> &'static xtask::peers::GoPeers {
     static PEERS: OnceLock<xtask::peers::GoPeers> = OnceLock::new();
     PEERS.get_or_init(|| {
-        let root = xtask::workspace_root();
-        let out = root.join("target").join("test-artifacts").join("go");
-        match xtask::peers::build_go_peers(&root, &out, interface::MAGIC_COOKIE_VALUE) {
+        match xtask::peers::build_go_peers(
+            &xtask::workspace_root(),
+            &go_out(),
+            interface::MAGIC_COOKIE_VALUE,
+        ) {
             Ok(peers) => peers,
             Err(err) => panic!("{err:#}"),
         }
     })
+}
+
+/// Builds a one-file Go program (`package main`) beside the Go peers, so it can import
+/// `calcshared`, `calcplug/v1` and go-plugin; returns the executable.
+///
+/// # Panics
+///
+/// As [`go_peers`] does, or with Go's errors when the program does not build.
+pub fn go_program(name: &str, main_go: &str) -> PathBuf {
+    go_peers();
+    let root = xtask::workspace_root();
+    let cookie = interface::MAGIC_COOKIE_VALUE;
+    match xtask::peers::build_go_program(&root, &go_out(), name, main_go, cookie) {
+        Ok(program) => program,
+        Err(err) => panic!("{err:#}"),
+    }
+}
+
+/// Where the Go peers and programs are built.
+fn go_out() -> PathBuf {
+    xtask::workspace_root().join("target").join("test-artifacts").join("go")
 }
 
 /// Sets up (once per test binary) the Python plugin of the gRPC interop tests: a virtualenv

@@ -116,29 +116,67 @@ pub fn build_go_peers(root: &Path, out: &Path, cookie: &str) -> anyhow::Result<G
         .arg(&proto_dir)
         .arg(format!("--go_out=plugins=grpc:{}", gen_src.display()))
         .arg(proto_dir.join("calcplug").join("v1").join("calculator.proto")))?;
-    let gopath = std::env::join_paths([root.join("tests").join("go"), gen, PathBuf::from(GOCODE)])
-        .context("a GOPATH entry contains a path separator")?;
     let bin = out.join("bin");
     let mut peers = Vec::new();
     for package in ["calc-plugin", "calc-host"] {
         let output = bin.join(package);
-        run(Command::new("go")
-            .current_dir(root.join("tests").join("go"))
-            .args(["build", "-ldflags"])
-            .arg(format!("-X calcshared.CookieValue={cookie}"))
-            .arg("-o")
-            .arg(&output)
-            .arg(package)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", &gopath)
-            .env("GOCACHE", out.join("cache"))
-            .env("GOFLAGS", "")
-            .env("CGO_ENABLED", "0"))?;
+        go_build(root, out, &[], package, &output, cookie)?;
         peers.push(output);
     }
     let host = peers.pop().context("built no Go host")?;
     let plugin = peers.pop().context("built no Go plugin")?;
     Ok(GoPeers { plugin, host })
+}
+
+/// Builds a one-file Go program, `main_go`, as package `name` beside the Go peers (it may
+/// import `calcshared`, `calcplug/v1`, go-plugin and gRPC) into `out/bin/name`. The peers must
+/// have been built into the same `out` first ([`build_go_peers`] generates the code it uses).
+pub fn build_go_program(
+    root: &Path,
+    out: &Path,
+    name: &str,
+    main_go: &str,
+    cookie: &str,
+) -> anyhow::Result<PathBuf> {
+    let programs = out.join("programs");
+    let dir = programs.join("src").join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let source = dir.join("main.go");
+    std::fs::write(&source, main_go)
+        .with_context(|| format!("cannot write {}", source.display()))?;
+    let output = out.join("bin").join(name);
+    go_build(root, out, &[programs], name, &output, cookie)?;
+    Ok(output)
+}
+
+/// `go build`s `package` in GOPATH mode into `output`: the GOPATH is `extra`, `tests/go`, the
+/// generated code in `out/gen` and Debian's Go sources; the cache is `out/cache`.
+fn go_build(
+    root: &Path,
+    out: &Path,
+    extra: &[PathBuf],
+    package: &str,
+    output: &Path,
+    cookie: &str,
+) -> anyhow::Result<()> {
+    let gopath = std::env::join_paths(extra.iter().cloned().chain([
+        root.join("tests").join("go"),
+        out.join("gen"),
+        PathBuf::from(GOCODE),
+    ]))
+    .context("a GOPATH entry contains a path separator")?;
+    run(Command::new("go")
+        .current_dir(root.join("tests").join("go"))
+        .args(["build", "-ldflags"])
+        .arg(format!("-X calcshared.CookieValue={cookie}"))
+        .arg("-o")
+        .arg(output)
+        .arg(package)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", &gopath)
+        .env("GOCACHE", out.join("cache"))
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0"))
 }
 
 /// The PyPI packages of the Python plugin, pinned; and Prometheus' own Python client, whose
