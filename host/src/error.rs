@@ -286,6 +286,14 @@ pub enum Error {
         error: io::Error,
     },
 
+    /// The library's I/O runtime, which drives gRPC connections and async calls, could not
+    /// start.
+    #[error("cannot start calcplug's I/O runtime: {reason}")]
+    Runtime {
+        /// Why.
+        reason: String,
+    },
+
     /// No runner binary was found for the out-of-process mode.
     #[error("no `calcplug-runner` binary found (looked at {}); build it with `cargo build --bin calcplug-runner`, set CALCPLUG_RUNNER or `RemoteOptions::runner`, or call `host::remote::serve_if_runner()` first in `main` to be your own runner", display_paths(looked))]
     RunnerNotFound {

@@ -113,6 +113,41 @@ pub trait PluginHandle: Send + Sync + fmt::Debug {
     }
 }
 
+/// A boxed handle is a handle, so `Box<dyn PluginHandle>` serves wherever one is expected
+/// ([`AsyncHandle`](crate::AsyncHandle) included).
+impl<P: PluginHandle + ?Sized> PluginHandle for Box<P> {
+    fn identity(&self) -> &Identity {
+        (**self).identity()
+    }
+    fn is_isolated(&self) -> bool {
+        (**self).is_isolated()
+    }
+    fn transport(&self) -> &'static str {
+        (**self).transport()
+    }
+    fn initialize(&self, config: &Config) -> Result<(), Error> {
+        (**self).initialize(config)
+    }
+    fn shutdown(&self) -> Result<(), Error> {
+        (**self).shutdown()
+    }
+    fn status(&self) -> Result<Status, Error> {
+        (**self).status()
+    }
+    fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+        (**self).call(op, a, b)
+    }
+    fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
+        (**self).process_batch(ops, results)
+    }
+    fn set_angle_unit(&self, unit: AngleUnit) -> Result<(), Error> {
+        (**self).set_angle_unit(unit)
+    }
+    fn angle_unit(&self) -> Result<AngleUnit, Error> {
+        (**self).angle_unit()
+    }
+}
+
 /// Implements [`PluginHandle`] by calling the type's inherent methods of the same names.
 macro_rules! delegate_handle {
     ($ty:ty, isolated = $isolated:expr, transport = $transport:expr) => {

@@ -28,6 +28,7 @@
 #[cfg(not(unix))]
 compile_error!("calcplug's host supports Unix (Linux and macOS) only for now");
 
+mod asynchronous;
 mod config;
 mod discovery;
 mod error;
@@ -44,6 +45,7 @@ pub mod reference;
 pub mod remote;
 pub mod security;
 
+pub use asynchronous::{AsyncHandle, BlockingHandle};
 pub use discovery::{discover, discover_with, library_files, plugin_executables, Found};
 pub use error::Error;
 pub use handle::PluginHandle;

@@ -29,6 +29,7 @@ mod balanced;
 mod endpoint;
 mod grpc;
 mod hclog;
+pub(crate) mod io;
 
 // For `crate::fleet`, which serves a manager's plugins with the same `calcplug.v1` service.
 pub use balanced::{Fleet, FleetOptions, Targets};

@@ -33,6 +33,9 @@ mod supervision;
 /// `calcplug serve` and hosts calling it over the network: mutual TLS, refusals, the drain.
 mod fleet;
 
+/// Every backend called through the blocking API from inside a tokio runtime of each flavour.
+mod runtimes;
+
 /// Integrity checks, permissions, symlinks, probe-before-load, a corpus of hostile files.
 mod security;
 

@@ -30,6 +30,7 @@ use tonic::transport::Channel;
 
 use super::grpc::client::{exchange, Client, Naming};
 use super::grpc::pb::calculator_client::CalculatorClient;
+use super::io::{Io, Task};
 use super::process::Transport;
 use super::wire::{self, Request, Response};
 use crate::fleet::ClientTls;
@@ -85,7 +86,9 @@ pub struct Fleet {
 
 /// The balanced client and what a call needs.
 struct Caller {
-    runtime: tokio::runtime::Runtime,
+    io: Io,
+    /// The probers (or the resolver that runs them), stopped with the fleet.
+    _tasks: Vec<Task>,
     client: Client,
     plugin: String,
     shown: String,
@@ -117,12 +120,7 @@ impl Fleet {
             Targets::Dns(name) => name.clone(),
         };
         let fleet = |reason: String| Error::Fleet { peer: shown.clone(), reason };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("calcplug-fleet")
-            .enable_all()
-            .build()
-            .map_err(|err| fleet(format!("cannot start a runtime: {err}")))?;
+        let io = Io::shared().map_err(&fleet)?;
         let tls = match &options.tls {
             Some(tls) => Some(tls_config(tls)?),
             None => None,
@@ -130,8 +128,9 @@ impl Fleet {
         let naming = tonic::metadata::MetadataValue::try_from(plugin)
             .map_err(|err| fleet(format!("`{plugin}` cannot be sent as a plugin name: {err}")))?;
         let instances = Instances::default();
+        let mut tasks = Vec::new();
         let client = {
-            let _entered = runtime.enter();
+            let _entered = io.enter();
             let (channel, changes) = Channel::balance_channel::<String>(64);
             let probe = Probe {
                 plugin: plugin.to_owned(),
@@ -143,19 +142,19 @@ impl Fleet {
                 Targets::Endpoints(urls) => {
                     for url in urls {
                         let instance = instance(url, tls.as_ref(), None).map_err(&fleet)?;
-                        runtime.spawn(probe.clone().run(instance));
+                        tasks.push(io.spawn(probe.clone().run(instance)));
                     }
                 }
                 Targets::Dns(target) => {
                     let name = target
                         .strip_prefix("dns:///")
                         .ok_or_else(|| fleet("a DNS target is `dns:///HOST:PORT`".to_owned()))?;
-                    runtime.spawn(resolve(
+                    tasks.push(io.spawn(resolve(
                         name.to_owned(),
                         tls.clone(),
                         options.resolve_interval,
                         probe,
-                    ));
+                    )));
                 }
             }
             CalculatorClient::with_interceptor(
@@ -166,7 +165,8 @@ impl Fleet {
             .max_encoding_message_size(usize::MAX)
         };
         let caller = Caller {
-            runtime,
+            io,
+            _tasks: tasks,
             client,
             plugin: plugin.to_owned(),
             shown,
@@ -371,7 +371,7 @@ impl Caller {
             let balanced = self.any_balanced();
             let wait = if balanced { left } else { left.min(UNBALANCED_WAIT) };
             let mut client = self.client.clone();
-            let answer = self.runtime.block_on(async {
+            let answer = self.io.block_on(async {
                 tokio::time::timeout(wait, exchange(&mut client, request, interface_version)).await
             });
             match answer {

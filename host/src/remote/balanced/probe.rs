@@ -300,8 +300,11 @@ fn health_status_name(status: i32) -> &'static str {
 pub(super) async fn resolve(name: String, tls: Option<Tls>, every: Duration, probe: Probe) {
     let host = name.rsplit_once(':').map_or(name.as_str(), |(host, _)| host).to_owned();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut probers: BTreeMap<std::net::SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    // The probers stop with the resolver: a JoinSet aborts its tasks when dropped.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut probers: BTreeMap<std::net::SocketAddr, tokio::task::AbortHandle> = BTreeMap::new();
     loop {
+        while tasks.try_join_next().is_some() {}
         match tokio::net::lookup_host(name.as_str()).await {
             Ok(found) => {
                 let found: std::collections::BTreeSet<_> = found.collect();
@@ -324,7 +327,7 @@ pub(super) async fn resolve(name: String, tls: Option<Tls>, every: Duration, pro
                     // settings name the server themselves).
                     match instance(&url, tls.as_ref(), Some(&host)) {
                         Ok(instance) => {
-                            probers.insert(address, tokio::spawn(probe.clone().run(instance)));
+                            probers.insert(address, tasks.spawn(probe.clone().run(instance)));
                         }
                         Err(reason) => {
                             tracing::warn!(%url, %reason, "cannot use a resolved address")

@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use super::handshake::Address;
 use super::pb::calculator_client::CalculatorClient;
 use super::{error_from_pb, go_plugin, pb, HEALTH_SERVICE};
+use crate::remote::io::Io;
 use crate::remote::process::Transport;
 use crate::remote::wire::{Request, Response, WireMetadata, WireStatus};
 
@@ -74,14 +75,14 @@ pub(crate) struct Peer {
 #[derive(Debug)]
 pub(crate) struct GrpcLink {
     peer: Peer,
+    io: Io,
     pool: Mutex<Vec<Connection>>,
     /// The interface version of the last metadata answer, for [`GrpcLink::interface`].
     interface_version: Mutex<Option<String>>,
 }
 
-/// One HTTP/2 connection and the runtime that drives it.
+/// One HTTP/2 connection, driven by the library's I/O runtime.
 struct Connection {
-    runtime: tokio::runtime::Runtime,
     channel: Channel,
     calculator: Client,
 }
@@ -115,12 +116,17 @@ impl GrpcLink {
 
     /// Connects to `peer` and asks its health service whether it serves.
     pub(crate) fn connect_to(peer: Peer, timeout: Duration) -> Result<Self, String> {
-        let link =
-            GrpcLink { peer, pool: Mutex::new(Vec::new()), interface_version: Mutex::new(None) };
+        let io = Io::shared()?;
+        let link = GrpcLink {
+            peer,
+            io,
+            pool: Mutex::new(Vec::new()),
+            interface_version: Mutex::new(None),
+        };
         let connection = link.open().map_err(|err| format!("cannot connect: {err}"))?;
         let channel = connection.channel.clone();
         let service = link.peer.health_service.clone();
-        let health = connection.runtime.block_on(async move {
+        let health = link.io.block_on(async move {
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
             let request = tonic_health::pb::HealthCheckRequest { service };
             tokio::time::timeout(timeout, client.check(request)).await
@@ -157,7 +163,7 @@ impl GrpcLink {
         };
         let channel = connection.channel.clone();
         let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
-        let answer = connection.runtime.block_on(async move {
+        let answer = self.io.block_on(async move {
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
             tokio::time::timeout(timeout, client.check(request)).await
         });
@@ -205,17 +211,13 @@ impl GrpcLink {
     }
 
     fn open(&self) -> Result<Connection, String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|err| format!("cannot start a runtime: {err}"))?;
-        let channel = runtime.block_on(connect_channel(&self.peer))?;
+        let channel = self.io.block_on(connect_channel(&self.peer))?;
         // go-plugin hosts lift gRPC's 4 MiB message limit too: batches are large.
         let calculator =
             CalculatorClient::with_interceptor(channel.clone(), self.peer.naming.clone())
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
-        Ok(Connection { runtime, channel, calculator })
+        Ok(Connection { channel, calculator })
     }
 
     /// Drops the idle connections (the process is gone or going).
@@ -236,7 +238,7 @@ impl GrpcLink {
         };
         let calculator = &mut connection.calculator;
         let interface_version = &self.interface_version;
-        let answer = connection.runtime.block_on(async {
+        let answer = self.io.block_on(async {
             tokio::time::timeout(timeout, exchange(calculator, request, interface_version)).await
         });
         let response = match answer {
@@ -251,7 +253,7 @@ impl GrpcLink {
     pub(in crate::remote) fn shutdown(&self, timeout: Duration) {
         let Some(connection) = self.pool.lock().pop() else { return };
         let channel = connection.channel.clone();
-        let _ = connection.runtime.block_on(async move {
+        let _ = self.io.block_on(async move {
             let mut controller =
                 go_plugin::grpc_controller_client::GrpcControllerClient::new(channel);
             tokio::time::timeout(timeout, controller.shutdown(go_plugin::Empty {})).await
