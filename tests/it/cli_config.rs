@@ -137,6 +137,7 @@ fn call_info_and_list_reach_the_executables_the_config_names() {
         })
         .collect();
     assert_eq!(names, [("basic", "in-process"), ("scientific", "in-process"), ("py-calc", "grpc")]);
+    assert_eq!(out.status.code(), Some(0), "every plugin the config names answered");
 }
 
 #[test]

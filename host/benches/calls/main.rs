@@ -352,9 +352,35 @@ fn per_call(c: &mut Criterion, setup: &Setup, run: &mut RunFile) {
     group.bench_function("in_process_metrics", |b| {
         b.iter(|| value(handle.add(black_box(1.0), black_box(2.0))));
     });
+    // The async API on the same two: an in-process call completes at its first poll.
+    let plugin = host::AsyncHandle::from(Arc::clone(&setup.plugin));
+    group.bench_function("in_process_async", |b| {
+        b.iter(|| value(first_poll(plugin.add(black_box(1.0), black_box(2.0)))));
+    });
+    let handle = handle.to_async();
+    group.bench_function("in_process_metrics_async", |b| {
+        b.iter(|| value(first_poll(handle.add(black_box(1.0), black_box(2.0)))));
+    });
     group.finish();
-    for name in ["bare_abi", "plain_checks", "direct_dyn", "in_process", "in_process_metrics"] {
+    for name in [
+        "bare_abi",
+        "plain_checks",
+        "direct_dyn",
+        "in_process",
+        "in_process_metrics",
+        "in_process_async",
+        "in_process_metrics_async",
+    ] {
         run.criterion(&format!("per_call/{name}"));
+    }
+}
+
+/// The output of `future` at its first poll, which must be ready.
+fn first_poll<F: std::future::Future>(future: F) -> F::Output {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(future).poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("an in-process call waited"),
     }
 }
 

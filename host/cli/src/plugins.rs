@@ -40,9 +40,13 @@ pub(crate) fn list(
             .map(|plugin| Box::new(plugin) as Box<dyn PluginHandle>);
         found.push((path, outcome));
     }
-    // The executables and fleets the config names.
+    // The executables and fleets the config names. A directory may hold anything, so a refused
+    // file there is a listing's finding; a plugin the config names is promised, so one that
+    // cannot be reached makes the command fail.
+    let mut unreachable = false;
     for name in config.configured_remotes() {
         let Some(outcome) = config.open_configured(name) else { continue };
+        unreachable |= outcome.is_err();
         let place = match &outcome {
             Ok(plugin) => plugin.path().to_owned(),
             Err(err) => err.place_and_reason().0.unwrap_or_else(|| PathBuf::from(name)),
@@ -55,7 +59,7 @@ pub(crate) fn list(
             found.iter().map(|(path, outcome)| found_json(path, outcome)).collect();
         serde_json::to_writer_pretty(&mut out, &entries)?;
         writeln!(out)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit_code(unreachable));
     }
     if found.is_empty() {
         let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
@@ -75,7 +79,16 @@ pub(crate) fn list(
             Err(err) => writeln!(out, "refused  {}: {}", path.display(), err.place_and_reason().1)?,
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(unreachable))
+}
+
+/// 1 when a plugin the config names could not be reached, 0 otherwise.
+fn exit_code(unreachable: bool) -> ExitCode {
+    if unreachable {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn found_json(path: &Path, outcome: &Listed) -> serde_json::Value {

@@ -190,7 +190,9 @@ pub(super) fn explain(reason: String, secure: bool) -> String {
         "the server closed the connection during or right after the TLS handshake: does it \
          require a client certificate this host does not send, or one from another CA?"
     } else if !secure
-        && ["broken pipe", "reset", "h2 protocol error"].iter().any(|sign| reason.contains(sign))
+        && ["broken pipe", "reset", "h2 protocol error", "connection closed"]
+            .iter()
+            .any(|sign| reason.contains(sign))
     {
         "the server closed a plaintext connection: is it a TLS port (https://)?"
     } else {

@@ -131,6 +131,8 @@ fn a_refused_client_certificate_is_exit_1_with_the_tls_reason_and_one_warning_pe
         text(&out.stdout),
         format!("refused  {url}: metadata: every instance refused this host: {reason}\n")
     );
+    // The config names it: a plugin it promises and that cannot be reached fails the command.
+    assert_eq!(out.status.code(), Some(1));
 
     // Each of the four commands was refused at least twice (its health probe, and the handshake
     // that read the alert); the server warned once per 10 s, the later warnings with a count.
