@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use interface::{BatchOp, BatchResult, Op};
 
+use crate::handle::CallFuture;
 use crate::remote::io::Io;
 use crate::{Error, Handle, PluginHandle};
 
@@ -33,6 +34,12 @@ pub trait BlockingHandle: Send + Sync + 'static {
     fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error>;
     /// Whether a call may wait on another process; one that cannot runs inline.
     fn is_isolated(&self) -> bool;
+    /// The call as a future of the handle's own, awaited instead of running
+    /// [`BlockingHandle::call`] on the pool; `None` by default.
+    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<CallFuture<'_>> {
+        let _ = (op, a, b);
+        None
+    }
 }
 
 impl BlockingHandle for Handle {
@@ -57,6 +64,9 @@ impl<P: PluginHandle + Send + Sync + 'static> BlockingHandle for P {
     fn is_isolated(&self) -> bool {
         PluginHandle::is_isolated(self)
     }
+    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<CallFuture<'_>> {
+        PluginHandle::call_future(self, op, a, b)
+    }
 }
 
 /// The async API of a handle: the same operations and errors as its blocking API, awaited.
@@ -71,9 +81,10 @@ impl<P: PluginHandle + Send + Sync + 'static> BlockingHandle for P {
 /// A wrapper rather than `*_async` twins of each method: one type serves every kind of handle,
 /// and an application that only awaits keeps one value. Cloning it is cheap (an [`Arc`]).
 ///
-/// Dropping the future of an out-of-process call does not stop the call: it runs to its end
-/// (or its deadline) on the pool and its answer is dropped, so the lane or connection it uses
-/// is left as after any call, and the next call on the handle works.
+/// A fleet's calls are awaited as they are (no thread held; dropping the future cancels the
+/// call). Dropping the future of another out-of-process call does not stop the call: it runs
+/// to its end (or its deadline) on the pool and its answer is dropped, so the lane or
+/// connection it uses is left as after any call, and the next call on the handle works.
 pub struct AsyncHandle<H> {
     inner: Arc<H>,
     io: Arc<OnceLock<Io>>,
@@ -111,6 +122,9 @@ impl<H: BlockingHandle> AsyncHandle<H> {
     pub async fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
         if !self.inner.is_isolated() {
             return self.inner.call(op, a, b);
+        }
+        if let Some(call) = self.inner.call_future(op, a, b) {
+            return call.await;
         }
         let inner = Arc::clone(&self.inner);
         self.offload(move || inner.call(op, a, b)).await?

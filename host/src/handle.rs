@@ -101,6 +101,15 @@ pub trait PluginHandle: Send + Sync + fmt::Debug {
     /// See [`Plugin::angle_unit`].
     fn angle_unit(&self) -> Result<AngleUnit, Error>;
 
+    /// The call as a future of the handle's own, for a handle whose calls are asynchronous by
+    /// nature (a [`Fleet`](crate::remote::Fleet)): [`AsyncHandle`](crate::AsyncHandle) awaits
+    /// it instead of running [`PluginHandle::call`] on its pool. `None`, the default, for the
+    /// others.
+    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<CallFuture<'_>> {
+        let _ = (op, a, b);
+        None
+    }
+
     /// [`PluginHandle::process_batch`] into a new vector.
     ///
     /// # Errors
@@ -112,6 +121,10 @@ pub trait PluginHandle: Send + Sync + fmt::Debug {
         Ok(results)
     }
 }
+
+/// A call's answer, to be awaited: [`PluginHandle::call_future`].
+pub type CallFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<f64, Error>> + Send + 'a>>;
 
 /// A boxed handle is a handle, so `Box<dyn PluginHandle>` serves wherever one is expected
 /// ([`AsyncHandle`](crate::AsyncHandle) included).
@@ -137,6 +150,9 @@ impl<P: PluginHandle + ?Sized> PluginHandle for Box<P> {
     fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
         (**self).call(op, a, b)
     }
+    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<CallFuture<'_>> {
+        (**self).call_future(op, a, b)
+    }
     fn process_batch(&self, ops: &[BatchOp], results: &mut [BatchResult]) -> Result<(), Error> {
         (**self).process_batch(ops, results)
     }
@@ -150,7 +166,7 @@ impl<P: PluginHandle + ?Sized> PluginHandle for Box<P> {
 
 /// Implements [`PluginHandle`] by calling the type's inherent methods of the same names.
 macro_rules! delegate_handle {
-    ($ty:ty, isolated = $isolated:expr, transport = $transport:expr) => {
+    ($ty:ty, isolated = $isolated:expr, transport = $transport:expr $(, $extra:item)*) => {
         impl PluginHandle for $ty {
             fn identity(&self) -> &Identity {
                 <$ty>::identity(self)
@@ -187,6 +203,7 @@ macro_rules! delegate_handle {
             fn angle_unit(&self) -> Result<AngleUnit, Error> {
                 <$ty>::angle_unit(self)
             }
+            $($extra)*
         }
     };
 }
@@ -197,4 +214,11 @@ delegate_handle!(
     isolated = true,
     transport = crate::remote::RemotePlugin::transport
 );
-delegate_handle!(crate::remote::Fleet, isolated = true, transport = |_| "fleet");
+delegate_handle!(
+    crate::remote::Fleet,
+    isolated = true,
+    transport = |_| "fleet",
+    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<CallFuture<'_>> {
+        Some(Box::pin(self.call_async(op, a, b)))
+    }
+);

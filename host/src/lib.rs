@@ -48,7 +48,7 @@ pub mod security;
 pub use asynchronous::{AsyncHandle, BlockingHandle};
 pub use discovery::{discover, discover_with, library_files, plugin_executables, Found};
 pub use error::Error;
-pub use handle::PluginHandle;
+pub use handle::{CallFuture, PluginHandle};
 pub use identity::{Extension, Identity};
 pub use loader::{
     host_interface_version, interface_compatible, load, load_builtin, LIBRARY_SUFFIX,

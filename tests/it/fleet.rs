@@ -157,7 +157,7 @@ fn start_mutual_at(dir: &Path, listen: &str) -> Serve {
 }
 
 /// How many calls the `basic` of the instance at `url` has served.
-fn served(url: &str, dir: &Path) -> u64 {
+pub(crate) fn served(url: &str, dir: &Path) -> u64 {
     let endpoint = Endpoint::connect(url, "basic", Some(&mutual(dir)), TIMEOUT)
         .unwrap_or_else(|err| panic!("{url}: {err}"));
     requests(&endpoint)

@@ -290,3 +290,54 @@ fn dropped_futures_leave_a_runner_and_a_go_plugin_serving() {
         assert_eq!(sums, expected, "{transport}");
     }
 }
+
+#[test]
+fn ten_thousand_concurrent_async_calls_to_a_3_instance_fleet_all_answer() {
+    let scratch = scratch();
+    let dir = certs(scratch.path());
+    let servers: Vec<_> = (0..3).map(|_| start_mutual(&dir)).collect();
+    let urls: Vec<String> = servers.iter().map(|serve| serve.url("https")).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (sums, instances) = runtime.block_on(async {
+        let options = FleetOptions::new(Targets::Endpoints(urls.clone()), Some(mutual(&dir)));
+        let fleet = Fleet::connect("basic", options).unwrap_or_else(|err| panic!("{err}"));
+        let fleet = AsyncHandle::new(fleet);
+        // Every instance balanced before the calls, so that they spread.
+        while fleet.get_ref().instances().iter().any(|(_, balanced)| !balanced) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let calls: Vec<_> = (0..10_000)
+            .map(|i| {
+                let fleet = fleet.clone();
+                tokio::spawn(async move { fleet.add(f64::from(i), 1.0).await })
+            })
+            .collect();
+        let mut sums = Vec::new();
+        for call in calls {
+            sums.push(call.await.unwrap().unwrap_or_else(|err| panic!("{err}")));
+        }
+        (sums, fleet.get_ref().instances())
+    });
+    let expected: Vec<f64> = (1..=10_000).map(f64::from).collect();
+    assert_eq!(sums, expected);
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    // Each server answered some of them.
+    for url in &urls {
+        let served = crate::fleet::served(url, &dir);
+        assert!(served > 0, "{url} served no call");
+    }
+}
+
+#[test]
+fn dropped_fleet_futures_cancel_their_calls_and_the_fleet_keeps_serving() {
+    let scratch = scratch();
+    let dir = certs(scratch.path());
+    let serve = start_mutual(&dir);
+    let options =
+        FleetOptions::new(Targets::Endpoints(vec![serve.url("https")]), Some(mutual(&dir)));
+    let fleet: Box<dyn PluginHandle> =
+        Box::new(Fleet::connect("basic", options).unwrap_or_else(|err| panic!("{err}")));
+    let (dropped, sums) = dropped_futures_then_1000_calls(fleet);
+    assert!(dropped > 0, "no future was dropped mid-call");
+    assert_eq!(sums, (1..=1000).map(f64::from).collect::<Vec<_>>());
+}

@@ -5,7 +5,9 @@
 //!   `host::fleet::Endpoint` to one instance, with mutual TLS (certificates from
 //!   `calcplug certs`) and plaintext (`--insecure`), each call timed as the gRPC rows are;
 //! - `fleet/throughput_1` / `fleet/throughput_3`: calls per second with 8 threads calling `add`
-//!   at once through one `host::fleet::Fleet`, over one and over three mTLS instances.
+//!   at once through one `host::fleet::Fleet`, over one and over three mTLS instances;
+//! - `fleet/throughput_async_3`: the same over three instances through `host::AsyncHandle`, 64
+//!   calls kept in flight by tasks on one thread.
 //!
 //! go-plugin has no counterpart: its plugins run on the host's own machine only.
 
@@ -97,9 +99,40 @@ fn throughput(fleet: &Fleet, duration: Duration) -> Value {
     json!({ "ops_per_sec": made as f64 / duration.as_secs_f64(), "calls": made, "threads": 8 })
 }
 
+/// Calls per second of 64 calls kept in flight, for `duration`, by tasks on one thread (a
+/// current-thread runtime) through the async API of `fleet`.
+fn throughput_async(fleet: &host::AsyncHandle<Fleet>, duration: Duration) -> Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let made = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + duration;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let fleet = fleet.clone();
+            tasks.spawn(async move {
+                let mut made = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    assert_eq!(value(fleet.add(black_box(1.0), black_box(2.0)).await), 3.0);
+                    made += 1;
+                }
+                made
+            });
+        }
+        tasks.join_all().await.into_iter().sum::<u64>()
+    });
+    json!({ "ops_per_sec": made as f64 / duration.as_secs_f64(), "calls": made, "in_flight": 64 })
+}
+
 pub(super) fn fleet_rows(setup: &Setup, quick: bool, run: &mut RunFile) {
-    let ids =
-        ["fleet/endpoint_mtls", "fleet/endpoint_plain", "fleet/throughput_1", "fleet/throughput_3"];
+    let ids = [
+        "fleet/endpoint_mtls",
+        "fleet/endpoint_plain",
+        "fleet/throughput_1",
+        "fleet/throughput_3",
+        "fleet/throughput_async_3",
+    ];
     if let Err(why) = measure(setup, quick, run) {
         for id in ids {
             run.not_measured(id, &why);
@@ -165,6 +198,13 @@ fn measure(setup: &Setup, quick: bool, run: &mut RunFile) -> Result<(), String> 
         }
         throughput(&fleet, duration / 4);
         run.extra(id, throughput(&fleet, duration));
+        if count == 3 {
+            let id = "fleet/throughput_async_3";
+            note!("{id}: 64 calls in flight from one thread for {duration:?} over 3 instances");
+            let fleet = host::AsyncHandle::new(fleet);
+            throughput_async(&fleet, duration / 4);
+            run.extra(id, throughput_async(&fleet, duration));
+        }
     }
     Ok(())
 }

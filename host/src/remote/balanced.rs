@@ -27,6 +27,7 @@ use interface::{AngleUnit, BatchOp, BatchResult, Config, ErrorCode, Op, Status};
 use parking_lot::Mutex;
 use semver::Version;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use super::grpc::client::{exchange, Client, Naming};
 use super::grpc::pb::calculator_client::CalculatorClient;
@@ -248,7 +249,18 @@ impl Fleet {
     /// The plugin's [`Error::Call`]; [`Error::Fleet`] when no instance answered within the
     /// deadline.
     pub fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
-        match self.caller.roundtrip(op.name(), &Request::Call { op: op.code().as_u8(), a, b })? {
+        self.caller.io.block_on(self.call_async(op, a, b))
+    }
+
+    /// [`Fleet::call`], awaited from any executor: the call holds no thread while it waits,
+    /// and dropping the future cancels it (its HTTP/2 stream is reset).
+    ///
+    /// # Errors
+    ///
+    /// As [`Fleet::call`].
+    pub async fn call_async(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+        let request = Request::Call { op: op.code().as_u8(), a, b };
+        match self.caller.roundtrip_async(op.name(), &request, &Mutex::new(None)).await? {
             Response::Value(value) => Ok(value),
             Response::Error { code, message } => Err(self.call_error(op.name(), code, message)),
             other => Err(self.caller.unexpected(op.name(), &other)),
@@ -351,8 +363,31 @@ impl Caller {
         self.roundtrip_with(op, request, &Mutex::new(None))
     }
 
-    /// One request, tried again on a transport failure until the call's deadline.
+    /// [`Caller::roundtrip_async`] on the calling thread.
     fn roundtrip_with(
+        &self,
+        op: &str,
+        request: &Request,
+        interface_version: &Mutex<Option<String>>,
+    ) -> Result<Response, Error> {
+        self.io.block_on(self.roundtrip_async(op, request, interface_version))
+    }
+
+    /// One request, tried again on a transport failure until the call's deadline. Awaitable
+    /// from any executor: it runs with the I/O runtime as its context.
+    async fn roundtrip_async(
+        &self,
+        op: &str,
+        request: &Request,
+        interface_version: &Mutex<Option<String>>,
+    ) -> Result<Response, Error> {
+        // One span for the call, retries included; the interceptor sends it as `traceparent`.
+        let span = super::grpc::trace_context::client_span(&self.plugin, op, &self.shown);
+        let tries = self.tries(op, request, interface_version).instrument(span);
+        self.io.entered(tries).await
+    }
+
+    async fn tries(
         &self,
         op: &str,
         request: &Request,
@@ -360,9 +395,6 @@ impl Caller {
     ) -> Result<Response, Error> {
         let deadline = Instant::now() + self.options.call_timeout;
         let mut tries = 0u32;
-        // One span for the call, retries included; the interceptor sends it as `traceparent`.
-        let span = super::grpc::trace_context::client_span(&self.plugin, op, &self.shown);
-        let _entered = span.enter();
         loop {
             tries += 1;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -371,9 +403,8 @@ impl Caller {
             let balanced = self.any_balanced();
             let wait = if balanced { left } else { left.min(UNBALANCED_WAIT) };
             let mut client = self.client.clone();
-            let answer = self.io.block_on(async {
-                tokio::time::timeout(wait, exchange(&mut client, request, interface_version)).await
-            });
+            let answer =
+                tokio::time::timeout(wait, exchange(&mut client, request, interface_version)).await;
             match answer {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(Transport::Malformed(reason))) => {
@@ -408,7 +439,7 @@ impl Caller {
             }
             // The balancer may still hold the instance that just failed, until its prober
             // sees it: a short pause, shorter as the deadline nears.
-            std::thread::sleep(Duration::from_millis(10).min(left / 4));
+            tokio::time::sleep(Duration::from_millis(10).min(left / 4)).await;
         }
     }
 

@@ -88,6 +88,20 @@ impl Io {
         Task(self.handle().spawn(task))
     }
 
+    /// `future`, polled with this runtime as its context, so that it can be awaited from any
+    /// executor (its sockets and timers are this runtime's).
+    pub(crate) fn entered<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        let handle = self.handle().clone();
+        async move {
+            let mut future = std::pin::pin!(future);
+            std::future::poll_fn(|cx| {
+                let _entered = handle.enter();
+                future.as_mut().poll(cx)
+            })
+            .await
+        }
+    }
+
     /// Runs `work`, which blocks, on the runtime's pool of blocking threads (started as needed,
     /// each let go after 10 s idle) and awaits its result from any executor. Dropping the
     /// future does not stop `work`: it runs to its end, its result dropped.
