@@ -166,8 +166,22 @@ fn the_fleet_rows_show_latency_tls_cost_and_throughput() {
         ),
         "{md}"
     );
-    assert!(md.contains("| 3 | 9.0 k/s |"), "{md}");
-    assert!(md.contains("| 1 | not measured: no time |"), "{md}");
+    assert!(md.contains("| 3 | 8 threads, blocking API | 9.0 k/s |"), "{md}");
+    assert!(md.contains("| 1 | 8 threads, blocking API | not measured: no time |"), "{md}");
+    // The async row beside the blocking one, and the goal from their ratio.
+    run.extras.insert(
+        "fleet/throughput_async_3".to_owned(),
+        serde_json::json!({ "ops_per_sec": 31500.0 }),
+    );
+    let md = Report { run: &run, machine: &machine, command: "c", quick: true }.markdown();
+    assert!(
+        md.contains("| 3 | 64 calls in flight from one thread, async API | 31.5 k/s |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| async fleet throughput, 64 calls in flight from one thread vs 8 blocking threads (3 instances) | ≥ 3× | 3.50× | yes |"),
+        "{md}"
+    );
     assert!(
         md.contains("| remote call over loopback with mutual TLS (`calcplug serve`, p99) | < 1 ms | 0.900 ms | yes |"),
         "{md}"
