@@ -184,6 +184,22 @@ mod tests {
     }
 
     #[test]
+    fn the_last_share_may_go_on_a_thread_of_the_runtime_itself() {
+        // An async call's work item can hold the last handle, and so the last share, when the
+        // application dropped everything else while the call ran.
+        let io = Io::shared().unwrap();
+        let last = io.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let task = io.spawn_blocking(move || {
+            drop(last);
+            tx.send(()).unwrap();
+        });
+        drop(io);
+        drop(task);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the work item ran to its end");
+    }
+
+    #[test]
     fn shares_are_one_runtime() {
         let first = Io::shared().unwrap();
         let second = Io::shared().unwrap();
