@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use interface::{BatchOp, BatchResult, Op};
 
-use crate::handle::CallFuture;
+use crate::handle::CallFuture as HandleCallFuture;
 use crate::remote::io::Io;
 use crate::{Error, Handle, PluginHandle};
 
@@ -36,7 +36,7 @@ pub trait BlockingHandle: Send + Sync + 'static {
     fn is_isolated(&self) -> bool;
     /// The call as a future of the handle's own, awaited instead of running
     /// [`BlockingHandle::call`] on the pool; `None` by default.
-    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<CallFuture<'_>> {
+    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<HandleCallFuture<'_>> {
         let _ = (op, a, b);
         None
     }
@@ -64,7 +64,7 @@ impl<P: PluginHandle + Send + Sync + 'static> BlockingHandle for P {
     fn is_isolated(&self) -> bool {
         PluginHandle::is_isolated(self)
     }
-    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<CallFuture<'_>> {
+    fn call_future(&self, op: Op, a: f64, b: f64) -> Option<HandleCallFuture<'_>> {
         PluginHandle::call_future(self, op, a, b)
     }
 }
@@ -113,21 +113,24 @@ impl<H: BlockingHandle> AsyncHandle<H> {
         &self.inner
     }
 
-    /// `op(a, b)` (`b` is ignored by one-operand operations).
+    /// `op(a, b)` (`b` is ignored by one-operand operations). A call in process runs here, and
+    /// the future is ready at its first poll; any other call starts when first polled.
     ///
     /// # Errors
     ///
     /// As the handle's blocking `call`; [`Error::Runtime`] when an out-of-process call finds
     /// no I/O runtime to run on.
-    pub async fn call(&self, op: Op, a: f64, b: f64) -> Result<f64, Error> {
+    pub fn call(&self, op: Op, a: f64, b: f64) -> Call<'_, f64> {
         if !self.inner.is_isolated() {
-            return self.inner.call(op, a, b);
+            return Call::ready(self.inner.call(op, a, b));
         }
-        if let Some(call) = self.inner.call_future(op, a, b) {
-            return call.await;
-        }
-        let inner = Arc::clone(&self.inner);
-        self.offload(move || inner.call(op, a, b)).await?
+        Call::waiting(async move {
+            if let Some(call) = self.inner.call_future(op, a, b) {
+                return call.await;
+            }
+            let inner = Arc::clone(&self.inner);
+            self.offload(move || inner.call(op, a, b)).await?
+        })
     }
 
     /// Every item of `ops`, in order; one failing item does not stop the others.
@@ -135,16 +138,16 @@ impl<H: BlockingHandle> AsyncHandle<H> {
     /// # Errors
     ///
     /// As the handle's blocking `process_batch`, and as [`AsyncHandle::call`].
-    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<Vec<BatchResult>, Error> {
+    pub fn batch(&self, ops: Vec<BatchOp>) -> Call<'_, Vec<BatchResult>> {
         let run = move |inner: &H| {
             let mut results = vec![BatchResult::PENDING; ops.len()];
             inner.process_batch(&ops, &mut results).map(|()| results)
         };
         if !self.inner.is_isolated() {
-            return run(&self.inner);
+            return Call::ready(run(&self.inner));
         }
         let inner = Arc::clone(&self.inner);
-        self.offload(move || run(&inner)).await?
+        Call::waiting(async move { self.offload(move || run(&inner)).await? })
     }
 
     /// Runs `work` on the I/O runtime's blocking pool.
@@ -178,6 +181,61 @@ impl<H: BlockingHandle> From<Arc<H>> for AsyncHandle<H> {
     }
 }
 
+/// The answer of an [`AsyncHandle`] call, to be awaited: ready at once for a call in process
+/// (no allocation), a boxed future for one that waits on another process.
+#[must_use = "a call out of process starts when first polled"]
+pub struct Call<'a, T> {
+    state: CallState<'a, T>,
+}
+
+enum CallState<'a, T> {
+    Ready(Option<Result<T, Error>>),
+    Waiting(CallFuture<'a, T>),
+}
+
+/// A boxed call that waits on another process.
+type CallFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+impl<'a, T> Call<'a, T> {
+    fn ready(answer: Result<T, Error>) -> Call<'a, T> {
+        Call { state: CallState::Ready(Some(answer)) }
+    }
+
+    fn waiting(future: impl Future<Output = Result<T, Error>> + Send + 'a) -> Call<'a, T> {
+        Call { state: CallState::Waiting(Box::pin(future)) }
+    }
+}
+
+// The answer is only ever moved out, never pinned, and the future is boxed.
+impl<T> Unpin for Call<'_, T> {}
+
+impl<T> Future for Call<'_, T> {
+    type Output = Result<T, Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            CallState::Ready(answer) => match answer.take() {
+                Some(answer) => std::task::Poll::Ready(answer),
+                None => panic!("a calcplug `Call` polled after it answered"),
+            },
+            CallState::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Call<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            CallState::Ready(_) => "ready",
+            CallState::Waiting(_) => "waiting",
+        };
+        f.debug_struct("Call").field("state", &state).finish()
+    }
+}
+
 /// The method of every operation, awaited.
 macro_rules! async_operations {
     ($( [$kind:ident $variant:ident $method:ident $code:literal ($($arg:ident: $ty:ident),*) $doc:literal $minor:literal] )*) => {
@@ -189,9 +247,9 @@ macro_rules! async_operations {
                 ///
                 /// As [`AsyncHandle::call`].
                 #[inline]
-                pub async fn $method(&self, $($arg: $ty),*) -> Result<f64, Error> {
+                pub fn $method(&self, $($arg: $ty),*) -> Call<'_, f64> {
                     let (a, b) = interface::__calculator_operand_pair!(($($arg: $ty),*));
-                    self.call(Op::$variant, a, b).await
+                    self.call(Op::$variant, a, b)
                 }
             )*
         }

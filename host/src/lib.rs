@@ -45,7 +45,7 @@ pub mod reference;
 pub mod remote;
 pub mod security;
 
-pub use asynchronous::{AsyncHandle, BlockingHandle};
+pub use asynchronous::{AsyncHandle, BlockingHandle, Call};
 pub use discovery::{discover, discover_with, library_files, plugin_executables, Found};
 pub use error::Error;
 pub use handle::{CallFuture, PluginHandle};
